@@ -1,0 +1,163 @@
+"""What the entry points (train, eval) share: checks that turn bad configs into one-line errors, and
+building datamodule, model, callbacks, loggers and trainer from a Hydra config."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.core.errors import ZooError
+
+CONFIG_DIR = Path(os.environ.get("ZOO_CONFIG_DIR", Path(__file__).resolve().parents[3] / "conf"))
+
+# Config groups a user picks on the command line; an unknown choice is refused before Hydra runs.
+GROUPS = ("model", "data", "trainer", "callbacks", "logger", "paths", "experiment", "hparams_search", "debug")
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+
+
+def available(group: str) -> list[str]:
+    root = CONFIG_DIR / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+
+
+def check_cli_overrides(argv: list[str]) -> None:
+    """Refuse `group=name` overrides whose config file does not exist, in one line."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in GROUPS or value in ("", "null"):
+            continue
+        names = value.strip("[]").split(",")
+        if value.startswith(("choice(", "range(", "interval(", "glob(")):
+            continue
+        for name in names:
+            if not (CONFIG_DIR / key / f"{name.strip()}.yaml").is_file():
+                raise ZooError(f"unknown {key}={name.strip()}: expected one of {', '.join(available(key))} (conf/{key}/)")
+
+
+def family_of(target: str) -> str:
+    """`zoo.gpt.module.GPTModule` -> `gpt`: a family is the zoo subpackage its classes live in."""
+    parts = str(target).split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "zoo" else ""
+
+
+def choice(group: str) -> str:
+    """The option the user picked for a config group, for error messages."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.choices.get(group))
+    except (ValueError, AttributeError):
+        return "?"
+
+
+def check_family(cfg: DictConfig) -> None:
+    model_family = family_of(cfg.model.get("_target_", ""))
+    data_family = family_of(cfg.data.get("_target_", ""))
+    if model_family != data_family:
+        raise ZooError(
+            f"model={choice('model')} (family '{model_family}') cannot train on data={choice('data')} "
+            f"(family '{data_family}'): pick a data={model_family}/... config"
+        )
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    if accelerator in ("auto", None):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return {"gpu": "cuda"}.get(str(accelerator), str(accelerator))
+
+
+def check_precision(cfg: DictConfig) -> None:
+    precision = str(cfg.trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ZooError(f"trainer.precision={precision} is not supported: expected one of {', '.join(PRECISIONS)}")
+    accelerator = resolve_accelerator(cfg.trainer.get("accelerator", "auto"))
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ZooError(f"trainer.accelerator={cfg.trainer.accelerator} needs a CUDA GPU and none is visible: use trainer=cpu")
+    if accelerator == "cpu" and precision.startswith("16"):
+        raise ZooError(
+            f"trainer.precision={precision} is not supported on CPU (float16 matmuls run ~100x slower there): "
+            "use trainer.precision=bf16-mixed or 32-true"
+        )
+    if accelerator == "cuda" and precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
+        raise ZooError(f"trainer.precision={precision} needs a GPU with bfloat16 support: use trainer.precision=16-mixed")
+
+
+def check_positive(cfg: DictConfig, keys: list[str]) -> None:
+    """Refuse zero or negative lengths and sizes (`data.block_size=0` and friends) in one line."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ZooError(f"{key}={value} must be a positive integer")
+
+
+def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except ZooError:
+        raise
+    except Exception as err:  # Hydra wraps the real error; show its last line, with the config key
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ZooError):
+            raise cause from None
+        message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        raise ZooError(f"{what}: {message}") from err
+
+
+def instantiate_group(cfg: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate every entry of a callbacks/logger group; `null` entries are switched off."""
+    if not cfg:
+        return []
+    return [_instantiate(node, f"{what}.{name}") for name, node in cfg.items() if node is not None and "_target_" in node]
+
+
+def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
+    """Datamodule, model (reading what it needs from the datamodule) and trainer for a config."""
+    check_family(cfg)
+    check_precision(cfg)
+    datamodule = _instantiate(cfg.data, "data")
+    datamodule.prepare_data()  # idempotent; the model needs its results (vocab size, schema, ...)
+    model = _instantiate(cfg.model, "model", **datamodule.model_kwargs())
+    if cfg.get("monitor") is None:
+        cfg.monitor = getattr(model, "monitor", "val/loss")
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    from zoo.core.callbacks import StoreConfig
+
+    callbacks.append(StoreConfig(OmegaConf.to_yaml(cfg, resolve=True)))
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    return datamodule, model, trainer
+
+
+def metric_values(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | torch.Tensor) and torch.as_tensor(v).numel() == 1}
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def teardown_distributed() -> None:
+    """Leave no process group behind: gloo sometimes aborts at interpreter exit otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def cli_guard() -> None:
+    check_cli_overrides(sys.argv[1:])

@@ -1,0 +1,215 @@
+"""A decoder-only GPT in one file: pre-LayerNorm blocks, causal scaled-dot-product attention (flash
+kernels on GPU), tied input/output embeddings, learned or rotary positions, and a KV cache for sampling.
+
+Parameter count (documented because recipes are named by it): with d = n_embd, L = n_layer, V = vocab,
+T = block_size and biases on,
+
+    per block   = 12 d^2 + 13 d      (qkv 3d^2+3d, proj d^2+d, mlp 8d^2+5d, two LayerNorms 4d)
+    non-embedding = L (12 d^2 + 13 d) + 2 d   (final LayerNorm)
+    embeddings  = V d (shared with the output head) + T d (learned positions; 0 with RoPE)
+
+gpt_300m (L=24, d=1024, V=50257, T=2048, RoPE off) has 302.3M non-embedding parameters (302,311,424), 355.9M in all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256
+    """Tokens in the vocabulary (read from the data)."""
+    block_size: int = 128
+    """Context length: the longest sequence the model sees."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block; n_embd must divide evenly."""
+    n_embd: int = 128
+    """Width of the residual stream (d_model)."""
+    dropout: float = 0.0
+    """Dropout on attention weights, residual branches and embeddings."""
+    bias: bool = True
+    """Biases in Linear and LayerNorm layers (False is slightly faster and often no worse)."""
+    rope: bool = False
+    """Rotary position embeddings instead of a learned position table."""
+    rope_base: float = 10000.0
+    """RoPE frequency base."""
+    tie_weights: bool = True
+    """Share the token embedding with the output head."""
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
+        if self.rope and (self.n_embd // self.n_head) % 2:
+            raise ValueError("RoPE needs an even head size (n_embd / n_head)")
+
+
+def rope_tables(cfg: GPTConfig, length: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    head = cfg.n_embd // cfg.n_head
+    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, head, 2, device=device, dtype=torch.float32) / head))
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :h/2], x[..., h/2:]) of a (B, heads, T, h) tensor by position-dependent angles."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, cache: dict | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:  # sampling: keys/values of earlier positions are reused, not recomputed
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        # With a cache and one new token, that token may attend to everything before it (no mask needed);
+        # a multi-token prompt on an empty cache is an ordinary causal pass.
+        causal = T > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rope=None, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rope, cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = None if cfg.rope else nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # Residual projections are scaled down by depth (GPT-2) so the residual stream's variance stays put.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters; by default without the (tied) token and position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward): 6N plus attention's 12 L d T (PaLM appendix B)."""
+        c = self.cfg
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def forward(self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T); `start` is the position of idx[:, 0]."""
+        T = idx.shape[1]
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}")
+        x = self.wte(idx)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        else:
+            cos, sin = rope_tables(self.cfg, start + T, idx.device)
+            rope = (cos[start:], sin[start:])
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, caches[i] if caches is not None else None)
+        return self.lm_head(self.ln_f(x))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        stop_token: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample continuations of idx (B, T). Uses a KV cache until the context is full, then slides."""
+        caches: list[dict] | None = [{} for _ in self.blocks]
+        pos = 0
+        window = idx[:, -self.cfg.block_size :]
+        for _ in range(max_new_tokens):
+            if caches is not None and pos + window.shape[1] <= self.cfg.block_size:
+                logits = self(window, caches, start=pos)[:, -1, :]
+                pos += window.shape[1]
+            else:  # context full: recompute over the last block_size tokens
+                caches = None
+                logits = self(idx[:, -self.cfg.block_size :])[:, -1, :]
+            if temperature <= 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits.float(), dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, nxt], dim=1)
+            window = nxt
+            if stop_token is not None and bool((nxt == stop_token).all()):
+                break
+        return idx
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)

@@ -1,0 +1,178 @@
+"""The GPT LightningModule: optimizer and schedule recipes, metrics, checkpoint contents, export."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import SumMetric
+
+from zoo.core.errors import ZooError
+from zoo.gpt.model import GPT, GPTConfig
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    """adamw | sgd."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 over this many optimizer steps."""
+    decay_steps: int | None = None
+    """Steps of the cosine decay (default: the whole run, trainer.max_steps or epochs x batches)."""
+    schedule: str = "cosine"
+    """cosine | constant (after warmup)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, applied to matrices only (not biases, LayerNorms, or embeddings' 1-d params)."""
+    momentum: float = 0.0
+    """SGD momentum."""
+    fused: bool | None = None
+    """Fused AdamW kernel (default: on CUDA)."""
+
+
+def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
+    """Multiplier of the peak LR at optimizer step `step`: linear warmup, then cosine to min_lr."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    decay = max(1, (cfg.decay_steps or total) - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / decay)
+    floor = cfg.min_lr / cfg.lr if cfg.lr else 0.0
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GPTModule(pl.LightningModule):
+    """Trains `zoo.gpt.model.GPT`. Logs train/val loss, perplexity, bits per byte, loss per character,
+    gradient norm; the LR comes from LearningRateMonitor and tokens/s from the Throughput callback."""
+
+    monitor = "val/loss"
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        optim: dict[str, Any],
+        vocab_size: int,
+        block_size: int,
+        compile: bool = False,
+        tokenizer_json: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer_json"])
+        known = {f.name for f in fields(GPTConfig)} - {"vocab_size", "block_size"}
+        unknown = set(net) - known
+        if unknown:
+            raise ZooError(f"model.net: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
+        try:
+            self.config = GPTConfig(vocab_size=vocab_size, block_size=block_size, **net)
+        except ValueError as err:
+            raise ZooError(f"model.net: {err}") from err
+        unknown = set(optim) - {f.name for f in fields(OptimConfig)}
+        if unknown:
+            raise ZooError(f"model.optim: unknown keys {sorted(unknown)}")
+        self.optim = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
+        if self.optim.name not in ("adamw", "sgd"):
+            raise ZooError(f"model.optim.name={self.optim.name}: expected adamw or sgd")
+        self.net = GPT(self.config)
+        self.compile = compile
+        self.tokenizer_json = tokenizer_json
+        self.flops_per_token = self.net.flops_per_token()
+        self.val_loss_sum = SumMetric()
+        self.val_tokens = SumMetric()
+
+    def configure_model(self) -> None:
+        if self.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
+            self.net = torch.compile(self.net)
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def batch_stats(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[int, int]:
+        x, _ = batch
+        return x.shape[0], x.numel()
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+        x, y = batch
+        logits = self.net(x)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), ignore_index=-100, reduction=reduction)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Before clipping: the norm the clipping acts on.
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.val_loss_sum.update(self._loss(batch, reduction="sum"))
+        self.val_tokens.update((batch[1] != -100).sum())
+
+    def on_validation_epoch_end(self) -> None:
+        total, tokens = self.val_loss_sum.compute(), self.val_tokens.compute()  # summed over ranks
+        self.val_loss_sum.reset()
+        self.val_tokens.reset()
+        if tokens == 0:
+            return
+        loss = total / tokens
+        metrics = {"val/loss": loss, "val/ppl": torch.exp(loss)}
+        stats = getattr(self.trainer.datamodule, "val_stats", None)
+        if stats and stats["chars"]:
+            # Exact with full coverage; with limit_val_batches the covered tokens stand for the split.
+            scale = stats["targets"] / stats["chars"]
+            metrics["val/loss_per_char"] = loss * scale
+            metrics["val/bpb"] = loss * stats["targets"] / stats["bytes"] / math.log(2)
+        self.log_dict(metrics, prog_bar=True, sync_dist=False)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    # -- optimization ----------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optim
+        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if cfg.name == "adamw":
+            fused = cfg.fused if cfg.fused is not None else self.device.type == "cuda"
+            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zoo_tokenizer"] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokenizer_json = checkpoint.get("zoo_tokenizer") or self.tokenizer_json
+
+    def export(self, out_dir: str | Path, datamodule: Any = None) -> Path:
+        """Write model.safetensors, config.json and tokenizer.json: loadable with `zoo.gpt.export.load`."""
+        from zoo.gpt.export import save
+
+        net = getattr(self.net, "_orig_mod", self.net)
+        return save(net, self.tokenizer_json, out_dir)

@@ -1,0 +1,90 @@
+"""`python -m zoo.train [overrides]`: train any zoo family from conf/train.yaml.
+
+Examples::
+
+    python -m zoo.train                                   # small GPT on the offline default corpus
+    python -m zoo.train experiment=shakespeare_char data.path=tinyshakespeare.txt
+    python -m zoo.train model=gpt trainer=ddp_sim
+    python -m zoo.train -m hparams_search=gpt_optuna      # Optuna sweep
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.core.errors import ZooError, exit_on_user_error
+from zoo.core.run import CONFIG_DIR, build, check_positive, cli_guard, metric_values, teardown_distributed, write_json
+
+
+def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
+    """Fit (and optionally test) the configured model; returns (cfg.optimized_metric's value, metrics)."""
+    check_positive(cfg, ["trainer.max_steps", "data.batch_size", "data.block_size", "trainer.accumulate_grad_batches"])
+    pl.seed_everything(cfg.seed, workers=True)
+    start = time.time()
+    datamodule, model, trainer = build(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = metric_values(trainer.callback_metrics)
+    if cfg.get("test", False):
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
+        metrics.update(metric_values(trainer.callback_metrics))
+
+    optimized = cfg.get("optimized_metric")
+    if optimized and optimized not in metrics:
+        raise ZooError(f"optimized_metric={optimized} was not logged; logged metrics: {', '.join(sorted(metrics))}")
+    _report(cfg, trainer, model, datamodule, metrics, output_dir, time.time() - start)
+    teardown_distributed()
+    return (metrics.get(optimized) if optimized else None), metrics
+
+
+@rank_zero_only
+def _report(cfg: DictConfig, trainer: pl.Trainer, model: Any, datamodule: Any, metrics: dict[str, float], output_dir: Path, seconds: float) -> None:
+    ckpt = trainer.checkpoint_callback
+    payload = {
+        "metrics": metrics,
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+        "wall_seconds": round(seconds, 2),
+        "best_model_path": getattr(ckpt, "best_model_path", "") or None,
+        "last_model_path": getattr(ckpt, "last_model_path", "") or None,
+        "monitor": cfg.get("monitor"),
+    }
+    if hasattr(model, "export") and cfg.get("export", True):
+        payload["export_dir"] = str(model.export(output_dir / "export", datamodule))
+    write_json(output_dir / "metrics.json", payload)
+    logdirs = [lg.log_dir for lg in trainer.loggers if getattr(lg, "log_dir", None)]
+    print(f"[zoo] run directory: {output_dir}")
+    if ckpt is not None:
+        print(f"[zoo] checkpoints:   {ckpt.dirpath} (best: {payload['best_model_path']}, last: {payload['last_model_path']})")
+    for logdir in logdirs:
+        print(f"[zoo] logs:          {logdir}  (tensorboard --logdir {output_dir})")
+    print(f"[zoo] metrics:       {output_dir / 'metrics.json'}")
+    if payload.get("export_dir"):
+        print(f"[zoo] export:        {payload['export_dir']}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@exit_on_user_error
+def _hydra_main(cfg: DictConfig) -> float | None:
+    OmegaConf.set_struct(cfg, False)
+    value, _ = train(cfg)
+    return value
+
+
+@exit_on_user_error
+def main() -> None:
+    cli_guard()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
