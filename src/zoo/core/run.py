@@ -130,7 +130,8 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     check_precision(cfg)
     datamodule = _instantiate(cfg.data, "data")
     datamodule.prepare_data()  # idempotent; the model needs its results (vocab size, schema, ...)
-    model = _instantiate(cfg.model, "model", **datamodule.model_kwargs())
+    # Plain containers, not DictConfigs: hyperparameters must load with torch.load(weights_only=True).
+    model = _instantiate(cfg.model, "model", _convert_="all", **datamodule.model_kwargs())
     if cfg.get("monitor") is None:
         cfg.monitor = getattr(model, "monitor", "val/loss")
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
