@@ -137,8 +137,13 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     from zoo.core.callbacks import StoreConfig
 
-    callbacks.append(StoreConfig(OmegaConf.to_yaml(cfg, resolve=True)))
+    run_keys = [k for k in cfg if k != "hydra"]  # composed-from-Python configs carry Hydra's own section
+    callbacks.append(StoreConfig(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, run_keys), resolve=True)))
     loggers = instantiate_group(cfg.get("logger"), "logger")
+    if not loggers:  # LearningRateMonitor refuses to run without a logger; nothing to log it to anyway
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
 

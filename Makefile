@@ -1,0 +1,51 @@
+# zoo — `make help` lists the targets.
+PYTHON ?= python
+TORCH_VERSION ?= 2.13.0
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test test-fast lint format sweep bench tensorboard notebooks clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: ## Install torch (CPU build here, CUDA build on GPU machines) then zoo with dev extras
+	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
+	$(PYTHON) -m pip install -e '.[dev]'
+
+train: ## Train (default: small GPT on CPU in ~2 min); pass overrides with ARGS="model=tft trainer=cpu"
+	$(PYTHON) -m zoo.train $(ARGS)
+
+test: ## Full test suite, slow tests and notebooks included (what CI runs)
+	$(PYTHON) -m pytest tests notebooks --nbmake -q -p no:cacheprovider
+
+test-fast: ## Tests without the slow ones and without notebooks
+	$(PYTHON) -m pytest tests -q -m "not slow"
+
+lint: ## ruff checks
+	$(PYTHON) -m ruff check src tests
+	$(PYTHON) -m ruff format --check src tests
+
+format: ## ruff autoformat and fixes
+	$(PYTHON) -m ruff format src tests
+	$(PYTHON) -m ruff check --fix src tests
+
+sweep: ## Optuna sweep (default: GPT); ARGS="hydra.sweeper.n_trials=5"
+	$(PYTHON) -m zoo.train -m hparams_search=gpt_optuna $(ARGS)
+
+bench: ## Benchmarks -> docs/benchmarks.md (needs ../shared/data for the real-data parts)
+	$(PYTHON) -m zoo.gpt.bench $(ARGS)
+	@for family in events tft; do \
+		if $(PYTHON) -c "import zoo.$$family.bench" 2>/dev/null; then $(PYTHON) -m zoo.$$family.bench || exit 1; fi; \
+	done
+	$(PYTHON) -m zoo.core.bench_report
+
+tensorboard: ## TensorBoard over all runs in logs/
+	$(PYTHON) -m tensorboard.main --logdir logs --bind_all
+
+notebooks: ## Execute every notebook (as CI does)
+	$(PYTHON) -m pytest --nbmake notebooks -q
+
+clean: ## Remove caches, logs and build files (keeps data/)
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
