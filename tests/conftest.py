@@ -33,15 +33,26 @@ def compose(tmp_path: Path, cache_dir: Path):
     from zoo.core.config import compose_config
 
     def _compose(*overrides: str, config_name: str = "train"):
-        base = [f"paths.cache_dir={cache_dir}", "logger=none"] if config_name == "train" else [f"paths.cache_dir={cache_dir}"]
+        base = (
+            [f"paths.cache_dir={cache_dir}", "logger=none"]
+            if config_name == "train"
+            else [f"paths.cache_dir={cache_dir}"]
+        )
         return compose_config([*base, *overrides], output_dir=tmp_path / "run", config_name=config_name)
 
     return _compose
 
 
-def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run `python -m module *args` as a user would; returns the completed process (text output)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
+        [sys.executable, "-m", module, *args],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
     )

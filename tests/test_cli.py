@@ -6,7 +6,6 @@ import json
 
 import pytest
 import yaml
-
 from tests.conftest import run_cli
 
 QUIET = ["~callbacks.rich_progress_bar", "trainer.enable_progress_bar=false"]
@@ -28,22 +27,37 @@ def assert_one_line_error(proc, *fragments: str) -> None:
         (["data=gpt/nope"], ["unknown data=gpt/nope", "gpt/stdlib"]),
         (["trainer=tpu9"], ["unknown trainer=tpu9", "ddp_sim"]),
         (["experiment=nope"], ["unknown experiment=nope"]),
-        (["trainer=cpu", "trainer.precision=16-mixed"], ["trainer.precision=16-mixed is not supported on CPU", "bf16-mixed"]),
+        (
+            ["trainer=cpu", "trainer.precision=16-mixed"],
+            ["trainer.precision=16-mixed is not supported on CPU", "bf16-mixed"],
+        ),
         (["trainer.precision=8-bit"], ["trainer.precision=8-bit is not supported", "32-true"]),
-        (["data=gpt/text_file", "data.path=/no/such/corpus.txt"], ["data.path=/no/such/corpus.txt: no such file"]),
+        (
+            ["data=gpt/text_file", "data.path=/no/such/corpus.txt"],
+            ["data.path=/no/such/corpus.txt: no such file"],
+        ),
         (["data.block_size=0"], ["data.block_size=0 must be a positive integer"]),
         (["trainer.max_steps=-5"], ["trainer.max_steps=-5 must be a positive integer"]),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else None,
 )
 def test_bad_input_is_one_line_error(args, fragments, tmp_path):
-    assert_one_line_error(run_cli("zoo.train", *args, f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"), *fragments)
+    assert_one_line_error(
+        run_cli("zoo.train", *args, f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"),
+        *fragments,
+    )
 
 
 def test_empty_corpus_is_one_line_error(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    proc = run_cli("zoo.train", "data=gpt/text_file", f"data.path={empty}", f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")
+    proc = run_cli(
+        "zoo.train",
+        "data=gpt/text_file",
+        f"data.path={empty}",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
     assert_one_line_error(proc, f"data.path={empty}: the file is empty")
 
 
@@ -53,8 +67,16 @@ def test_model_data_family_mismatch_names_both(tmp_path):
     foreign = [d for d in available("data") if not d.startswith("gpt/")]
     if not foreign:
         pytest.skip("only one family has data configs")
-    proc = run_cli("zoo.train", "model=gpt", f"data={foreign[0]}", f"hydra.run.dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")
-    assert_one_line_error(proc, "model=gpt (family 'gpt')", f"data={foreign[0]}", "pick a data=gpt/... config")
+    proc = run_cli(
+        "zoo.train",
+        "model=gpt",
+        f"data={foreign[0]}",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
+    assert_one_line_error(
+        proc, "model=gpt (family 'gpt')", f"data={foreign[0]}", "pick a data=gpt/... config"
+    )
 
 
 @pytest.mark.slow
@@ -67,7 +89,9 @@ def test_no_argument_run_trains_and_reports_where_things_went(tmp_path):
     assert len(run_dirs) == 1
     run = run_dirs[0]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["global_step"] == 30 and metrics["metrics"]["val/loss"] < 5.6  # below uniform over 257 bytes
+    assert (
+        metrics["global_step"] == 30 and metrics["metrics"]["val/loss"] < 5.6
+    )  # below uniform over 257 bytes
     assert (run / "checkpoints" / "last.ckpt").is_file() and metrics["best_model_path"]
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     for what in ("checkpoints:", "logs:", "metrics:", str(run / "metrics.json")):
@@ -81,11 +105,17 @@ def test_ddp_sim_trains_with_two_cpu_processes(tmp_path, cache_dir):
                    "data.block_size=32", "data.batch_size=8", "trainer.max_steps=6", "trainer.val_check_interval=6", "trainer.limit_val_batches=4",
                    f"paths.cache_dir={cache_dir}", f"hydra.run.dir={tmp_path}", "logger=csv", *QUIET, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "world_size: 2" in proc.stderr + proc.stdout or "distributed_backend=gloo" in proc.stderr + proc.stdout
+    assert (
+        "world_size: 2" in proc.stderr + proc.stdout
+        or "distributed_backend=gloo" in proc.stderr + proc.stdout
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["global_step"] == 6
     # Only rank 0 writes: a single checkpoint folder, a single metrics file.
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch000-step0000006.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch000-step0000006.ckpt",
+        "last.ckpt",
+    ]
 
 
 @pytest.mark.slow
@@ -95,6 +125,10 @@ def test_optuna_sweep_runs_two_trials(tmp_path, cache_dir):
                    f"paths.cache_dir={cache_dir}", f"hydra.sweep.dir={tmp_path}", "logger=none", *QUIET, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
-    assert results["name"] == "optuna" and set(results["best_params"]) == {"model.optim.lr", "model.optim.warmup_steps", "model.net.n_embd"}
+    assert results["name"] == "optuna" and set(results["best_params"]) == {
+        "model.optim.lr",
+        "model.optim.warmup_steps",
+        "model.net.n_embd",
+    }
     trials = [json.loads((tmp_path / str(i) / "metrics.json").read_text()) for i in range(2)]
     assert results["best_value"] == pytest.approx(min(t["metrics"]["val/loss"] for t in trials))

@@ -13,7 +13,9 @@ MODELS = available("model")
 EXPERIMENTS = available("experiment")
 
 
-@pytest.mark.parametrize("overrides", [[f"model={m}"] for m in MODELS] + [[f"experiment={e}"] for e in EXPERIMENTS], ids=str)
+@pytest.mark.parametrize(
+    "overrides", [[f"model={m}"] for m in MODELS] + [[f"experiment={e}"] for e in EXPERIMENTS], ids=str
+)
 def test_config_composes_and_instantiates(compose, overrides):
     cfg = compose(*overrides)
     model_family = family_of(cfg.model._target_)
@@ -26,13 +28,28 @@ def test_config_composes_and_instantiates(compose, overrides):
     datamodule = instantiate(cfg.data)
     assert datamodule.family == "gpt"
     with torch.device("meta"):
-        model = instantiate(cfg.model, _convert_="all", vocab_size=cfg.data.get("vocab_size") or 50257, block_size=cfg.data.block_size, tokenizer_json=None)
+        model = instantiate(
+            cfg.model,
+            _convert_="all",
+            vocab_size=cfg.data.get("vocab_size") or 50257,
+            block_size=cfg.data.block_size,
+            tokenizer_json=None,
+        )
     assert model.net.cfg.n_layer == cfg.model.net.n_layer
     assert model.net.cfg.block_size == cfg.data.block_size
 
 
 def test_every_group_default_is_listed():
-    for group in ("model", "trainer", "callbacks", "logger", "experiment", "hparams_search", "debug", "paths"):
+    for group in (
+        "model",
+        "trainer",
+        "callbacks",
+        "logger",
+        "experiment",
+        "hparams_search",
+        "debug",
+        "paths",
+    ):
         assert available(group), group
     assert {"cpu", "gpu", "ddp", "ddp_sim", "fsdp", "multinode"} <= set(available("trainer"))
     assert {"tensorboard", "csv", "none"} <= set(available("logger"))

@@ -14,22 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.core.cli import CONFIG_DIR, cli_guard
 from zoo.core.errors import ZooError, exit_on_user_error
-from zoo.core.run import CONFIG_DIR, _instantiate, check_family, check_precision, cli_guard, metric_values, write_json
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a zoo checkpoint without executing code from it (weights_only); one-line errors otherwise."""
+    import torch
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise ZooError(f"ckpt_path={path}: no such file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ZooError(f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]})") from err
+        raise ZooError(
+            f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+        ) from err
 
 
 def saved_config(checkpoint: dict[str, Any], path: str | Path) -> DictConfig:
@@ -45,6 +48,8 @@ def module_class(target: str) -> type:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    from zoo.core.run import _instantiate, check_family, check_precision, metric_values, write_json
+
     checkpoint = load_checkpoint(cfg.ckpt_path)
     saved = saved_config(checkpoint, cfg.ckpt_path)
     data_cfg = cfg.data if cfg.get("data") else saved.data
@@ -65,7 +70,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         run = trainer.test if cfg.split == "test" else trainer.validate
         results = run(model, datamodule=datamodule)
         metrics = metric_values(results[0] if results else {})
-    write_json(output_dir / "eval_metrics.json", {"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, "metrics": metrics})
+    write_json(
+        output_dir / "eval_metrics.json",
+        {"ckpt_path": str(cfg.ckpt_path), "split": cfg.split, "metrics": metrics},
+    )
     print(f"[zoo] evaluation of {cfg.ckpt_path} ({cfg.split}):")
     for name, value in sorted(metrics.items()):
         print(f"  {name:40s} {value:.6g}")

@@ -9,16 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
+from zoo.core.cli import CONFIG_DIR, cli_guard
 from zoo.core.errors import ZooError, exit_on_user_error
-from zoo.core.run import CONFIG_DIR, cli_guard
-from zoo.gpt.model import GPT
-from zoo.gpt.tokenizer import Tokenizer, tokenizer_from_json
 
 
-def load_for_sampling(path: str | Path) -> tuple[GPT, Tokenizer]:
+def load_for_sampling(path: str | Path):
+    """(GPT network in eval mode, tokenizer) from a .ckpt or an export folder."""
+    from zoo.gpt.tokenizer import tokenizer_from_json
+
     path = Path(path).expanduser()
     if path.is_dir():
         from zoo.gpt.export import load
@@ -30,7 +30,9 @@ def load_for_sampling(path: str | Path) -> tuple[GPT, Tokenizer]:
         checkpoint = load_checkpoint(path)
         target = saved_config(checkpoint, path).model._target_
         if not target.startswith("zoo.gpt."):
-            raise ZooError(f"ckpt_path={path}: a {target} checkpoint; zoo.generate samples GPT checkpoints only")
+            raise ZooError(
+                f"ckpt_path={path}: a {target} checkpoint; zoo.generate samples GPT checkpoints only"
+            )
         module = module_class(target).load_from_checkpoint(path, map_location="cpu", weights_only=True)
         net = module.net.eval()
         blob = checkpoint.get("zoo_tokenizer")
@@ -41,6 +43,8 @@ def load_for_sampling(path: str | Path) -> tuple[GPT, Tokenizer]:
 
 
 def generate(cfg: DictConfig) -> list[str]:
+    import torch
+
     if cfg.max_new_tokens <= 0:
         raise ZooError(f"max_new_tokens={cfg.max_new_tokens} must be a positive integer")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
@@ -50,7 +54,9 @@ def generate(cfg: DictConfig) -> list[str]:
     idx = torch.tensor([prompt_ids] * int(cfg.num_samples), dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     stop = tok.eot_id if cfg.stop_at_eot else None
-    out = net.generate(idx, int(cfg.max_new_tokens), float(cfg.temperature), cfg.top_k, stop_token=stop, generator=gen)
+    out = net.generate(
+        idx, int(cfg.max_new_tokens), float(cfg.temperature), cfg.top_k, stop_token=stop, generator=gen
+    )
     texts = []
     for row in out.tolist():
         new = row[len(prompt_ids) :]

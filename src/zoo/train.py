@@ -15,17 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.core.cli import CONFIG_DIR, check_positive, cli_guard
 from zoo.core.errors import ZooError, exit_on_user_error
-from zoo.core.run import CONFIG_DIR, build, check_positive, cli_guard, metric_values, teardown_distributed, write_json
+
+# torch/Lightning are imported inside the functions: a mistyped override is refused before that import.
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     """Fit (and optionally test) the configured model; returns (cfg.optimized_metric's value, metrics)."""
-    check_positive(cfg, ["trainer.max_steps", "data.batch_size", "data.block_size", "trainer.accumulate_grad_batches"])
+    check_positive(
+        cfg, ["trainer.max_steps", "data.batch_size", "data.block_size", "trainer.accumulate_grad_batches"]
+    )
+    import lightning.pytorch as pl
+
+    from zoo.core.run import build, metric_values, teardown_distributed
+
     pl.seed_everything(cfg.seed, workers=True)
     start = time.time()
     datamodule, model, trainer = build(cfg)
@@ -40,14 +46,28 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
 
     optimized = cfg.get("optimized_metric")
     if optimized and optimized not in metrics:
-        raise ZooError(f"optimized_metric={optimized} was not logged; logged metrics: {', '.join(sorted(metrics))}")
+        raise ZooError(
+            f"optimized_metric={optimized} was not logged; logged metrics: {', '.join(sorted(metrics))}"
+        )
     _report(cfg, trainer, model, datamodule, metrics, output_dir, time.time() - start)
     teardown_distributed()
     return (metrics.get(optimized) if optimized else None), metrics
 
 
-@rank_zero_only
-def _report(cfg: DictConfig, trainer: pl.Trainer, model: Any, datamodule: Any, metrics: dict[str, float], output_dir: Path, seconds: float) -> None:
+def _report(
+    cfg: DictConfig,
+    trainer: Any,
+    model: Any,
+    datamodule: Any,
+    metrics: dict[str, float],
+    output_dir: Path,
+    seconds: float,
+) -> None:
+    """Rank 0 only: metrics.json, the export, and where everything went."""
+    from zoo.core.run import write_json
+
+    if trainer.global_rank != 0:
+        return
     ckpt = trainer.checkpoint_callback
     payload = {
         "metrics": metrics,
@@ -64,7 +84,9 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, model: Any, datamodule: Any, m
     logdirs = [lg.log_dir for lg in trainer.loggers if getattr(lg, "log_dir", None)]
     print(f"[zoo] run directory: {output_dir}")
     if ckpt is not None:
-        print(f"[zoo] checkpoints:   {ckpt.dirpath} (best: {payload['best_model_path']}, last: {payload['last_model_path']})")
+        print(
+            f"[zoo] checkpoints:   {ckpt.dirpath} (best: {payload['best_model_path']}, last: {payload['last_model_path']})"
+        )
     for logdir in logdirs:
         print(f"[zoo] logs:          {logdir}  (tensorboard --logdir {output_dir})")
     print(f"[zoo] metrics:       {output_dir / 'metrics.json'}")

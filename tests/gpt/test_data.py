@@ -23,7 +23,14 @@ def make_dm(tmp_path, **kwargs):
     return TextDataModule(**kwargs)
 
 
-@pytest.mark.parametrize("make", [ByteTokenizer, lambda: CharTokenizer.train([TEXT, "é€"], with_eot=True), lambda: HFTokenizer.train_bpe([TEXT] * 3, 300)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        ByteTokenizer,
+        lambda: CharTokenizer.train([TEXT, "é€"], with_eot=True),
+        lambda: HFTokenizer.train_bpe([TEXT] * 3, 300),
+    ],
+)
 def test_tokenizers_round_trip_through_json(make):
     tok = make()
     text = "Before we proceed, hear me."
@@ -36,7 +43,15 @@ def test_tokenizers_round_trip_through_json(make):
 def test_char_split_windows_and_full_validation_coverage(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text(TEXT)
-    dm = make_dm(tmp_path, source="file", path=str(path), tokenizer="char", block_size=16, batch_size=4, val_fraction=0.1)
+    dm = make_dm(
+        tmp_path,
+        source="file",
+        path=str(path),
+        tokenizer="char",
+        block_size=16,
+        batch_size=4,
+        val_fraction=0.1,
+    )
     dm.prepare_data()
     dm.setup("fit")
     manifest = json.loads((dm.folder / "manifest.json").read_text())
@@ -98,7 +113,9 @@ def test_hf_source_downloads_through_the_hub_client(tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    dm = make_dm(tmp_path, source="hf", hf_repo="someone/titles", column="title", tokenizer="byte", block_size=8)
+    dm = make_dm(
+        tmp_path, source="hf", hf_repo="someone/titles", column="title", tokenizer="byte", block_size=8
+    )
     dm.prepare_data()
     assert calls and calls[0]["repo_id"] == "someone/titles" and calls[0]["repo_type"] == "dataset"
     assert json.loads((dm.folder / "manifest.json").read_text())["documents"] == {"train": 45, "val": 5}
@@ -127,7 +144,10 @@ def test_synthetic_corpus_records_its_entropy_floor(tmp_path):
     [
         ({"source": "file", "path": "/no/such/corpus.txt"}, "data.path=/no/such/corpus.txt: no such file"),
         ({"source": "file", "path": "EMPTY"}, "the file is empty"),
-        ({"source": "file", "path": "TABLE", "column": "body"}, "no column 'body' (data.column); columns are id, title"),
+        (
+            {"source": "file", "path": "TABLE", "column": "body"},
+            "no column 'body' (data.column); columns are id, title",
+        ),
         ({"source": "file", "path": "TABLE", "column": None}, "set data.column"),
         ({"tokenizer": "sentencepiece"}, "data.tokenizer=sentencepiece: expected one of"),
         ({"source": "file", "path": "TINY", "block_size": 512}, "fewer than data.block_size+1=513"),
@@ -154,7 +174,9 @@ def test_sampler_shards_ranks_and_resumes_mid_epoch():
     ranks = [list(ResumableSampler(10, shuffle=True, seed=3, rank=r, world_size=3)) for r in range(3)]
     assert all(len(r) == 4 for r in ranks)  # padded to equal length for training
     assert set().union(*ranks) == set(range(10))
-    evals = [list(ResumableSampler(10, shuffle=False, seed=3, rank=r, world_size=3, pad=False)) for r in range(3)]
+    evals = [
+        list(ResumableSampler(10, shuffle=False, seed=3, rank=r, world_size=3, pad=False)) for r in range(3)
+    ]
     assert sorted(sum(evals, [])) == list(range(10))  # evaluation: no duplicates
     resumed = ResumableSampler(10, shuffle=True, seed=3)
     resumed.resume_at(epoch=0, consumed=4)

@@ -65,9 +65,13 @@ def test_gpt_300m_one_optimizer_step_at_short_context(compose):
 
     cfg = compose("experiment=gpt_300m")
     torch.manual_seed(0)
-    module = GPTModule(net=dict(cfg.model.net), optim=dict(cfg.model.optim), vocab_size=50257, block_size=cfg.data.block_size)
+    module = GPTModule(
+        net=dict(cfg.model.net), optim=dict(cfg.model.optim), vocab_size=50257, block_size=cfg.data.block_size
+    )
     assert module.net.num_params() == 302_311_424
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.model.optim.lr, betas=tuple(cfg.model.optim.betas), weight_decay=0.1)
+    opt = torch.optim.AdamW(
+        module.parameters(), lr=cfg.model.optim.lr, betas=tuple(cfg.model.optim.betas), weight_decay=0.1
+    )
     x = torch.randint(0, 50257, (1, 33))
     before = module.net.blocks[0].attn.qkv.weight.detach().clone()
     loss = module._loss((x[:, :-1], x[:, 1:]))

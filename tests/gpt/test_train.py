@@ -9,13 +9,24 @@ import math
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-
 from tests.conftest import run_cli
+
 from zoo.gpt.module import OptimConfig, lr_factor
 from zoo.train import train
 
-QUIET = ["~callbacks.rich_progress_bar", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
-TINY = ["data=gpt/synthetic", "model.net.n_layer=1", "model.net.n_embd=32", "model.net.n_head=2", "data.block_size=32", "data.batch_size=8"]
+QUIET = [
+    "~callbacks.rich_progress_bar",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+TINY = [
+    "data=gpt/synthetic",
+    "model.net.n_layer=1",
+    "model.net.n_embd=32",
+    "model.net.n_head=2",
+    "data.block_size=32",
+    "data.batch_size=8",
+]
 
 
 def test_fast_dev_run_on_cpu(compose):
@@ -25,7 +36,15 @@ def test_fast_dev_run_on_cpu(compose):
 
 
 def test_bf16_mixed_on_cpu_trains(compose, tmp_path):
-    cfg = compose(*QUIET, *TINY, "trainer=cpu", "trainer.precision=bf16-mixed", "trainer.max_steps=6", "trainer.val_check_interval=6", "trainer.limit_val_batches=2")
+    cfg = compose(
+        *QUIET,
+        *TINY,
+        "trainer=cpu",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=6",
+        "trainer.limit_val_batches=2",
+    )
     value, metrics = train(cfg)
     assert value == metrics["val/loss"] and math.isfinite(value)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -44,7 +63,14 @@ class RecordSteps(Callback):
 def test_resume_from_last_ckpt_continues_at_the_right_step_and_lr(compose, tmp_path, monkeypatch):
     import zoo.core.run as run
 
-    common = [*QUIET, *TINY, "trainer.val_check_interval=5", "trainer.limit_val_batches=2", "model.optim.warmup_steps=4", "callbacks.model_checkpoint.every_n_train_steps=5"]
+    common = [
+        *QUIET,
+        *TINY,
+        "trainer.val_check_interval=5",
+        "trainer.limit_val_batches=2",
+        "model.optim.warmup_steps=4",
+        "callbacks.model_checkpoint.every_n_train_steps=5",
+    ]
     recorders: list[RecordSteps] = []
     original = run.instantiate_group
 
@@ -82,9 +108,11 @@ def test_lr_schedule_warms_up_then_decays_to_min_lr():
 
 @pytest.mark.slow
 def test_learns_markov_corpus_close_to_its_entropy_floor(compose, tmp_path):
-    """On order-2 Markov text the model must get within 10% of the entropy floor (the true NLL)."""
-    cfg = compose(*QUIET, "data=gpt/synthetic", "trainer.max_steps=400", "trainer.val_check_interval=400", "trainer.limit_val_batches=null",
-                  "model.optim.lr=3e-3", "model.optim.min_lr=3e-4", "model.optim.warmup_steps=20")  # fmt: skip
+    """On order-2 Markov text the model must get within 10% of the entropy floor (the true NLL).
+
+    Measured: 1.059 x floor (1.961 vs 1.852 nats) with these settings."""
+    cfg = compose(*QUIET, "data=gpt/synthetic", "model.net.n_layer=2", "trainer.max_steps=300", "trainer.val_check_interval=300",
+                  "trainer.limit_val_batches=null", "model.optim.lr=5e-3", "model.optim.min_lr=3e-4", "model.optim.warmup_steps=20")  # fmt: skip
     _, metrics = train(cfg)
     from hydra.utils import instantiate
 
@@ -98,16 +126,38 @@ def test_learns_markov_corpus_close_to_its_entropy_floor(compose, tmp_path):
 @pytest.mark.slow
 def test_eval_and_generate_from_a_trained_checkpoint(tmp_path, cache_dir):
     run_dir = tmp_path / "trained"
-    proc = run_cli("zoo.train", *QUIET, *TINY, "trainer.max_steps=8", "trainer.val_check_interval=8", "trainer.limit_val_batches=2", f"paths.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}", "logger=csv")
+    proc = run_cli(
+        "zoo.train",
+        *QUIET,
+        *TINY,
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=8",
+        "trainer.limit_val_batches=2",
+        f"paths.cache_dir={cache_dir}",
+        f"hydra.run.dir={run_dir}",
+        "logger=csv",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    ev = run_cli("zoo.eval", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}", "trainer.enable_progress_bar=false")
+    ev = run_cli(
+        "zoo.eval",
+        f"ckpt_path={ckpt}",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        "trainer.enable_progress_bar=false",
+    )
     assert ev.returncode == 0, ev.stderr[-2000:]
     result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     trained = json.loads((run_dir / "metrics.json").read_text())
     assert result["metrics"]["val/loss"] == pytest.approx(trained["metrics"]["val/loss"], rel=0.2)
     for source in (ckpt, run_dir / "export"):
-        gen = run_cli("zoo.generate", f"ckpt_path={source}", "prompt=abc", "max_new_tokens=12", "temperature=0", f"hydra.run.dir={tmp_path / 'gen'}")
+        gen = run_cli(
+            "zoo.generate",
+            f"ckpt_path={source}",
+            "prompt=abc",
+            "max_new_tokens=12",
+            "temperature=0",
+            f"hydra.run.dir={tmp_path / 'gen'}",
+        )
         assert gen.returncode == 0, gen.stderr[-2000:]
         sample = gen.stdout.split("--- sample 0 ---\n", 1)[1].rstrip("\n")
         assert sample.startswith("abc") and len(sample) == 15 and set(sample) <= set("abcdefghijklmnop")

@@ -92,7 +92,9 @@ class Throughput(Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._window_start is None:
             self._sync(pl_module)
             self._window_start = time.perf_counter()
@@ -128,5 +130,7 @@ class StoreConfig(Callback):
     def __init__(self, config_yaml: str = ""):
         self.config_yaml = config_yaml
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["zoo_config"] = self.config_yaml

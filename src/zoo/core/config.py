@@ -13,7 +13,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from zoo.core.run import CONFIG_DIR, check_cli_overrides
 
 
-def compose_config(overrides: list[str] | None = None, output_dir: str | os.PathLike[str] | None = None, config_name: str = "train") -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    config_name: str = "train",
+) -> DictConfig:
     """The config `python -m zoo.<config_name> *overrides` would run with; `output_dir` replaces Hydra's
     run folder (and so `${paths.output_dir}`)."""
     overrides = list(overrides or [])

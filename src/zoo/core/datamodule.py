@@ -77,7 +77,9 @@ class ResumableSampler(Sampler[int]):
     the iterator skips exactly those samples.
     """
 
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, pad: bool = True):
+    def __init__(
+        self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, pad: bool = True
+    ):
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch = 0
@@ -169,7 +171,9 @@ class ZooDataModule(pl.LightningDataModule):
     def make_loader(self, dataset: Dataset, train: bool, collate_fn: Any = None) -> DataLoader:
         """A DataLoader with the shared settings and a `ResumableSampler` (shuffled when training)."""
         if not isinstance(dataset, Sized) or len(dataset) == 0:
-            raise ZooError(f"{type(self).__name__}: the {'training' if train else 'evaluation'} split is empty")
+            raise ZooError(
+                f"{type(self).__name__}: the {'training' if train else 'evaluation'} split is empty"
+            )
         rank, world = self._world()
         batch_size = self.batch_size if train else self.eval_batch_size
         if train and len(dataset) < batch_size * world:
@@ -177,7 +181,9 @@ class ZooDataModule(pl.LightningDataModule):
                 f"data.batch_size={batch_size} (x{world} devices) is larger than the training set "
                 f"({len(dataset)} samples): lower data.batch_size or use more data"
             )
-        sampler = ResumableSampler(len(dataset), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train)
+        sampler = ResumableSampler(
+            len(dataset), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train
+        )
         if train:
             if self._resume_state is not None:
                 sampler.resume_at(self._resume_state["epoch"], self._resume_state["consumed"])

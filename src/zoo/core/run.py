@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,42 +13,10 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.core.cli import CONFIG_DIR, available, check_cli_overrides, check_positive, family_of  # noqa: F401  (re-exported)
 from zoo.core.errors import ZooError
 
-CONFIG_DIR = Path(os.environ.get("ZOO_CONFIG_DIR", Path(__file__).resolve().parents[3] / "conf"))
-
-# Config groups a user picks on the command line; an unknown choice is refused before Hydra runs.
-GROUPS = ("model", "data", "trainer", "callbacks", "logger", "paths", "experiment", "hparams_search", "debug")
-
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
-
-
-def available(group: str) -> list[str]:
-    root = CONFIG_DIR / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
-
-
-def check_cli_overrides(argv: list[str]) -> None:
-    """Refuse `group=name` overrides whose config file does not exist, in one line."""
-    for arg in argv:
-        if arg.startswith("-") or "=" not in arg:
-            continue
-        key, value = arg.split("=", 1)
-        key = key.lstrip("+~")
-        if key not in GROUPS or value in ("", "null"):
-            continue
-        names = value.strip("[]").split(",")
-        if value.startswith(("choice(", "range(", "interval(", "glob(")):
-            continue
-        for name in names:
-            if not (CONFIG_DIR / key / f"{name.strip()}.yaml").is_file():
-                raise ZooError(f"unknown {key}={name.strip()}: expected one of {', '.join(available(key))} (conf/{key}/)")
-
-
-def family_of(target: str) -> str:
-    """`zoo.gpt.module.GPTModule` -> `gpt`: a family is the zoo subpackage its classes live in."""
-    parts = str(target).split(".")
-    return parts[1] if len(parts) > 2 and parts[0] == "zoo" else ""
 
 
 def choice(group: str) -> str:
@@ -81,25 +48,23 @@ def resolve_accelerator(accelerator: str) -> str:
 def check_precision(cfg: DictConfig) -> None:
     precision = str(cfg.trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
-        raise ZooError(f"trainer.precision={precision} is not supported: expected one of {', '.join(PRECISIONS)}")
+        raise ZooError(
+            f"trainer.precision={precision} is not supported: expected one of {', '.join(PRECISIONS)}"
+        )
     accelerator = resolve_accelerator(cfg.trainer.get("accelerator", "auto"))
     if accelerator == "cuda" and not torch.cuda.is_available():
-        raise ZooError(f"trainer.accelerator={cfg.trainer.accelerator} needs a CUDA GPU and none is visible: use trainer=cpu")
+        raise ZooError(
+            f"trainer.accelerator={cfg.trainer.accelerator} needs a CUDA GPU and none is visible: use trainer=cpu"
+        )
     if accelerator == "cpu" and precision.startswith("16"):
         raise ZooError(
             f"trainer.precision={precision} is not supported on CPU (float16 matmuls run ~100x slower there): "
             "use trainer.precision=bf16-mixed or 32-true"
         )
     if accelerator == "cuda" and precision.startswith("bf16") and not torch.cuda.is_bf16_supported():
-        raise ZooError(f"trainer.precision={precision} needs a GPU with bfloat16 support: use trainer.precision=16-mixed")
-
-
-def check_positive(cfg: DictConfig, keys: list[str]) -> None:
-    """Refuse zero or negative lengths and sizes (`data.block_size=0` and friends) in one line."""
-    for key in keys:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-            raise ZooError(f"{key}={value} must be a positive integer")
+        raise ZooError(
+            f"trainer.precision={precision} needs a GPU with bfloat16 support: use trainer.precision=16-mixed"
+        )
 
 
 def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
@@ -121,7 +86,11 @@ def instantiate_group(cfg: DictConfig | None, what: str) -> list[Any]:
     """Instantiate every entry of a callbacks/logger group; `null` entries are switched off."""
     if not cfg:
         return []
-    return [_instantiate(node, f"{what}.{name}") for name, node in cfg.items() if node is not None and "_target_" in node]
+    return [
+        _instantiate(node, f"{what}.{name}")
+        for name, node in cfg.items()
+        if node is not None and "_target_" in node
+    ]
 
 
 def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
@@ -149,7 +118,11 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
 
 
 def metric_values(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float | torch.Tensor) and torch.as_tensor(v).numel() == 1}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float | torch.Tensor) and torch.as_tensor(v).numel() == 1
+    }
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -163,7 +136,3 @@ def teardown_distributed() -> None:
     """Leave no process group behind: gloo sometimes aborts at interpreter exit otherwise."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def cli_guard() -> None:
-    check_cli_overrides(sys.argv[1:])

@@ -38,7 +38,9 @@ OUT = ROOT / "docs" / "benchmarks"
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     desc = f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}"
@@ -91,7 +93,17 @@ def make_module(net: dict, vocab: int, block: int, compile: bool = False) -> GPT
     return GPTModule(net=net, optim=optim, vocab_size=vocab, block_size=block, compile=compile)
 
 
-def lightning_step_time(net: dict, vocab: int, block: int, batch: int, steps: int, skip: int, precision: str, accelerator: str, compile: bool = False) -> float:
+def lightning_step_time(
+    net: dict,
+    vocab: int,
+    block: int,
+    batch: int,
+    steps: int,
+    skip: int,
+    precision: str,
+    accelerator: str,
+    compile: bool = False,
+) -> float:
     torch.manual_seed(0)
     module = make_module(net, vocab, block, compile)
     loader = DataLoader(RandomTokens(vocab, block, batch * (steps + skip)), batch_size=batch, shuffle=False)
@@ -113,7 +125,12 @@ def plain_step_time(net: dict, vocab: int, block: int, batch: int, steps: int, s
     cfg = module.optim
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg, steps + skip))
     loader = DataLoader(RandomTokens(vocab, block, batch * (steps + skip)), batch_size=batch, shuffle=False)
     model.train()
@@ -147,9 +164,15 @@ def bench_cpu(steps: int) -> str:
         light.append(lightning_step_time(SMALL, vocab, block, batch, steps, skip, "32-true", "cpu"))
     bf16 = lightning_step_time(SMALL, vocab, block, batch, steps, skip, "bf16-mixed", "cpu")
     tokens = batch * block
-    for name, sec, peak in (("zoo (Lightning), 32-true", min(light), peak32), ("plain PyTorch loop, fp32", min(plain), peak32), ("zoo (Lightning), bf16-mixed", bf16, peak16)):
+    for name, sec, peak in (
+        ("zoo (Lightning), 32-true", min(light), peak32),
+        ("plain PyTorch loop, fp32", min(plain), peak32),
+        ("zoo (Lightning), bf16-mixed", bf16, peak16),
+    ):
         achieved = flops_per_token * tokens / sec
-        rows.append(f"| {name} | {sec * 1000:.1f} | {tokens / sec:,.0f} | {achieved / 1e9:.1f} | {achieved / peak:.1%} |")
+        rows.append(
+            f"| {name} | {sec * 1000:.1f} | {tokens / sec:,.0f} | {achieved / 1e9:.1f} | {achieved / peak:.1%} |"
+        )
     text = header("GPT on CPU: throughput and Lightning overhead")
     text += (
         f"Default small GPT (4 layers, d128, 4 heads, 0.80M non-embedding parameters), batch {batch} x {block} tokens, "
@@ -171,19 +194,34 @@ def bench_recipes(shakespeare: Path) -> str:
     for exp in ("shakespeare_char", "shakespeare_char_plus"):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = compose_config(
-                [f"experiment={exp}", f"data.path={shakespeare}", "~callbacks.rich_progress_bar", "trainer.enable_progress_bar=false", "logger=csv"],
+                [
+                    f"experiment={exp}",
+                    f"data.path={shakespeare}",
+                    "~callbacks.rich_progress_bar",
+                    "trainer.enable_progress_bar=false",
+                    "logger=csv",
+                ],
                 output_dir=tmp,
             )
             start = time.time()
             _, metrics = train(cfg)
             wall = time.time() - start
-            params = sum(p.numel() for p in torch.load(Path(tmp) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"].values())
-        rows.append(f"| `python -m zoo.train experiment={exp} data.path=tinyshakespeare.txt` | {metrics['val/loss']:.4f} | {params:,} | {wall:.0f} s |")
+            params = sum(
+                p.numel()
+                for p in torch.load(Path(tmp) / "checkpoints" / "last.ckpt", weights_only=True)[
+                    "state_dict"
+                ].values()
+            )
+        rows.append(
+            f"| `python -m zoo.train experiment={exp} data.path=tinyshakespeare.txt` | {metrics['val/loss']:.4f} | {params:,} | {wall:.0f} s |"
+        )
     text = header("GPT recipes: tiny Shakespeare, character level")
     text += (
         "2000 steps x 12 sequences x 64 tokens (1.536M training tokens) for both; validation = every token of the last 10% "
         "scored once (non-overlapping 64-token windows). Reference implementation with the first recipe: 1.88 (1.886 on this machine).\n\n"
-        "| command | final val loss | parameters (state dict) | wall time |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "| command | final val loss | parameters (state dict) | wall time |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
     )
     return text
 
@@ -195,18 +233,23 @@ def bench_gpu(steps: int) -> str:
     name = torch.cuda.get_device_name()
     peak = next((p["bf16"] for k, p in GPU_PEAK_FLOPS.items() if k in name), 0.0)
     rows = []
-    configs = [
-        ("GPT-2 124M", {"n_layer": 12, "n_head": 12, "n_embd": 768, "dropout": 0.0}, 1024, 16),
-        ("gpt_300m", {"n_layer": 24, "n_head": 16, "n_embd": 1024, "dropout": 0.0}, 2048, 8),
-    ]
-    for label, net, block, batch in configs:
-        for compile in (False, True):
-            sec = lightning_step_time(net, 50257, block, batch, steps, 5 if not compile else 8, "bf16-mixed", "gpu", compile=compile)
+    models = {
+        "GPT-2 124M": ({"n_layer": 12, "n_head": 12, "n_embd": 768, "dropout": 0.0}, 1024, 16),
+        "gpt_300m": ({"n_layer": 24, "n_head": 16, "n_embd": 1024, "dropout": 0.0}, 2048, 8),
+    }
+    # Eager first (quick), then compiled: a run cut short still has a row per model.
+    for compile in (False, True):
+        for label, (net, block, batch) in models.items():
+            sec = lightning_step_time(
+                net, 50257, block, batch, steps, 8 if compile else 5, "bf16-mixed", "gpu", compile=compile
+            )
             module = make_module(net, 50257, block)
-            fpt = module.flops_per_token
             tokens = batch * block
-            mfu = fpt * tokens / sec / peak if peak else float("nan")
-            rows.append(f"| {label} | {module.net.num_params() / 1e6:.1f}M | {block} | {batch} | {compile} | {sec * 1000:.1f} | {tokens / sec:,.0f} | {mfu:.1%} |")
+            mfu = module.flops_per_token * tokens / sec / peak if peak else float("nan")
+            rows.append(
+                f"| {label} | {module.net.num_params() / 1e6:.1f}M | {block} | {batch} | {compile} | {sec * 1000:.1f} | {tokens / sec:,.0f} | {mfu:.1%} |"
+            )
+            print(rows[-1], flush=True)
             del module
             torch.cuda.empty_cache()
     text = header(f"GPT on GPU: bf16 MFU ({name})")
@@ -224,7 +267,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["cpu", "recipes", "gpu"], action="append")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--shakespeare", type=Path, default=ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt")
+    parser.add_argument(
+        "--shakespeare", type=Path, default=ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
+    )
     args = parser.parse_args()
     parts = args.only or ["cpu", "recipes", "gpu"]
     OUT.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,9 @@ class TextDataModule(ZooDataModule):
         if not 0.0 < val_fraction < 1.0:
             raise ZooError(f"data.val_fraction={val_fraction} must be between 0 and 1")
         if block_size <= 0 or (train_stride is not None and train_stride <= 0):
-            raise ZooError(f"data.block_size={block_size} and data.train_stride={train_stride} must be positive")
+            raise ZooError(
+                f"data.block_size={block_size} and data.train_stride={train_stride} must be positive"
+            )
         if source == "file" and not path:
             raise ZooError("data.source=file needs data.path")
         self.settings = {
@@ -163,7 +165,9 @@ class TextDataModule(ZooDataModule):
             return sources.read_documents(sources.download(s["url"], self.cache_dir), s["column"])
         if s["source"] == "hf":
             if not s["hf_repo"] or not s["column"]:
-                raise ZooError("data.source=hf needs data.hf_repo and data.column (or data.path for a local copy)")
+                raise ZooError(
+                    "data.source=hf needs data.hf_repo and data.column (or data.path for a local copy)"
+                )
             return sources.hf_documents(s["hf_repo"], s["column"], self.cache_dir, s["hf_revision"])
         raise ZooError(f"data.source={s['source']} needs data.path")
 
@@ -192,7 +196,9 @@ class TextDataModule(ZooDataModule):
             return [text[:cut]], [text[cut:]], extra
         n_val = max(1, int(round(len(docs) * s["val_fraction"])))
         if n_val >= len(docs):
-            raise ZooError(f"{len(docs)} documents are too few to hold out data.val_fraction={s['val_fraction']}")
+            raise ZooError(
+                f"{len(docs)} documents are too few to hold out data.val_fraction={s['val_fraction']}"
+            )
         return docs[:-n_val], docs[-n_val:], extra
 
     def _tokenizer(self, train_docs: list[str]) -> Tokenizer:
@@ -207,7 +213,9 @@ class TextDataModule(ZooDataModule):
                 raise ZooError("data.tokenizer=bpe needs data.vocab_size")
             return HFTokenizer.train_bpe(train_docs, s["vocab_size"])
         if not s["tokenizer_name"]:
-            raise ZooError("data.tokenizer=pretrained needs data.tokenizer_name (HF repo or tokenizer.json path)")
+            raise ZooError(
+                "data.tokenizer=pretrained needs data.tokenizer_name (HF repo or tokenizer.json path)"
+            )
         return HFTokenizer.pretrained(s["tokenizer_name"], str(self.cache_dir / "hf"))
 
     def _build(self, out: Path) -> None:
@@ -240,7 +248,9 @@ class TextDataModule(ZooDataModule):
         (out / "tokenizer.json").write_text(tok.to_json())
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
-    def _write_shards(self, out: Path, split: str, docs: list[str], tok: Tokenizer, eot: int | None, dtype: str) -> tuple[list[str], int]:
+    def _write_shards(
+        self, out: Path, split: str, docs: list[str], tok: Tokenizer, eot: int | None, dtype: str
+    ) -> tuple[list[str], int]:
         shard_tokens = int(self.settings["shard_tokens"])
         names, buffer, total = [], [], 0
 
@@ -253,7 +263,9 @@ class TextDataModule(ZooDataModule):
         batch = 1024
         for i in range(0, len(docs), batch):
             chunk = docs[i : i + batch]
-            encoded = tok.encode_batch(chunk) if isinstance(tok, HFTokenizer) else [tok.encode(d) for d in chunk]
+            encoded = (
+                tok.encode_batch(chunk) if isinstance(tok, HFTokenizer) else [tok.encode(d) for d in chunk]
+            )
             for ids in encoded:
                 buffer.extend(ids)
                 if eot is not None:
@@ -275,8 +287,12 @@ class TextDataModule(ZooDataModule):
     def setup(self, stage: str | None = None) -> None:
         m = self._load_manifest()
         paths = {split: [self.folder / f for f in m["files"][split]] for split in ("train", "val")}
-        self.train_set = TokenWindows(paths["train"], m["dtype"], self.block_size, self.train_stride, cover_all=False)
-        self.val_set = TokenWindows(paths["val"], m["dtype"], self.block_size, self.block_size, cover_all=True)
+        self.train_set = TokenWindows(
+            paths["train"], m["dtype"], self.block_size, self.train_stride, cover_all=False
+        )
+        self.val_set = TokenWindows(
+            paths["val"], m["dtype"], self.block_size, self.block_size, cover_all=True
+        )
         if len(self.train_set) == 0:
             raise ZooError(
                 f"data ({self.name}): {m['tokens']['train']} training tokens are fewer than data.block_size+1="
@@ -288,7 +304,11 @@ class TextDataModule(ZooDataModule):
 
     def model_kwargs(self) -> dict[str, Any]:
         m = self._load_manifest()
-        return {"vocab_size": m["vocab_size"], "block_size": self.block_size, "tokenizer_json": self.tokenizer().to_json()}
+        return {
+            "vocab_size": m["vocab_size"],
+            "block_size": self.block_size,
+            "tokenizer_json": self.tokenizer().to_json(),
+        }
 
     def fingerprint(self) -> str:
         return fingerprint(self.settings)
@@ -297,7 +317,11 @@ class TextDataModule(ZooDataModule):
     def val_stats(self) -> dict[str, int]:
         """Totals behind loss-per-character and bits-per-byte: targets, characters and bytes of val."""
         m = self._load_manifest()
-        return {"targets": m["tokens"]["val"] - len(m["files"]["val"]), "chars": m["val_chars"], "bytes": m["val_bytes"]}
+        return {
+            "targets": m["tokens"]["val"] - len(m["files"]["val"]),
+            "chars": m["val_chars"],
+            "bytes": m["val_bytes"],
+        }
 
     def train_dataloader(self):
         return self.make_loader(self.train_set, train=True)

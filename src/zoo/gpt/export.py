@@ -38,9 +38,13 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tok
         if not (folder / name).is_file():
             raise ZooError(f"{folder}: not a zoo GPT export (missing {name})")
     net = GPT(GPTConfig(**json.loads((folder / "config.json").read_text())))
-    missing, unexpected = net.load_state_dict(load_file(str(folder / "model.safetensors"), device="cpu"), strict=False)
+    missing, unexpected = net.load_state_dict(
+        load_file(str(folder / "model.safetensors"), device="cpu"), strict=False
+    )
     if unexpected or set(missing) - {"lm_head.weight"}:
-        raise ZooError(f"{folder}/model.safetensors does not match config.json (missing {missing}, unexpected {unexpected})")
+        raise ZooError(
+            f"{folder}/model.safetensors does not match config.json (missing {missing}, unexpected {unexpected})"
+        )
     tok_file = folder / "tokenizer.json"
     tokenizer = tokenizer_from_json(tok_file.read_text()) if tok_file.is_file() else None
     return net.to(device).eval(), tokenizer

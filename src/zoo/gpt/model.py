@@ -51,7 +51,9 @@ class GPTConfig:
             raise ValueError("RoPE needs an even head size (n_embd / n_head)")
 
 
-def rope_tables(cfg: GPTConfig, length: int, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    cfg: GPTConfig, length: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     head = cfg.n_embd // cfg.n_head
     inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, head, 2, device=device, dtype=torch.float32) / head))
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
@@ -73,7 +75,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, cache: dict | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, cache: dict | None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -163,7 +167,9 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) for token ids (B, T); `start` is the position of idx[:, 0]."""
         T = idx.shape[1]
         if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}")
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}"
+            )
         x = self.wte(idx)
         rope = None
         if self.wpe is not None:

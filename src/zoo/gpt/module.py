@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -108,18 +107,23 @@ class GPTModule(pl.LightningModule):
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
         x, y = batch
         logits = self.net(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1), ignore_index=-100, reduction=reduction)
+        return F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(), y.view(-1), ignore_index=-100, reduction=reduction
+        )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self.log("train/ppl", torch.exp(loss.detach()), on_step=True, on_epoch=False)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Before clipping: the norm the clipping acts on.
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+            )
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -153,7 +157,10 @@ class GPTModule(pl.LightningModule):
         cfg = self.optim
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
         if cfg.name == "adamw":
             fused = cfg.fused if cfg.fused is not None else self.device.type == "cuda"
             optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
@@ -161,7 +168,10 @@ class GPTModule(pl.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
 
     # -- persistence -----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

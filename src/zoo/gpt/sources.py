@@ -65,15 +65,21 @@ def read_documents(path: str | Path, column: str | None) -> list[str]:
         else:
             frame = pd.read_json(path, lines=suffix == ".jsonl")
     except Exception as err:
-        raise ZooError(f"data.path={path}: cannot read as {suffix[1:]} ({type(err).__name__}: {err})") from err
+        raise ZooError(
+            f"data.path={path}: cannot read as {suffix[1:]} ({type(err).__name__}: {err})"
+        ) from err
     return documents_from_frame(frame, column, str(path))
 
 
 def documents_from_frame(frame, column: str | None, where: str) -> list[str]:
     if column is None:
-        raise ZooError(f"{where}: set data.column to the text column (columns: {', '.join(map(str, frame.columns))})")
+        raise ZooError(
+            f"{where}: set data.column to the text column (columns: {', '.join(map(str, frame.columns))})"
+        )
     if column not in frame.columns:
-        raise ZooError(f"{where}: no column {column!r} (data.column); columns are {', '.join(map(str, frame.columns))}")
+        raise ZooError(
+            f"{where}: no column {column!r} (data.column); columns are {', '.join(map(str, frame.columns))}"
+        )
     texts = frame[column].dropna().astype(str).str.strip()
     docs = [t for t in texts if t]
     if not docs:
@@ -91,7 +97,9 @@ def download(url: str, cache_dir: Path) -> Path:
     try:
         urllib.request.urlretrieve(url, tmp)
     except OSError as err:
-        raise ZooError(f"data.url={url}: download failed ({err}); pass a local copy with data.path=...") from err
+        raise ZooError(
+            f"data.url={url}: download failed ({err}); pass a local copy with data.path=..."
+        ) from err
     tmp.replace(target)
     return target
 
@@ -118,12 +126,18 @@ def hf_documents(repo: str, column: str, cache_dir: Path, revision: str | None =
     files = sorted(p for p in Path(local).rglob("*") if p.suffix in (".parquet", ".csv", ".jsonl"))
     if not files:
         raise ZooError(f"data.hf_repo={repo}: the dataset has no parquet/csv/jsonl files")
-    readers = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True)}
+    readers = {
+        ".parquet": pd.read_parquet,
+        ".csv": pd.read_csv,
+        ".jsonl": lambda p: pd.read_json(p, lines=True),
+    }
     frame = pd.concat([readers[f.suffix](f) for f in files], ignore_index=True)
     return documents_from_frame(frame, column, f"hf:{repo}")
 
 
-def markov_corpus(n_tokens: int, alphabet: str, order: int, concentration: float, seed: int) -> tuple[str, np.ndarray]:
+def markov_corpus(
+    n_tokens: int, alphabet: str, order: int, concentration: float, seed: int
+) -> tuple[str, np.ndarray]:
     """A text drawn from a random order-`order` Markov chain over `alphabet`.
 
     Each context's next-symbol distribution is Dirichlet(`concentration`): small values make it peaked,

@@ -63,7 +63,9 @@ class CharTokenizer:
         try:
             return [self.stoi[c] for c in text]
         except KeyError as err:
-            raise ZooError(f"character {err.args[0]!r} is not in the character vocabulary of this model") from None
+            raise ZooError(
+                f"character {err.args[0]!r} is not in the character vocabulary of this model"
+            ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids if i < len(self.chars))
@@ -80,7 +82,9 @@ class HFTokenizer:
     def __init__(self, tok):  # tokenizers.Tokenizer
         self.tok = tok
         self.vocab_size = tok.get_vocab_size()
-        self.eot_id = next((tok.token_to_id(t) for t in (EOT, "<|endoftext|>") if tok.token_to_id(t) is not None), None)
+        self.eot_id = next(
+            (tok.token_to_id(t) for t in (EOT, "<|endoftext|>") if tok.token_to_id(t) is not None), None
+        )
 
     @classmethod
     def train_bpe(cls, texts: Iterable[str], vocab_size: int) -> HFTokenizer:
