@@ -53,11 +53,12 @@ def test_bf16_mixed_on_cpu_trains(compose, tmp_path):
 
 class RecordSteps(Callback):
     def __init__(self):
-        self.steps, self.lrs = [], []
+        self.steps, self.lrs, self.batches = [], [], []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.steps.append(trainer.global_step)
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+        self.batches.append(batch[0].clone())
 
 
 def test_resume_from_last_ckpt_continues_at_the_right_step_and_lr(compose, tmp_path, monkeypatch):
@@ -94,6 +95,9 @@ def test_resume_from_last_ckpt_continues_at_the_right_step_and_lr(compose, tmp_p
     assert a.steps[-1] == 9 and b.steps[0] == 10 and b.steps[-1] == 19
     # The resumed run's learning rates are those of an uninterrupted run at the same steps.
     assert b.lrs == pytest.approx(c.lrs[10:])
+    # ...and it continues mid-epoch with the very batches the uninterrupted run saw next.
+    assert all(torch.equal(x, y) for x, y in zip(b.batches, c.batches[10:], strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(a.batches, c.batches[:10], strict=True))
     cfg = OptimConfig(**{**dict(first.model.optim), "betas": tuple(first.model.optim.betas)})
     assert b.lrs[0] == pytest.approx(cfg.lr * lr_factor(10, cfg, 20))
 
