@@ -32,6 +32,7 @@ def assert_one_line_error(proc, *fragments: str) -> None:
             ["trainer.precision=16-mixed is not supported on CPU", "bf16-mixed"],
         ),
         (["trainer.precision=8-bit"], ["trainer.precision=8-bit is not supported", "32-true"]),
+        (["trainer=gpu"], ["needs a CUDA GPU and none is visible", "trainer=cpu"]),
         (
             ["data=gpt/text_file", "data.path=/no/such/corpus.txt"],
             ["data.path=/no/such/corpus.txt: no such file"],

@@ -53,3 +53,18 @@ def test_every_group_default_is_listed():
         assert available(group), group
     assert {"cpu", "gpu", "ddp", "ddp_sim", "fsdp", "multinode"} <= set(available("trainer"))
     assert {"tensorboard", "csv", "none"} <= set(available("logger"))
+
+
+def test_fsdp_trainer_config_builds_a_wrapping_strategy(compose):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from zoo.core.errors import ZooError
+    from zoo.core.strategies import fsdp
+    from zoo.gpt.model import Block
+
+    cfg = compose("trainer=fsdp")
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+    with pytest.raises(ZooError, match="trainer.strategy.wrap: cannot import zoo.gpt.model.Nope"):
+        fsdp(wrap=["zoo.gpt.model.Nope"])

@@ -48,7 +48,8 @@ class Collector:
         now = time.time()
         disk, net = ps.disk_io_counters(), ps.net_io_counters()
         row: dict[str, Any] = {
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            + f".{int(now % 1 * 1000):03d}Z",
             "host": self.host,
             "cpu_percent": float(ps.cpu_percent(interval=None)),
             "memory_percent": float(ps.virtual_memory().percent),
@@ -56,7 +57,12 @@ class Collector:
             "load_average": float(os.getloadavg()[0]) if hasattr(os, "getloadavg") else float("nan"),
             "swap_percent": float(ps.swap_memory().percent),
         }
-        rates = {"disk_read_bps": float("nan"), "disk_write_bps": float("nan"), "net_rx_bps": float("nan"), "net_tx_bps": float("nan")}
+        rates = {
+            "disk_read_bps": float("nan"),
+            "disk_write_bps": float("nan"),
+            "net_rx_bps": float("nan"),
+            "net_tx_bps": float("nan"),
+        }
         if self._last is not None and disk is not None and net is not None:
             t0, d0, n0 = self._last
             dt = max(now - t0, 1e-6)
@@ -162,9 +168,13 @@ def read(out: str | os.PathLike[str]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo.collect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="data/metrics/" + socket.gethostname(), help="output folder of Parquet parts")
+    parser.add_argument(
+        "--out", default="data/metrics/" + socket.gethostname(), help="output folder of Parquet parts"
+    )
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between samples")
-    parser.add_argument("--samples", type=int, default=None, help="stop after N samples (default: until Ctrl-C)")
+    parser.add_argument(
+        "--samples", type=int, default=None, help="stop after N samples (default: until Ctrl-C)"
+    )
     parser.add_argument("--flush-every", type=int, default=60, help="samples per Parquet part")
     parser.add_argument("--host", default=None, help="series id to record (default: the hostname)")
     parser.add_argument("--disk-path", default="/", help="filesystem whose usage is disk_percent")

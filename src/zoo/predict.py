@@ -20,8 +20,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from zoo.core.cli import CONFIG_DIR, cli_guard
 from zoo.core.errors import ZooError, exit_on_user_error
-from zoo.core.run import CONFIG_DIR, cli_guard, write_json
+from zoo.core.run import write_json
 
 
 def load_model(ckpt_path: str | Path) -> tuple[Any, DictConfig]:
@@ -31,7 +32,9 @@ def load_model(ckpt_path: str | Path) -> tuple[Any, DictConfig]:
     saved = saved_config(checkpoint, ckpt_path)
     target = str(saved.model.get("_target_", ""))
     if not target.startswith("zoo.events."):
-        raise ZooError(f"ckpt_path={ckpt_path}: a {target or 'non-zoo'} checkpoint; zoo.predict needs an event predictor (model=event_predictor)")
+        raise ZooError(
+            f"ckpt_path={ckpt_path}: a {target or 'non-zoo'} checkpoint; zoo.predict needs an event predictor (model=event_predictor)"
+        )
     model = module_class(target).load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     model.on_load_checkpoint(checkpoint)
     return model.eval(), saved
@@ -47,7 +50,9 @@ def check_vocab_file(model: Any, path: Path) -> None:
     model.check_vocab(vocab, f"vocab={path}")
 
 
-def encode_history(model: Any, frame: pd.DataFrame, columns: dict[str, str], where: str) -> tuple[list[str], torch.Tensor, torch.Tensor, pd.Series, dict[str, int]]:
+def encode_history(
+    model: Any, frame: pd.DataFrame, columns: dict[str, str], where: str
+) -> tuple[list[str], torch.Tensor, torch.Tensor, pd.Series, dict[str, int]]:
     """(case ids, source windows [C, S, F], lengths [C], last timestamp per case, unknown counts)."""
     from zoo.events.readers import normalize
     from zoo.events.schema import field_tokens
@@ -70,7 +75,15 @@ def encode_history(model: Any, frame: pd.DataFrame, columns: dict[str, str], whe
 
 
 @torch.no_grad()
-def predict_next(model: Any, src: torch.Tensor, lengths: torch.Tensor, k: int, sampling: str = "greedy", temperature: float = 1.0, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def predict_next(
+    model: Any,
+    src: torch.Tensor,
+    lengths: torch.Tensor,
+    k: int,
+    sampling: str = "greedy",
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """Autoregressive decoding: ids [C, k, F], probabilities [C, k, F], days to each event [C, k] (NaN
     without a time head). Each step feeds the chosen event back as the next decoder input."""
     from zoo.events.schema import BOS, PAD
@@ -89,7 +102,9 @@ def predict_next(model: Any, src: torch.Tensor, lengths: torch.Tensor, k: int, s
             lg[:, [PAD, BOS]] = float("-inf")  # never a real next value
             p = torch.softmax(lg, -1)
             if sampling == "sample":
-                choice = torch.multinomial(torch.softmax(lg / max(temperature, 1e-6), -1), 1, generator=generator).squeeze(1)
+                choice = torch.multinomial(
+                    torch.softmax(lg / max(temperature, 1e-6), -1), 1, generator=generator
+                ).squeeze(1)
             else:
                 choice = p.argmax(-1)
             step_ids.append(choice)
@@ -97,7 +112,11 @@ def predict_next(model: Any, src: torch.Tensor, lengths: torch.Tensor, k: int, s
         chosen = torch.stack(step_ids, 1)
         ids.append(chosen)
         probs.append(torch.stack(step_p, 1))
-        days.append(torch.expm1(time[:, 0].float().clamp(max=20)) if time is not None else torch.full((src.shape[0],), float("nan")))
+        days.append(
+            torch.expm1(time[:, 0].float().clamp(max=20))
+            if time is not None
+            else torch.full((src.shape[0],), float("nan"))
+        )
         tgt_in = torch.cat([tgt_in, chosen[:, None]], 1)
     return {"ids": torch.stack(ids, 1), "probs": torch.stack(probs, 1), "days": torch.stack(days, 1)}
 
@@ -116,7 +135,11 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         raise ZooError(f"vocab={vocab_file}: no such file")
     if vocab_file.is_file():
         check_vocab_file(model, vocab_file)
-    columns = OmegaConf.to_container(cfg.columns) if cfg.get("columns") else OmegaConf.to_container(saved.data.get("columns") or {})
+    columns = (
+        OmegaConf.to_container(cfg.columns)
+        if cfg.get("columns")
+        else OmegaConf.to_container(saved.data.get("columns") or {})
+    )
     frame = read_table(cfg.input)
     cases, src, lengths, last_time, unknown = encode_history(model, frame, columns, f"input={cfg.input}")
     gen = torch.Generator().manual_seed(int(cfg.seed))

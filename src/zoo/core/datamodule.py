@@ -185,9 +185,10 @@ class ZooDataModule(pl.LightningDataModule):
             len(dataset), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train
         )
         if train:
+            # Kept for every training loader built after a restore: the sampler applies it only to the
+            # resumed epoch, whichever loader Lightning ends up iterating.
             if self._resume_state is not None:
                 sampler.resume_at(self._resume_state["epoch"], self._resume_state["consumed"])
-                self._resume_state = None
             self._train_sampler = sampler
         workers = self._workers()
         pin = torch.cuda.is_available() if self.pin_memory == "auto" else bool(self.pin_memory)

@@ -108,6 +108,10 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
 
     run_keys = [k for k in cfg if k != "hydra"]  # composed-from-Python configs carry Hydra's own section
     callbacks.append(StoreConfig(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, run_keys), resolve=True)))
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = instantiate_group(cfg.get("logger"), "logger")
     if not loggers:  # LearningRateMonitor refuses to run without a logger; nothing to log it to anyway
         from lightning.pytorch.callbacks import LearningRateMonitor

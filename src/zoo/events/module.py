@@ -1,0 +1,281 @@
+"""The event predictor LightningModule: loss over fields, per-field metrics, optimizer recipes,
+vocabulary in (and beside) the checkpoint, export, and the family's own evaluation (`zoo_evaluate`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+from torch.nn import ModuleDict
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from zoo.core.errors import ZooError
+from zoo.events.model import EventPredictor, NetConfig
+from zoo.events.schema import PAD, Schema, Vocab
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    """adam | adamw."""
+    lr: float = 1e-3
+    """Learning rate."""
+    weight_decay: float = 0.0
+    """Weight decay (decoupled with adamw)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    scheduler: str | None = None
+    """null (constant LR) | plateau (ReduceLROnPlateau on the monitored validation loss)."""
+    factor: float = 0.5
+    """ReduceLROnPlateau: LR multiplier."""
+    patience: int = 3
+    """ReduceLROnPlateau: validations without improvement before the LR drops."""
+
+
+def field_losses(logits: list[torch.Tensor], tgt: torch.Tensor) -> torch.Tensor:
+    """Per-field cross-entropy over non-padding targets: [n_fields]. Padding is the same position in every
+    field, so every field averages over the same targets and `sum == n_fields * mean` exactly."""
+    return torch.stack(
+        [
+            F.cross_entropy(lg.flatten(0, 1).float(), tgt[..., i].flatten(), ignore_index=PAD)
+            for i, lg in enumerate(logits)
+        ]
+    )
+
+
+def time_loss(pred: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L1 loss on log1p(days), absolute error in days per valid target, valid mask)."""
+    valid = ~torch.isnan(dt)
+    target = torch.log1p(dt[valid].clamp(min=0))
+    p = pred[valid].float()
+    if target.numel() == 0:
+        zero = pred.sum() * 0.0
+        return zero, zero.new_zeros(0), valid
+    err_days = (torch.expm1(p.clamp(max=20)) - dt[valid]).abs()
+    return F.l1_loss(p, target), err_days, valid
+
+
+class EventModule(pl.LightningModule):
+    """Trains `zoo.events.model.EventPredictor`. Logs ``{train,val}/loss/mean`` (mean over fields of the
+    per-field cross-entropy: the training objective), ``loss/sum`` (= n_fields x mean, the source report's
+    number), ``loss/<field>``, ``acc/<field>`` and, with the time head, ``time_mae_days``."""
+
+    monitor = "val/loss/mean"
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        optim: dict[str, Any],
+        schema: dict[str, Any],
+        vocab: dict[str, list[str]],
+        src_seq_len: int,
+        tgt_seq_len: int,
+        time_loss_weight: float = 0.1,
+        field_metrics_every: int | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        known = {f.name for f in fields(NetConfig)}
+        if set(net) - known:
+            raise ZooError(
+                f"model.net: unknown keys {sorted(set(net) - known)}; expected some of {sorted(known)}"
+            )
+        try:
+            self.net_cfg = NetConfig(**net)
+        except ValueError as err:
+            raise ZooError(f"model.net: {err}") from err
+        if set(optim) - {f.name for f in fields(OptimConfig)}:
+            raise ZooError(
+                f"model.optim: unknown keys {sorted(set(optim) - {f.name for f in fields(OptimConfig)})}"
+            )
+        self.optim = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.999)))})
+        if self.optim.name not in ("adam", "adamw") or self.optim.scheduler not in (None, "plateau"):
+            raise ZooError(
+                f"model.optim: name={self.optim.name} (adam|adamw), scheduler={self.optim.scheduler} (null|plateau)"
+            )
+        self.schema = Schema.from_dict(schema)
+        self.vocab = Vocab(vocab)
+        self.vocab.check_matches(
+            {f.name: len(vocab.get(f.name, [])) for f in self.schema.fields}, "model.vocab"
+        )
+        self.names = self.schema.names
+        sizes = [len(vocab[n]) for n in self.names]
+        self.net = EventPredictor(
+            self.net_cfg, sizes, [f.stream for f in self.schema.fields], src_seq_len, tgt_seq_len
+        )
+        self.time_loss_weight = float(time_loss_weight) if self.net_cfg.time_head else 0.0
+        self.field_metrics_every = field_metrics_every
+        self.eval_acc = ModuleDict(
+            {
+                n: MulticlassAccuracy(num_classes=v, average="micro", ignore_index=PAD, validate_args=False)
+                for n, v in zip(self.names, sizes)
+            }
+        )
+        self.eval_loss = ModuleDict({n: MeanMetric() for n in self.names})
+        self.eval_mae = MeanMetric()
+        self.eval_next_acc = MeanMetric()
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor):
+        return self.net(src, src_len, tgt_in)
+
+    def batch_stats(self, batch: dict[str, Any]) -> tuple[int, int]:
+        """(samples, target events) of a batch, for the Throughput callback (events/s)."""
+        return batch["tgt"].shape[0], int(batch["n_events"]) if "n_events" in batch else batch["tgt"][
+            ..., 0
+        ].ne(PAD).sum().item()
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        logits, time_pred = self.net(batch["src"], batch["src_len"], batch["tgt_in"])
+        per_field = field_losses(logits, batch["tgt"])
+        out: dict[str, Any] = {
+            "per_field": per_field,
+            "mean": per_field.mean(),
+            "sum": per_field.sum(),
+            "logits": logits,
+        }
+        loss = out["mean"]
+        if time_pred is not None:
+            t_loss, err_days, _ = time_loss(time_pred, batch["dt"])
+            out["time_loss"], out["err_days"] = t_loss, err_days
+            loss = loss + self.time_loss_weight * t_loss
+        return loss, out
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, out = self._step(batch)
+        every = self.field_metrics_every or self.trainer.log_every_n_steps
+        # Loggers only write every log_every_n_steps; calling self.log on the other steps costs ~0.1 ms per
+        # value for nothing (the zoo-vs-plain-loop benchmark counts it), so all train metrics go together.
+        if every and batch_idx % every == 0:
+            with torch.no_grad():
+                metrics = {"train/loss/mean": out["mean"], "train/loss/sum": out["sum"]}
+                metrics.update({f"train/loss/{n}": out["per_field"][i] for i, n in enumerate(self.names)})
+                valid = batch["tgt"][..., 0] != PAD
+                for i, n in enumerate(self.names):
+                    metrics[f"train/acc/{n}"] = (
+                        (out["logits"][i].argmax(-1) == batch["tgt"][..., i])[valid].float().mean()
+                    )
+                if "time_loss" in out:
+                    metrics["train/time_l1_log"] = out["time_loss"]
+            self.log_dict(metrics, on_step=True, on_epoch=False)
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor]) -> None:
+        _, out = self._step(batch)
+        n_valid = batch["tgt"][..., 0].ne(PAD).sum()
+        for i, n in enumerate(self.names):
+            self.eval_loss[n].update(out["per_field"][i], weight=n_valid)
+            self.eval_acc[n].update(out["logits"][i].argmax(-1).flatten(), batch["tgt"][..., i].flatten())
+        target = self.names.index(self.schema.target)
+        first = out["logits"][target][:, 0].argmax(-1) == batch["tgt"][:, 0, target]
+        self.eval_next_acc.update(first.float())
+        if "err_days" in out and out["err_days"].numel():
+            self.eval_mae.update(out["err_days"])
+
+    def _eval_epoch_end(self, prefix: str) -> None:
+        metrics = {}
+        losses = []
+        for n in self.names:
+            losses.append(self.eval_loss[n].compute())
+            metrics[f"{prefix}/loss/{n}"] = losses[-1]
+            metrics[f"{prefix}/acc/{n}"] = self.eval_acc[n].compute()
+            self.eval_loss[n].reset()
+            self.eval_acc[n].reset()
+        stacked = torch.stack(losses)
+        metrics[f"{prefix}/loss/mean"] = stacked.mean()
+        metrics[f"{prefix}/loss/sum"] = stacked.sum()
+        # Position 0 of every sample = the next event after each prefix (the evaluation protocol).
+        metrics[f"{prefix}/next_acc"] = self.eval_next_acc.compute()
+        self.eval_next_acc.reset()
+        if self.net_cfg.time_head and self.eval_mae.update_count:
+            metrics[f"{prefix}/time_mae_days"] = self.eval_mae.compute()
+        self.eval_mae.reset()
+        self.log_dict(metrics, prog_bar=False)
+        self.log(f"{prefix}/loss", metrics[f"{prefix}/loss/mean"], prog_bar=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # -- optimization ----------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = self.optim
+        cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+        optimizer = cls(self.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        if cfg.scheduler is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.factor, patience=cfg.patience
+        )
+        # Stepped after each validation on the loss the checkpoint watches.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": self.monitor,
+                "interval": "epoch",
+                "strict": False,
+            },
+        }
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        self._write_vocab_beside_checkpoints()
+
+    @rank_zero_only
+    def _write_vocab_beside_checkpoints(self) -> None:
+        ckpt = self.trainer.checkpoint_callback if self.trainer is not None else None
+        dirpath = getattr(ckpt, "dirpath", None)
+        if dirpath:
+            Path(dirpath).mkdir(parents=True, exist_ok=True)
+            (Path(dirpath) / "vocab.json").write_text(self.vocab.to_json())
+            (Path(dirpath) / "schema.json").write_text(json.dumps(self.schema.to_dict(), indent=1))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zoo_vocab"] = self.vocab.tokens
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("zoo_vocab")
+        if saved is not None and Vocab(saved) != self.vocab:
+            raise ZooError(
+                "checkpoint: its stored vocabulary differs from its hyperparameters' (a corrupted or hand-edited checkpoint)"
+            )
+
+    def check_vocab(self, vocab: Vocab, where: str) -> None:
+        """Refuse data encoded with another vocabulary than this model's (ids would mean other values)."""
+        vocab.check_matches(self.vocab.sizes(), where)
+        if vocab != self.vocab:
+            differ = [n for n in self.names if vocab.tokens.get(n) != self.vocab.tokens.get(n)]
+            raise ZooError(
+                f"{where}: the vocabulary does not match the checkpoint (tokens differ for fields {differ[:5]})"
+            )
+
+    def export(self, out_dir: str | Path, datamodule: Any = None) -> Path:
+        """model.safetensors + config.json + vocab.json + schema.json: loadable with `zoo.events.export.load`."""
+        from zoo.events.export import save
+
+        return save(self.net, self.vocab, self.schema, out_dir)
+
+    # -- the family's evaluation (python -m zoo.eval) ------------------------------------------------
+    def zoo_evaluate(
+        self, datamodule: Any, trainer: pl.Trainer, cfg: Any, output_dir: Path
+    ) -> dict[str, float]:
+        from zoo.events.evaluate import evaluate_module
+
+        self.check_vocab(datamodule.vocab(), f"data={getattr(datamodule, 'name', '?')}")
+        return evaluate_module(self, datamodule, str(cfg.get("split", "test")), output_dir)

@@ -1,0 +1,363 @@
+"""`python -m zoo.tft.bench`: the TFT family's benchmark, written to docs/benchmarks/tft.md.
+
+Parts (``--parts``, comma-separated):
+  loader    samples/s of the stock TimeSeriesDataSet dataloader vs the zoo's precomputed loader on the
+            Alibaba sample (5 min, cpu/memory/disk, encoder 96, prediction 24, batch 128);
+  train     training samples/s (forward+backward+step) with each loader;
+  alibaba   train the tft_alibaba recipe, then MAE/MASE of the TFT vs seasonal-naive on the validation
+            windows (goal: MAE ratio <= 0.85 on cpu, memory, disk);
+  etth1     train on ETTh1 (7 targets, 12/4/4-month split, z-normalized, 336 -> 96) and report test MSE
+            (goal <= 0.40; published: DLinear 0.375, PatchTST 0.370).
+
+Every number in the Markdown comes from the run that wrote it; results are also kept as JSON
+(``--json``) and several JSON files can be merged into one page (``--merge a.json b.json``), e.g. the
+loader part on a CPU machine and the training parts on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[3]
+SHARED = Path(os.environ.get("ZOO_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RESULTS_TAG = "zoo-tft-bench-results"
+
+
+def alibaba_dm(shared: Path, cache: Path, loader: str = "fast", **kw: Any) -> Any:
+    from zoo.tft.data import MetricsDataModule
+
+    args = dict(source="alibaba", path=str(shared / "metrics/alibaba2018_sample/machine_usage.csv"),
+                targets=["cpu_percent", "memory_percent", "disk_percent"], static_categoricals=["host"],
+                calendar=["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"], step="5min", max_gap="30min",
+                encoder_length=96, prediction_length=24, batch_size=128, num_workers=0, drop_short_series=True,
+                cache_dir=str(cache), loader=loader, name="alibaba")  # fmt: skip
+    args.update(kw)
+    dm = MetricsDataModule(**args)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def etth1_dm(shared: Path, cache: Path, **kw: Any) -> Any:
+    from zoo.tft.data import MetricsDataModule
+
+    args = dict(source="ett", path=str(shared / "metrics/ett/ETTh1.csv"), targets=["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"],
+                static_categoricals=[], calendar=["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"], step="1h", max_gap="1h",
+                encoder_length=336, prediction_length=96, split_rows=[8640, 2880, 2880], standardize=True, batch_size=64,
+                target_normalizer="encoder", loader="stock",
+                num_workers=0, cache_dir=str(cache), name="etth1")  # fmt: skip
+    args.update(kw)
+    dm = MetricsDataModule(**args)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def rate(loader: Any, batches: int, warmup: int = 2) -> float:
+    """Samples/s over `batches` batches (several epochs if needed), after `warmup` batches."""
+
+    def stream() -> Any:
+        while True:
+            yield from loader
+
+    it = stream()
+    for _ in range(warmup):
+        next(it)
+    n, start = 0, time.perf_counter()
+    for _ in range(batches):
+        x, _ = next(it)
+        n += len(x["encoder_lengths"])
+    return n / (time.perf_counter() - start)
+
+
+def bench_loader(
+    shared: Path, cache: Path, stock_batches: int = 40, zoo_batches: int = 400
+) -> dict[str, Any]:
+    dm = alibaba_dm(shared, cache)
+    ds = dm.datasets["train"]
+    out: dict[str, Any] = {"train_windows": len(ds), "batch_size": dm.batch_size}
+    out["stock_samples_per_s"] = rate(
+        ds.to_dataloader(train=True, batch_size=dm.batch_size, num_workers=0), stock_batches
+    )
+    out["stock_2workers_samples_per_s"] = rate(
+        ds.to_dataloader(train=True, batch_size=dm.batch_size, num_workers=2), stock_batches
+    )
+    out["zoo_samples_per_s"] = rate(dm.train_dataloader(), zoo_batches)
+    out["speedup"] = out["zoo_samples_per_s"] / out["stock_samples_per_s"]
+    return out
+
+
+def bench_train(shared: Path, cache: Path, device: str, steps: int = 20) -> dict[str, Any]:
+    """Training samples/s with either loader (same model, same batches up to shuffling)."""
+    from zoo.tft.module import TFTModule
+
+    out: dict[str, Any] = {"device": device}
+    for loader in ("fast", "stock"):
+        dm = alibaba_dm(shared, cache, loader=loader)
+        torch.manual_seed(0)
+        model = TFTModule(
+            **dm.model_kwargs(),
+            net={"hidden_size": 32, "attention_head_size": 4, "hidden_continuous_size": 16},
+        ).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        it = iter(dm.train_dataloader())
+
+        def step(model: Any = model, opt: Any = opt, it: Any = it) -> int:
+            x, y = next(it)
+            x = {
+                k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device)) for k, v in x.items()
+            }
+            y = ([t.to(device) for t in y[0]], None)
+            loss = model._loss(x, y, model(x))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return len(x["encoder_lengths"])
+
+        for _ in range(3):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start, n = time.perf_counter(), 0
+        for _ in range(steps):
+            n += step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        out[f"{loader}_train_samples_per_s"] = n / (time.perf_counter() - start)
+    return out
+
+
+def fit_and_score(dm: Any, split: str, device: str, max_steps: int, epoch_batches: int, net: dict[str, Any], lr: float, out_dir: Path,
+                  precision: str = "32-true") -> dict[str, Any]:  # fmt: skip
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from zoo.tft.evaluate import evaluate_module
+    from zoo.tft.module import TFTModule
+
+    pl.seed_everything(1337, workers=True)
+    model = TFTModule(**dm.model_kwargs(), net=net, optim={"lr": lr}, precision=precision, plots=False)
+    ckpt = ModelCheckpoint(dirpath=str(out_dir / "ckpt"), monitor="val/loss", mode="min", save_top_k=1)
+    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision, max_steps=max_steps,
+                         limit_train_batches=epoch_batches, gradient_clip_val=0.1, logger=False, enable_progress_bar=False,
+                         callbacks=[ckpt, EarlyStopping(monitor="val/loss", patience=8, check_on_train_epoch_end=False)], use_distributed_sampler=False,
+                         num_sanity_val_steps=0, enable_model_summary=False)  # fmt: skip
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    seconds = time.perf_counter() - start
+    state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    model.to(device)
+    metrics = evaluate_module(model, dm, split, out_dir, backtest_cutoffs=4)
+    return {"metrics": metrics, "fit_seconds": seconds, "steps": trainer.global_step, "epochs": trainer.current_epoch,
+            "best_val_loss": float(ckpt.best_model_score), "params": sum(p.numel() for p in model.parameters())}  # fmt: skip
+
+
+def bench_alibaba(shared: Path, cache: Path, device: str, max_steps: int, out_dir: Path) -> dict[str, Any]:
+    dm = alibaba_dm(shared, cache, eval_stride=6, num_workers=0)
+    net = {"hidden_size": 32, "attention_head_size": 4, "hidden_continuous_size": 16, "dropout": 0.1}
+    res = fit_and_score(dm, "val", device, max_steps, 100, net, 3e-3, out_dir / "alibaba")
+    res["windows"] = {k: len(v) for k, v in dm.datasets.items()}
+    return res
+
+
+def bench_etth1(
+    shared: Path,
+    cache: Path,
+    device: str,
+    max_steps: int,
+    out_dir: Path,
+    encoder_length: int = 336,
+    hidden: int = 32,
+) -> dict[str, Any]:
+    dm = etth1_dm(shared, cache, encoder_length=encoder_length)
+    net = {
+        "hidden_size": hidden,
+        "attention_head_size": 4,
+        "hidden_continuous_size": hidden // 2,
+        "dropout": 0.1,
+    }
+    res = fit_and_score(dm, "test", device, max_steps, 100, net, 1e-3, out_dir / "etth1")
+    res["encoder_length"], res["hidden_size"] = encoder_length, hidden
+    res["windows"] = {k: len(v) for k, v in dm.datasets.items()}
+    res["target_normalizer"] = dm.target_normalizer
+    return res
+
+
+# -- report -------------------------------------------------------------------------------------------
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "# TFT benchmark",
+        "",
+        "Written by `python -m zoo.tft.bench` (see its docstring); every number below was measured by it.",
+        "",
+    ]
+    for key, res in results.items():
+        if key.startswith("_"):
+            continue
+        env = res.get("_env", {})
+        lines.append(
+            f"Environment of `{key}`: {env.get('machine', '?')}, torch {env.get('torch', '?')}, device {env.get('device', '?')}; command: `{env.get('command', '?')}`"
+        )
+        lines.append("")
+    if "loader" in results:
+        r = results["loader"]
+        lines += ["## Loader throughput (Alibaba sample, 5 min, 3 targets, encoder 96, prediction 24, batch 128)", "",
+                  "| loader | samples/s |", "|---|---|",
+                  f"| stock `TimeSeriesDataSet.to_dataloader` (0 workers) | {r['stock_samples_per_s']:,.0f} |",
+                  f"| stock, 2 workers | {r['stock_2workers_samples_per_s']:,.0f} |",
+                  f"| zoo precomputed (`data.loader=fast`, 0 workers) | {r['zoo_samples_per_s']:,.0f} |", "",
+                  f"Speed-up over the stock loader: **{r['speedup']:.1f}x** (goal >= 10x) over {r['train_windows']:,} training windows.", ""]  # fmt: skip
+    train_keys = [k for k in ("train", "train_gpu") if k in results]
+    if train_keys:
+        lines += ["## Training throughput (TFT hidden 32, Alibaba windows, batch 128; forward + backward + Adam step)", "",
+                  "| device | zoo precomputed loader | stock loader |", "|---|---|---|"]  # fmt: skip
+        for k in train_keys:
+            r = results[k]
+            lines.append(
+                f"| {r['_env']['machine']} ({r['device']}) | {r['fast_train_samples_per_s']:,.0f} samples/s | {r['stock_train_samples_per_s']:,.0f} samples/s |"
+            )
+        lines.append("")
+    if "alibaba" in results:
+        r = results["alibaba"]
+        m = r["metrics"]
+        lines += ["## Alibaba 2018 sample: TFT vs baselines (validation windows, last 20 % of each machine)", "",
+                  f"{r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, "
+                  f"{int(m['windows'])} windows (every 6th origin).", "",
+                  "| target | TFT MAE | seasonal-naive MAE | naive MAE | **MAE ratio TFT / s-naive** | TFT MASE | s-naive MASE | P10-P90 coverage | TFT sMAPE |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for t in ("cpu_percent", "memory_percent", "disk_percent"):
+            lines.append(f"| {t} | {m[f'{t}/tft/mae']:.3f} | {m[f'{t}/snaive/mae']:.3f} | {m[f'{t}/naive/mae']:.3f} | "
+                         f"**{m[f'{t}/tft/rel_mae_vs_snaive']:.3f}** | {m[f'{t}/tft/mase']:.3f} | {m[f'{t}/snaive/mase']:.3f} | "
+                         f"{m[f'{t}/tft/coverage_p10_p90']:.2f} | {m[f'{t}/tft/smape']:.1f} |")  # fmt: skip
+        ratios = [m[f"{t}/tft/rel_mae_vs_snaive"] for t in ("cpu_percent", "memory_percent", "disk_percent")]
+        verdict = "met" if max(ratios) <= 0.85 else "NOT met"
+        lines += ["", f"Goal (MAE ratio vs seasonal-naive <= 0.85 on each of cpu, memory, disk): **{verdict}** "
+                  f"(worst {max(ratios):.3f}, mean {sum(ratios) / 3:.3f}). Walk-forward backtest over 4 origins: "
+                  + ", ".join(f"{t} {m.get(f'backtest/{t}/rel_mae_vs_snaive', float('nan')):.3f}" for t in ("cpu_percent", "memory_percent", "disk_percent")), ""]  # fmt: skip
+    for key in sorted(k for k in results if k.startswith("etth1")):
+        r = results[key]
+        m = r["metrics"]
+        targets = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+        mse = m["all/tft/mse"]
+        lines += [f"## ETTh1 multivariate, horizon 96 (test split, z-normalized) [`{key}`]", "",
+                  f"History {r.get('encoder_length', 336)} h, hidden size {r.get('hidden_size', 32)}, target normalizer "
+                  f"{r.get('target_normalizer', 'group')}; {r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, {int(m['windows'])} test windows.", "",
+                  "| model | MSE | MAE |", "|---|---|---|",
+                  f"| zoo TFT | **{mse:.3f}** | {m['all/tft/mae']:.3f} |",
+                  f"| seasonal-naive (24 h) | {m['all/snaive/mse']:.3f} | {m['all/snaive/mae']:.3f} |",
+                  f"| naive (last value) | {m['all/naive/mse']:.3f} | {m['all/naive/mae']:.3f} |",
+                  "| DLinear (published) | 0.375 | 0.399 |", "| PatchTST/64 (published) | 0.370 | 0.400 |", "",
+                  f"Goal MSE <= 0.40: **{'met' if mse <= 0.40 else 'NOT met'}**. Per target MSE: "
+                  + ", ".join(f"{t} {m[f'{t}/tft/mse']:.3f}" for t in targets), ""]  # fmt: skip
+    lines += ["## Notes", "",
+              "- MAE ratio = TFT MAE / seasonal-naive MAE on the same windows (the goal's 'MASE vs seasonal-naive'); "
+              "MASE columns use the M4 definition (errors over each series' in-sample seasonal-naive MAE).",
+              "- Loader and CPU training numbers depend on how busy the machine's cores were; the ratio between loaders "
+              "is measured in the same conditions, one after the other.",
+              "- Each part's measurements are kept below (JSON), so running one part updates only its section.", ""]  # fmt: skip
+    blob = json.dumps(results, default=float, sort_keys=True)
+    return "\n".join(lines) + f"\n<!-- {RESULTS_TAG}\n{blob}\n-->\n"
+
+
+def previous_results(md: Path) -> dict[str, Any]:
+    if not md.is_file():
+        return {}
+    text = md.read_text()
+    start = text.find(f"<!-- {RESULTS_TAG}\n")
+    if start < 0:
+        return {}
+    body = text[start + len(RESULTS_TAG) + 6 :]
+    try:
+        return json.loads(body[: body.index("\n-->")])
+    except (ValueError, json.JSONDecodeError):
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m zoo.tft.bench", description=__doc__.split("\n\n")[0])
+    # Training to convergence on 2 CPU cores takes hours: without a GPU the default is the throughput parts.
+    p.add_argument(
+        "--parts", default="loader,train,alibaba,etth1" if torch.cuda.is_available() else "loader,train"
+    )
+    p.add_argument("--shared", default=str(SHARED), help="folder holding metrics/ (../shared/data)")
+    p.add_argument("--cache", default=str(ROOT / "data" / "cache"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--alibaba-steps", type=int, default=3000)
+    p.add_argument("--etth1-steps", type=int, default=3000)
+    p.add_argument(
+        "--etth1-encoder", type=int, default=336, help="ETTh1 history length (the horizon stays 96)"
+    )
+    p.add_argument("--etth1-hidden", type=int, default=32)
+    p.add_argument("--out-dir", default=str(ROOT / "logs" / "bench" / "tft"))
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--md", default=str(ROOT / "docs" / "benchmarks" / "tft.md"))
+    p.add_argument(
+        "--merge", nargs="*", default=None, help="JSON results to merge into the Markdown (no benchmarking)"
+    )
+    args = p.parse_args(argv)
+    if args.merge:
+        results: dict[str, Any] = {}
+        for f in args.merge:
+            results.update(json.loads(Path(f).read_text()))
+    else:
+        shared, cache, out_dir = Path(args.shared), Path(args.cache), Path(args.out_dir)
+        if not (shared / "metrics").is_dir():
+            # `make bench` runs every family's benchmark: without the real data this one has nothing to measure.
+            print(f"[zoo] tft bench skipped: {shared}/metrics not found (set --shared or ZOO_SHARED_DATA)")
+            return 0
+        if args.device == "cpu":
+            torch.set_num_threads(1)  # see TFTModule.cpu_threads
+        env = {"machine": f"{platform.machine()} {os.cpu_count()} cpus" + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
+               "torch": torch.__version__, "device": args.device, "command": "python -m zoo.tft.bench " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
+        results = {}
+        parts = args.parts.split(",")
+        for part in parts:
+            start = time.perf_counter()
+            if part == "loader":
+                res = bench_loader(shared, cache)
+            elif part == "train":
+                res = bench_train(shared, cache, args.device)
+            elif part == "alibaba":
+                res = bench_alibaba(shared, cache, args.device, args.alibaba_steps, out_dir)
+            elif part == "etth1":
+                res = bench_etth1(
+                    shared,
+                    cache,
+                    args.device,
+                    args.etth1_steps,
+                    out_dir,
+                    args.etth1_encoder,
+                    args.etth1_hidden,
+                )
+            else:
+                print(f"zoo: error: unknown part {part}")
+                return 2
+            res["_env"] = env | {"seconds": round(time.perf_counter() - start, 1)}
+            results[part] = res
+            print(
+                f"[zoo] {part}: "
+                + json.dumps({k: v for k, v in res.items() if k != "metrics"}, default=str)[:600],
+                flush=True,
+            )
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+    md = Path(args.md)
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(markdown(previous_results(md) | results))
+    print(f"[zoo] wrote {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,614 @@
+"""The TFT DataModule: metrics tables -> pytorch-forecasting `TimeSeriesDataSet`s -> batches.
+
+`prepare_data` loads, validates, resamples and featurizes once, writing ``frame.parquet`` and
+``manifest.json`` (last) to ``cache_dir/tft/<name>-<fingerprint>/``. `setup` splits every series at a
+**time** cutoff (train rows end before the validation targets start; the validation encoder may look
+back into the training period, as at prediction time) and builds the stock datasets, whose fitted
+normalizers/encoders are the model's dataset parameters.
+
+Batches come from `WindowBatches` by default: the stock dataset's tensors and sample index are turned
+into gather indices once, and a batch is a handful of tensor indexing operations instead of
+``batch_size`` calls of ``TimeSeriesDataSet.__getitem__`` plus ``_collate_fn`` (pytorch-forecasting
+issues #715, #1426, #1849). The batches are identical to the stock ones (tests/tft/test_loader.py);
+``data.loader=stock`` switches back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from zoo.core.datamodule import ZooDataModule, cache_lock, fingerprint
+from zoo.core.errors import ZooError
+from zoo.tft import params as P
+from zoo.tft import sources as S
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("synthetic", "file", "alibaba", "bitbrains", "nab", "ett")
+
+
+def batch_identity(batch: Any) -> Any:
+    """collate_fn for datasets whose ``__getitems__`` already returns a whole batch (module level: picklable)."""
+    return batch
+
+
+def stock_collate(batch: Any) -> Any:
+    from pytorch_forecasting import TimeSeriesDataSet
+
+    return TimeSeriesDataSet._collate_fn(batch)
+
+
+class WindowBatches(Dataset):
+    """Fixed-length windows of a `TimeSeriesDataSet`, batched by tensor indexing.
+
+    Only the settings the zoo uses are supported (fixed encoder/prediction lengths, no length
+    randomization, no weights, no EncoderNormalizer, no missing steps inside a window); anything else is
+    refused rather than batched differently from the stock loader.
+    """
+
+    def __init__(self, ds: Any):
+        from pytorch_forecasting.data import EncoderNormalizer
+
+        self.E, self.P = int(ds.max_encoder_length), int(ds.max_prediction_length)
+        L = self.E + self.P
+        problems = []
+        if ds.min_encoder_length != self.E or ds.min_prediction_length != self.P:
+            problems.append("variable encoder/prediction lengths")
+        if ds.randomize_length is not None:
+            problems.append("randomize_length")
+        if ds.data["weight"] is not None:
+            problems.append("weights")
+        if any(isinstance(n, EncoderNormalizer) for n in [*ds.target_normalizers, *ds._scalers.values()]):
+            problems.append("EncoderNormalizer")
+        index = ds.index
+        if len(index) and not (
+            (index.index_end - index.index_start + 1 == L).all() and (index.sequence_length == L).all()
+        ):
+            problems.append("windows with missing time steps")
+        if problems:
+            raise ZooError(f"data.loader=fast does not support {', '.join(problems)}: use data.loader=stock")
+        self.multi_target = bool(ds.multi_target)
+        self.reals = ds.data["reals"]
+        self.cats = ds.data["categoricals"]
+        self.targets = list(ds.data["target"])
+        self.time = ds.data["time"]
+        self.starts = torch.as_tensor(index.index_start.to_numpy(), dtype=torch.long)
+        self.enc = torch.arange(self.E)
+        self.dec = torch.arange(self.E, L)
+        self.dec_steps = torch.arange(self.P)
+        # Columns __getitem__ overwrites per sample; with fixed lengths they are the same for every window.
+        self.constant_cols: list[tuple[int, torch.Tensor]] = []
+        if ds.add_relative_time_idx:
+            pattern = torch.arange(-self.E, self.P, dtype=self.reals.dtype) / ds.max_encoder_length
+            self.constant_cols.append((ds.reals.index("relative_time_idx"), pattern))
+        if ds.add_encoder_length:
+            value = (self.E - 0.5 * ds.max_encoder_length) / ds.max_encoder_length * 2.0
+            self.constant_cols.append(
+                (ds.reals.index("encoder_length"), torch.full((L,), value, dtype=self.reals.dtype))
+            )
+        # Target scales per group, asked of the stock normalizer once per distinct group.
+        groups = ds.data["groups"][self.starts] if len(self.starts) else ds.data["groups"][:0]
+        self.groups = groups
+        uniq, inverse = (
+            torch.unique(groups, dim=0, return_inverse=True) if len(groups) else (groups, groups[:, 0])
+        )
+        n_targets = len(self.targets)
+        table = np.zeros((len(uniq), n_targets, 2), dtype=np.float32)
+        for row, g in enumerate(uniq):
+            scale = ds.target_normalizer.get_parameters(g, ds.group_ids)
+            scale = scale if isinstance(scale, list) else [scale]
+            for t, s in enumerate(scale):
+                table[row, t] = np.asarray(s, dtype=np.float32)
+        self.scale_table = torch.from_numpy(table)
+        self.scale_row = inverse.long()
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def window_rows(self, indices: Any) -> torch.Tensor:
+        """Row positions (into the dataset tensors) of the first step of each window."""
+        return self.starts[torch.as_tensor(indices, dtype=torch.long)]
+
+    def __getitems__(self, indices: list[int]) -> tuple[dict[str, Any], tuple[Any, None]]:
+        ii = torch.as_tensor(indices, dtype=torch.long)
+        start = self.starts[ii]
+        rows_enc = start[:, None] + self.enc
+        rows_dec = start[:, None] + self.dec
+        enc_cont, dec_cont = self.reals[rows_enc], self.reals[rows_dec]
+        for col, pattern in self.constant_cols:
+            enc_cont[:, :, col] = pattern[: self.E]
+            dec_cont[:, :, col] = pattern[self.E :]
+        enc_target = [t[rows_enc] for t in self.targets]
+        dec_target = [t[rows_dec] for t in self.targets]
+        scales = self.scale_table[self.scale_row[ii]]
+        target_scale: Any = [scales[:, t].contiguous() for t in range(len(self.targets))]
+        if not self.multi_target:
+            enc_target, dec_target, target_scale = enc_target[0], dec_target[0], target_scale[0]
+        B = len(ii)
+        x = {
+            "encoder_cat": self.cats[rows_enc],
+            "encoder_cont": enc_cont,
+            "encoder_target": enc_target,
+            "encoder_lengths": torch.full((B,), self.E, dtype=torch.long),
+            "decoder_cat": self.cats[rows_dec],
+            "decoder_cont": dec_cont,
+            "decoder_target": dec_target,
+            "decoder_lengths": torch.full((B,), self.P, dtype=torch.long),
+            "decoder_time_idx": (self.time[start] + self.E)[:, None] + self.dec_steps,
+            "groups": self.groups[ii],
+            "target_scale": target_scale,
+        }
+        return x, (dec_target, None)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Any], tuple[Any, None]]:
+        return self.__getitems__([i])
+
+
+class StockBatches(Dataset):
+    """The `WindowBatches` interface over the stock ``__getitem__`` + collate, for settings the fast path
+    does not reproduce (EncoderNormalizer): evaluation and prediction use either."""
+
+    def __init__(self, ds: Any):
+        self.ds = ds
+        self.starts = torch.as_tensor(ds.index.index_start.to_numpy(), dtype=torch.long)
+        self.time = ds.data["time"]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        return stock_collate([self.ds[int(i)] for i in indices])
+
+    def __getitem__(self, i: int) -> Any:
+        return self.__getitems__([i])
+
+
+class MetricsDataModule(ZooDataModule):
+    """Server metrics (or any multi-series table) for the TFT family.
+
+    Args (besides the shared loader settings of `ZooDataModule`):
+        source: ``synthetic`` | ``file`` (Parquet/CSV/JSON, with ``columns``) | ``alibaba`` | ``bitbrains`` |
+            ``nab`` | ``ett`` (the public traces' own layouts; ``path`` points at them).
+        path, format, read_kwargs: the file (or glob/folder) and extra ``pandas.read_*`` arguments.
+        columns: zoo name -> source column (``timestamp``, ``series``, each target and covariate).
+        timestamp_unit: unit of numeric timestamps (``s``, ``ms``...).
+        targets: columns to forecast (several: multi-target).
+        known_reals / unknown_reals / static_reals / static_categoricals: covariates from the table;
+            ``host`` (the original series id) is a valid static categorical.
+        calendar: known calendar features (hour, weekday, hour_sin, hour_cos, weekday_sin, weekday_cos, is_weekend).
+        lags / rolling: lagged targets and trailing rolling mean/std windows (in steps); unknown reals.
+        step: resampling step (``5min``); max_gap: gaps up to this long are forward-filled, longer ones
+            split the series.
+        duplicates: ``error`` | ``mean`` for repeated timestamps in a series.
+        encoder_length / prediction_length: window lengths in steps.
+        val_fraction / test_fraction: the last fractions of every series (a time cutoff per series), or
+        split_rows: ``[train, val, test]`` rows from each series' start (ETTh1's standard 12/4/4 months).
+        standardize: z-normalize targets and covariates with training-split statistics (ETT protocol;
+            metrics are then on that scale).
+        target_normalizer: ``group`` (per-series GroupNormalizer fitted on the training split) or
+            ``encoder`` (EncoderNormalizer: every window scaled by its own history, which follows level
+            shifts such as ETT's; needs ``loader=stock``).
+        target_transformation: normalizer transformation (null, softplus, log1p, relu).
+        season: seasonal period for seasonal-naive baselines and MASE (``1D``).
+        eval_stride: keep every n-th validation/test window (they overlap by design).
+        loader: ``fast`` (precomputed, `WindowBatches`) | ``stock`` (TimeSeriesDataSet + its collate).
+        max_series: keep the first N series (after sorting by id).
+        drop_short_series: drop series shorter than encoder+prediction instead of failing.
+        synthetic: settings of `zoo.tft.sources.synthetic_hosts`.
+    """
+
+    family = "tft"
+
+    def __init__(
+        self,
+        source: str = "synthetic",
+        path: str | None = None,
+        format: str | None = None,
+        read_kwargs: dict[str, Any] | None = None,
+        columns: dict[str, str] | None = None,
+        timestamp_unit: str | None = None,
+        targets: list[str] | str | None = None,
+        known_reals: list[str] | None = None,
+        unknown_reals: list[str] | None = None,
+        static_reals: list[str] | None = None,
+        static_categoricals: list[str] | None = None,
+        calendar: list[str] | None = None,
+        lags: list[int] | None = None,
+        rolling: list[int] | None = None,
+        step: str = "5min",
+        max_gap: str = "15min",
+        duplicates: str = "error",
+        encoder_length: int = 96,
+        prediction_length: int = 24,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        split_rows: list[int] | None = None,
+        standardize: bool = False,
+        target_normalizer: str = "group",
+        target_transformation: str | None = None,
+        season: str = "1D",
+        eval_stride: int = 1,
+        loader: str = "fast",
+        max_series: int | None = None,
+        drop_short_series: bool = False,
+        synthetic: dict[str, Any] | None = None,
+        name: str = "metrics",
+        **loader_kwargs: Any,
+    ):
+        super().__init__(**loader_kwargs)
+        if source not in SOURCES:
+            raise ZooError(f"data.source={source}: expected one of {', '.join(SOURCES)}")
+        if source not in ("synthetic",) and not path:
+            raise ZooError(f"data.source={source} needs data.path")
+        if duplicates not in ("error", "mean"):
+            raise ZooError(f"data.duplicates={duplicates}: expected error or mean")
+        if target_normalizer not in ("group", "encoder"):
+            raise ZooError(f"data.target_normalizer={target_normalizer}: expected group or encoder")
+        if target_normalizer == "encoder" and loader == "fast":
+            raise ZooError(
+                "data.target_normalizer=encoder needs data.loader=stock (the fast loader reproduces GroupNormalizer batches only)"
+            )
+        if loader not in ("fast", "stock"):
+            raise ZooError(f"data.loader={loader}: expected fast or stock")
+        if int(encoder_length) <= 0 or int(prediction_length) <= 0:
+            raise ZooError(
+                f"data.encoder_length={encoder_length} and data.prediction_length={prediction_length} must be positive"
+            )
+        if split_rows is None and not (
+            0.0 < val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0
+        ):
+            raise ZooError(
+                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in [0, 1) and sum below 1"
+            )
+        targets = [targets] if isinstance(targets, str) else list(targets or S.DEFAULT_TARGETS)
+        if not targets:
+            raise ZooError("data.targets is empty: name at least one column to forecast")
+        self.settings: dict[str, Any] = {
+            "source": source, "path": path, "format": format, "read_kwargs": dict(read_kwargs or {}),
+            "columns": dict(columns or {}), "timestamp_unit": timestamp_unit, "targets": targets,
+            "known_reals": list(known_reals or []), "unknown_reals": list(unknown_reals or []),
+            "static_reals": list(static_reals or []), "calendar": list(calendar or []),
+            "lags": [int(v) for v in lags or []], "rolling": [int(v) for v in rolling or []],
+            "step": step, "max_gap": max_gap, "duplicates": duplicates, "max_series": max_series,
+            "drop_short_series": drop_short_series, "synthetic": dict(synthetic or {}),
+            "min_length": int(encoder_length) + int(prediction_length),
+        }  # fmt: skip
+        if path and source != "synthetic":  # a changed file must not reuse a stale cache
+            p = Path(path).expanduser()
+            if not p.exists() and not any(c in str(p) for c in "*?["):
+                raise ZooError(f"data.path={p}: no such file")
+            if p.exists():
+                st = p.stat()
+                self.settings["path_stat"] = [str(p.resolve()), st.st_size, st.st_mtime_ns]
+        self.static_categoricals = list(static_categoricals if static_categoricals is not None else [])
+        self.encoder_length, self.prediction_length = int(encoder_length), int(prediction_length)
+        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
+        self.split_rows = [int(v) for v in split_rows] if split_rows else None
+        self.standardize = bool(standardize)
+        self.target_normalizer = target_normalizer
+        self.target_transformation = target_transformation
+        self.season = season
+        self.eval_stride = max(1, int(eval_stride))
+        self.loader = loader
+        self.name = name
+        self.targets = targets
+        self.folder = self.cache_dir / "tft" / f"{name}-{fingerprint(self.settings)}"
+        self.manifest: dict[str, Any] = {}
+        self.frame: pd.DataFrame | None = None
+        self.datasets: dict[str, Any] = {}
+        self.fast: dict[str, WindowBatches] = {}
+        self.cutoffs: dict[str, dict[str, int]] = {}
+        self.scaler: dict[str, list[float]] = {}
+
+    # -- prepare ---------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if (self.folder / "manifest.json").is_file():
+            return
+        with cache_lock(self.folder):
+            if (self.folder / "manifest.json").is_file():
+                return
+            tmp = self.folder.with_name(self.folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            frame, manifest = self.build_frame()
+            frame.to_parquet(tmp / "frame.parquet", index=False)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+            shutil.rmtree(self.folder, ignore_errors=True)
+            tmp.rename(self.folder)
+
+    def raw_frame(self) -> pd.DataFrame:
+        s = self.settings
+        where = f"data ({self.name})"
+        if s["source"] == "synthetic":
+            return S.synthetic_hosts(**s["synthetic"])
+        if s["source"] == "alibaba":
+            return S.load_alibaba(s["path"])
+        if s["source"] == "bitbrains":
+            return S.load_bitbrains(s["path"])
+        if s["source"] == "nab":
+            return S.load_nab(s["path"])
+        if s["source"] == "ett":
+            return S.load_ett(s["path"])
+        df = S.read_table(s["path"], s["format"], s["read_kwargs"])
+        df = S.map_columns(df, s["columns"], f"{where} {s['path']}")
+        if "series" not in df.columns and "timestamp" in df.columns:
+            df["series"] = "series0"  # a single-series table needs no id column
+        if "timestamp" in df.columns:
+            df["timestamp"] = S.to_timestamps(df["timestamp"], s["timestamp_unit"], f"{where} {s['path']}")
+        return df
+
+    def build_frame(self) -> tuple[pd.DataFrame, dict[str, Any]]:
+        s = self.settings
+        where = f"data ({self.name}{', ' + str(s['path']) if s['path'] else ''})"
+        df = self.raw_frame()
+        covariates = [*s["known_reals"], *s["unknown_reals"], *s["static_reals"]]
+        if s["duplicates"] == "mean" and {"series", "timestamp"} <= set(df.columns):
+            df = df.groupby(["series", "timestamp"], as_index=False).mean(numeric_only=True)
+        df = S.validate(df, s["targets"], covariates, where)
+        extra = [c for c in df.columns if c.endswith("_clean")]  # synthetic noise-free signal, for tests
+        if s["max_series"]:
+            keep = sorted(df["series"].unique())[: int(s["max_series"])]
+            df = df[df["series"].isin(keep)]
+        max_gap_steps = int(pd.Timedelta(s["max_gap"]) // pd.Timedelta(s["step"])) if s["max_gap"] else 0
+        frame = S.regularize(df, s["step"], [*s["targets"], *covariates, *extra], max_gap_steps, where)
+        frame = S.check_lengths(
+            frame, s["min_length"], where, drop_short=True
+        )  # short gap segments are dropped
+        frame, origin = S.add_time_index(frame, s["step"])
+        dropped = sorted(set(df["series"]) - set(frame["host"]))
+        if dropped and not s["drop_short_series"]:
+            n = int(df[df["series"] == dropped[0]].shape[0])
+            raise ZooError(
+                f"{where}: series '{dropped[0]}' has no stretch of {s['min_length']} steps "
+                f"(encoder_length+prediction_length) without gaps ({n} raw rows): lower the lengths, raise data.max_gap, or set data.drop_short_series=true"
+            )
+        calendar = S.add_calendar(frame, s["calendar"])
+        lag_cols, warmup = S.add_lags(frame, s["targets"], s["lags"], s["rolling"])
+        if warmup:
+            frame = frame[frame.groupby("series").cumcount() >= warmup]
+            frame = S.check_lengths(frame, s["min_length"], where, drop_short=bool(s["drop_short_series"]))
+        frame = frame.sort_values(["series", "time_idx"]).reset_index(drop=True)
+        manifest = {
+            "rows": len(frame), "series": sorted(frame["series"].unique().tolist()), "origin": str(origin),
+            "calendar": calendar, "lag_features": lag_cols, "extra": extra, "step": s["step"],
+        }  # fmt: skip
+        return frame, manifest
+
+    # -- setup -----------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self.frame is not None:
+            return
+        if not (self.folder / "manifest.json").is_file():
+            self.prepare_data()
+        self.manifest = json.loads((self.folder / "manifest.json").read_text())
+        self.frame = pd.read_parquet(self.folder / "frame.parquet")
+        self.frame["host"] = self.frame["host"].astype(str)
+        self.frame["series"] = self.frame["series"].astype(str)
+
+    @property
+    def known_reals(self) -> list[str]:
+        return [*self.settings["known_reals"], *self.manifest.get("calendar", [])]
+
+    @property
+    def unknown_reals(self) -> list[str]:
+        return [*self.targets, *self.settings["unknown_reals"], *self.manifest.get("lag_features", [])]
+
+    @property
+    def season_steps(self) -> int:
+        return S.steps_per(self.season, self.settings["step"])
+
+    def split_points(self) -> dict[str, dict[str, int]]:
+        """Per series: the last time_idx of train, of val, and of test (inclusive)."""
+        assert self.frame is not None
+        out: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
+        for series, part in self.frame.groupby("series", sort=True):
+            t = part["time_idx"].to_numpy()
+            n = len(t)
+            if self.split_rows:
+                n_train, n_val, n_test = self.split_rows
+                n_train, n_val = min(n_train, n), min(n_train + n_val, n)
+                n_test = min(n_val + n_test, n)
+            else:
+                n_test = n
+                n_val = n - int(round(n * self.test_fraction))
+                n_train = n_val - int(round(n * self.val_fraction))
+            out["train"][series] = int(t[n_train - 1]) if n_train > 0 else int(t[0]) - 1
+            out["val"][series] = int(t[n_val - 1])
+            out["test"][series] = int(t[n_test - 1])
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        from pytorch_forecasting import TimeSeriesDataSet
+        from pytorch_forecasting.data import (
+            EncoderNormalizer,
+            GroupNormalizer,
+            MultiNormalizer,
+            NaNLabelEncoder,
+        )
+
+        self._load()
+        assert self.frame is not None
+        where = f"data ({self.name})"
+        self.cutoffs = self.split_points()
+        frame = self.frame
+        cut = frame["series"].map(self.cutoffs["train"])
+        train = frame[frame["time_idx"] <= cut]
+        if self.standardize:
+            cols = [
+                *self.targets,
+                *self.settings["known_reals"],
+                *self.settings["unknown_reals"],
+                *self.settings["static_reals"],
+            ]
+            stats = train[cols].agg(["mean", "std"])
+            self.scaler = {c: [float(stats.loc["mean", c]), float(stats.loc["std", c]) or 1.0] for c in cols}
+            frame = frame.copy()
+            for c, (mu, sd) in self.scaler.items():
+                frame[c] = (frame[c] - mu) / sd
+            self.frame = frame
+            train = frame[frame["time_idx"] <= cut]
+        min_len = self.encoder_length + self.prediction_length
+        sizes = train.groupby("series").size()
+        train = train[train["series"].isin(sizes.index[sizes >= min_len])]
+        if train.empty:
+            raise ZooError(
+                f"{where}: no series has encoder_length+prediction_length={min_len} steps before its validation cutoff"
+            )
+        if self.target_normalizer == "encoder":
+            normalizers = [EncoderNormalizer(transformation=self.target_transformation) for _ in self.targets]
+        else:
+            normalizers = [
+                GroupNormalizer(groups=["series"], transformation=self.target_transformation)
+                for _ in self.targets
+            ]
+        multi = len(self.targets) > 1
+        # add_nan: a host never seen in training (the user's own machine) still gets a forecast, with the
+        # average training scale for its group normalizer.
+        encoders = {
+            c: NaNLabelEncoder(add_nan=True)
+            for c in [*self.static_categoricals, "series", "__group_id__series"]
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.datasets["train"] = TimeSeriesDataSet(
+                train,
+                time_idx="time_idx",
+                target=self.targets if multi else self.targets[0],
+                group_ids=["series"],
+                max_encoder_length=self.encoder_length,
+                min_encoder_length=self.encoder_length,
+                max_prediction_length=self.prediction_length,
+                min_prediction_length=self.prediction_length,
+                static_categoricals=self.static_categoricals,
+                static_reals=self.settings["static_reals"],
+                time_varying_known_reals=self.known_reals,
+                time_varying_unknown_reals=self.unknown_reals,
+                target_normalizer=MultiNormalizer(normalizers) if multi else normalizers[0],
+                categorical_encoders=encoders,
+                add_relative_time_idx=True,
+                add_target_scales=True,
+                add_encoder_length=False,
+                allow_missing_timesteps=False,
+            )
+            for split in ("val", "test"):
+                ds = self.eval_dataset(split)
+                if ds is not None:
+                    self.datasets[split] = ds
+        if "val" not in self.datasets:
+            raise ZooError(
+                f"{where}: the validation split has no window of prediction_length={self.prediction_length}: raise data.val_fraction or lower the lengths"
+            )
+        if self.loader == "fast":
+            self.fast = {k: WindowBatches(v) for k, v in self.datasets.items()}
+
+    def eval_dataset(self, split: str) -> Any:
+        """Windows whose first target lies after the previous split's cutoff (per series) and whose last
+        lies within this split; their encoders may reach back into earlier splits."""
+        from pytorch_forecasting import TimeSeriesDataSet
+
+        assert self.frame is not None
+        prev = self.cutoffs["train" if split == "val" else "val"]
+        end = self.cutoffs[split]
+        trained = set(self.datasets["train"].decoded_index["series"].unique())
+        frame = self.frame[self.frame["series"].isin(trained)]
+        frame = frame[frame["time_idx"] <= frame["series"].map(end)]
+        has_rows = frame["time_idx"] > frame["series"].map(prev)
+        if not has_rows.any():
+            return None
+        stride = self.eval_stride
+
+        def keep(index: pd.DataFrame) -> np.ndarray:
+            first = index["time_idx_first_prediction"].to_numpy()
+            origin = index["series"].map(prev).to_numpy()
+            return (first > origin) & ((first - origin - 1) % stride == 0)
+
+        ds = TimeSeriesDataSet.from_dataset(
+            self.datasets["train"],
+            frame,
+            stop_randomization=True,
+            min_prediction_idx=int(min(prev.values())) + 1,
+        )
+        if not len(ds):
+            return None
+        mask = keep(ds.decoded_index)
+        if not mask.any():
+            return None
+        return ds.filter(lambda _: mask)
+
+    # -- what the model reads --------------------------------------------------------------------------
+    def model_kwargs(self) -> dict[str, Any]:
+        self.setup()
+        return {
+            "dataset_parameters": P.encode(self.datasets["train"].get_parameters()),
+            "preprocess": self.preprocess_spec(),
+        }
+
+    def preprocess_spec(self) -> dict[str, Any]:
+        """What prediction on new data repeats before the dataset parameters apply (stored with the model)."""
+        s = self.settings
+        return {
+            "step": s["step"], "max_gap": s["max_gap"], "calendar": self.manifest.get("calendar", []),
+            "lags": s["lags"], "rolling": s["rolling"], "targets": self.targets, "scaler": self.scaler,
+            "origin": self.manifest.get("origin"), "season_steps": self.season_steps,
+            "encoder_length": self.encoder_length, "prediction_length": self.prediction_length,
+        }  # fmt: skip
+
+    def fingerprint(self) -> str:
+        return self.folder.name
+
+    # -- loaders ---------------------------------------------------------------------------------------
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        self.setup()
+        if split not in self.datasets:
+            split = "val"
+        if self.loader == "fast":
+            return self.make_loader(self.fast[split], train=train, collate_fn=batch_identity)
+        return self.make_loader(self.datasets[split], train=train, collate_fn=stock_collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def batches(self, split: str) -> WindowBatches | StockBatches:
+        """Indexable batches of a split's windows: precomputed where the settings allow, stock otherwise."""
+        self.setup()
+        if split not in self.datasets:
+            split = "val"
+        if split not in self.fast:
+            try:
+                self.fast[split] = WindowBatches(self.datasets[split])
+            except ZooError:
+                return StockBatches(self.datasets[split])
+        return self.fast[split]
+
+    def series_arrays(self, split: str) -> dict[str, Any]:
+        """Raw target arrays of the dataset behind `split`, for baselines (row-aligned with its windows)."""
+        ds = self.datasets[split if split in self.datasets else "val"]
+        first_row = ds.data["groups"][:, 0]
+        # Row where each row's series starts: windows' seasonal lookback must not cross into another series.
+        change = torch.ones(len(first_row), dtype=torch.bool)
+        change[1:] = first_row[1:] != first_row[:-1]
+        starts = torch.cummax(
+            torch.where(change, torch.arange(len(first_row)), torch.zeros_like(first_row)), dim=0
+        ).values
+        return {"targets": [t.clone() for t in ds.data["target"]], "series_start": starts}

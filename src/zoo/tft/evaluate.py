@@ -1,0 +1,286 @@
+"""Forecast evaluation: per-target MAE, RMSE, MSE, sMAPE, MASE and P10-P90 coverage of the TFT beside
+naive (last value) and seasonal-naive baselines on exactly the same windows, a walk-forward backtest
+over N forecast origins, and figures (forecast vs actual with quantile bands; variable importances and
+attention) written as PNGs and logged to TensorBoard.
+
+MASE divides each series' absolute errors by that series' in-sample seasonal-naive MAE on its training
+split (the M4 definition). ``rel_mae_vs_snaive`` is the model's MAE over the seasonal-naive MAE on the
+same windows: below 1 means the model beats the baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoo.tft import sources as S
+
+
+def _metrics(pred: torch.Tensor, actual: torch.Tensor, scale: torch.Tensor) -> dict[str, float]:
+    err = pred - actual
+    denom = pred.abs() + actual.abs()
+    smape = torch.where(denom > 0, 2 * err.abs() / denom.clamp_min(1e-12), torch.zeros_like(denom))
+    return {
+        "mae": float(err.abs().mean()),
+        "mse": float((err**2).mean()),
+        "rmse": float(math.sqrt(float((err**2).mean()))),
+        "smape": float(100 * smape.mean()),
+        "mase": float((err.abs() / scale[:, None]).mean()),
+    }
+
+
+def baselines(dm: Any, split: str, rows: torch.Tensor, E: int, P: int, season: int) -> dict[str, Any]:
+    """Naive and seasonal-naive forecasts for windows starting at dataset rows `rows`, and which windows
+    have a full season of history before their forecast origin (only those are scored)."""
+    arrays = dm.series_arrays(split)
+    origin = rows + E  # first forecast row
+    h = torch.arange(1, P + 1)
+    lag = torch.tensor([S.seasonal_lag(int(k), season) for k in h])
+    src = origin[:, None] + (h - 1)[None] - lag[None]
+    valid = src.min(dim=1).values >= arrays["series_start"][rows]
+    src = src.clamp_min(0)
+    naive = [t[origin - 1][:, None].expand(-1, P).float() for t in arrays["targets"]]
+    snaive = [t[src].float() for t in arrays["targets"]]
+    return {"naive": naive, "snaive": snaive, "valid": valid}
+
+
+def mase_scales(dm: Any, split: str, series: list[str], season: int) -> dict[str, torch.Tensor]:
+    """Per target: each window's series' in-sample seasonal-naive MAE on the training split."""
+    frame = dm.frame
+    cut = frame["series"].map(dm.cutoffs["train"])
+    train = frame[frame["time_idx"] <= cut]
+    out = {}
+    for name in dm.targets:
+        per_series = {}
+        for key, part in train.groupby("series"):
+            y = part[name].to_numpy(dtype=np.float64)
+            m = season if len(y) > season else 1
+            d = np.abs(y[m:] - y[:-m]) if len(y) > m else np.array([1.0])
+            per_series[key] = float(d.mean()) if d.size and d.mean() > 0 else 1.0
+        out[name] = torch.tensor([per_series.get(s, 1.0) for s in series], dtype=torch.float32)
+    return out
+
+
+def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[str, Any]:
+    """Predictions, baselines and metrics of one split (the windows with a seasonal history)."""
+    batches = dm.batches(split)
+    result = module.predict_batches(batches, limit=limit)
+    n = result["n"]
+    rows = batches.starts[:n]
+    E, P = module.encoder_length, module.prediction_length
+    season = dm.season_steps
+    base = baselines(dm, split, rows, E, P, season)
+    valid = base["valid"]
+    if not bool(
+        valid.any()
+    ):  # no window has a season of history: score all, seasonal-naive falls back to naive
+        valid = torch.ones_like(valid)
+        base["snaive"] = base["naive"]
+    ds = dm.datasets[split if split in dm.datasets else "val"]
+    series = ds.decoded_index["series"].tolist()[:n]
+    scales = mase_scales(dm, split, series, season)
+    lo = module.quantiles.index(next(q for q in module.quantiles if abs(q - 0.1) < 1e-9))
+    hi = module.quantiles.index(next(q for q in module.quantiles if abs(q - 0.9) < 1e-9))
+    mid = module.quantiles.index(next(q for q in module.quantiles if abs(q - 0.5) < 1e-9))
+    metrics: dict[str, float] = {}
+    for t, name in enumerate(module.target_names):
+        q = result["quantiles"][t][valid]
+        actual = result["actual"][t][valid]
+        scale = scales[name][valid]
+        for label, pred in (
+            ("tft", q[..., mid]),
+            ("naive", base["naive"][t][valid]),
+            ("snaive", base["snaive"][t][valid]),
+        ):
+            for k, v in _metrics(pred, actual, scale).items():
+                metrics[f"{name}/{label}/{k}"] = v
+        metrics[f"{name}/tft/coverage_p10_p90"] = float(
+            ((actual >= q[..., lo]) & (actual <= q[..., hi])).float().mean()
+        )
+        snaive_mae = metrics[f"{name}/snaive/mae"]
+        metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
+            metrics[f"{name}/tft/mae"] / snaive_mae if snaive_mae > 0 else float("nan")
+        )
+    for label in ("tft", "naive", "snaive"):
+        for k in ("mae", "mse", "rmse", "smape", "mase"):
+            metrics[f"all/{label}/{k}"] = float(
+                np.mean([metrics[f"{t}/{label}/{k}"] for t in module.target_names])
+            )
+    metrics["all/tft/rel_mae_vs_snaive"] = float(
+        np.mean([metrics[f"{t}/tft/rel_mae_vs_snaive"] for t in module.target_names])
+    )
+    metrics["windows"] = float(valid.sum())
+    return {
+        "metrics": metrics,
+        "result": result,
+        "baselines": base,
+        "valid": valid,
+        "series": series,
+        "rows": rows,
+    }
+
+
+def backtest(
+    module: Any, dm: Any, split: str, scored: dict[str, Any], cutoffs: int
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Walk-forward: N forecast origins spread over the split (at least a horizon apart where the split
+    allows), each scored on every series' window starting there."""
+    ds = dm.datasets[split if split in dm.datasets else "val"]
+    first = torch.as_tensor(ds.decoded_index["time_idx_first_prediction"].to_numpy()[: scored["result"]["n"]])
+    valid = scored["valid"]
+    origins = torch.unique(first[valid])
+    if cutoffs <= 0 or len(origins) == 0:
+        return {}, []
+    P = module.prediction_length
+    chosen: list[int] = []
+    for o in reversed(origins.tolist()):  # latest first, then step back at least one horizon
+        if not chosen or chosen[-1] - o >= P:
+            chosen.append(o)
+        if len(chosen) == cutoffs:
+            break
+    chosen.reverse()
+    mid = module.quantiles.index(next(q for q in module.quantiles if abs(q - 0.5) < 1e-9))
+    table = []
+    for k, origin in enumerate(chosen):
+        sel = valid & (first == origin)
+        row: dict[str, Any] = {"cutoff": k, "time_idx": origin, "windows": int(sel.sum())}
+        for t, name in enumerate(module.target_names):
+            actual = scored["result"]["actual"][t][sel]
+            row[f"{name}/tft/mae"] = float(
+                (scored["result"]["quantiles"][t][sel][..., mid] - actual).abs().mean()
+            )
+            row[f"{name}/snaive/mae"] = float((scored["baselines"]["snaive"][t][sel] - actual).abs().mean())
+        table.append(row)
+    summary = {"backtest/cutoffs": float(len(table))}
+    for name in module.target_names:
+        model = float(np.mean([r[f"{name}/tft/mae"] for r in table]))
+        base = float(np.mean([r[f"{name}/snaive/mae"] for r in table]))
+        summary[f"backtest/{name}/tft/mae"] = model
+        summary[f"backtest/{name}/snaive/mae"] = base
+        summary[f"backtest/{name}/rel_mae_vs_snaive"] = model / base if base > 0 else float("nan")
+    return summary, table
+
+
+def evaluate_module(
+    module: Any, dm: Any, split: str, output_dir: Path, backtest_cutoffs: int = 4
+) -> dict[str, float]:
+    dm.setup()
+    scored = score(module, dm, split)
+    metrics = dict(scored["metrics"])
+    summary, table = backtest(module, dm, split, scored, backtest_cutoffs)
+    metrics.update(summary)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if table:
+        with open(output_dir / "backtest.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(output_dir / "tensorboard"))
+    try:
+        write_figures(module, dm, split, output_dir / "plots", writers=[writer])
+        for k, v in metrics.items():
+            if math.isfinite(v):
+                writer.add_scalar(f"eval/{k}", v, 0)
+    finally:
+        writer.close()
+    return metrics
+
+
+# -- figures --------------------------------------------------------------------------------------------
+def write_figures(module: Any, dm: Any, split: str, folder: Path, loggers: Any = (), writers: Any = (), step: int = 0,
+                  n_series: int = 3) -> list[Path]:  # fmt: skip
+    """forecast.png (last window of a few series, every target, median and P10-P90/P2-P98 bands) and
+    interpretation.png (variable importances, attention over the encoder)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    batches = dm.batches(split)
+    ds = dm.datasets[split if split in dm.datasets else "val"]
+    index = ds.decoded_index
+    picks = [int(i) for i in index.reset_index(drop=True).groupby("series").tail(1).index[:n_series]]
+    x, y = batches.__getitems__(picks)
+    module.eval()
+    with torch.no_grad():
+        xd = {
+            k: ([t.to(module.device) for t in v] if isinstance(v, list) else v.to(module.device))
+            for k, v in x.items()
+        }
+        out = module.net(xd)
+    qs = [q.cpu() for q in module.quantile_forecast(out)]
+    enc_t = x["encoder_target"] if module.multi_target else [x["encoder_target"]]
+    dec_t = y[0] if module.multi_target else [y[0]]
+    T = len(module.target_names)
+    fig, axes = plt.subplots(len(picks), T, figsize=(3.6 * T, 2.4 * len(picks)), squeeze=False)
+    E, P = module.encoder_length, module.prediction_length
+    levels = module.quantiles
+    for r, _ in enumerate(picks):
+        for t, name in enumerate(module.target_names):
+            ax = axes[r][t]
+            ax.plot(range(-E, 0), enc_t[t][r].numpy(), color="0.4", lw=0.8, label="history")
+            ax.plot(range(P), dec_t[t][r].numpy(), color="k", lw=1.0, label="actual")
+            q = qs[t][r].numpy()
+            for lo, hi, alpha in ((0.02, 0.98, 0.15), (0.1, 0.9, 0.3)):
+                if lo in levels and hi in levels:
+                    ax.fill_between(
+                        range(P),
+                        q[:, levels.index(lo)],
+                        q[:, levels.index(hi)],
+                        color="C0",
+                        alpha=alpha,
+                        lw=0,
+                    )
+            ax.plot(range(P), q[:, levels.index(0.5)], color="C0", lw=1.2, label="median")
+            ax.set_title(f"{index['series'].iloc[picks[r]]} {name}", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    paths = [folder / "forecast.png"]
+    fig.savefig(paths[0], dpi=90)
+    figures = {"forecast": fig}
+    # Interpretation over up to 256 windows.
+    n = min(len(batches), 256)
+    x, _ = batches.__getitems__(list(range(n)))
+    with torch.no_grad():
+        xd = {
+            k: ([t.to(module.device) for t in v] if isinstance(v, list) else v.to(module.device))
+            for k, v in x.items()
+        }
+        out = module.net(xd)
+        interp = module.net.interpret_output(out, reduction="sum")
+    fig2, axes2 = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, key, names in ((axes2[0], "static_variables", module.net.static_variables),
+                           (axes2[1], "encoder_variables", module.net.encoder_variables),
+                           (axes2[2], "decoder_variables", module.net.decoder_variables)):  # fmt: skip
+        values = interp[key].float().cpu()
+        values = (values / values.sum().clamp_min(1e-12) * 100).numpy()
+        order = np.argsort(values)
+        ax.barh([names[i] for i in order], values[order], color="C1")
+        ax.set_title(key.replace("_", " ") + " (%)", fontsize=9)
+        ax.tick_params(labelsize=7)
+    att = interp["attention"].float().cpu()
+    att = (att / att.sum().clamp_min(1e-12)).numpy()
+    axes2[3].plot(np.arange(-len(att), 0), att)
+    axes2[3].set_title("attention over encoder steps", fontsize=9)
+    fig2.tight_layout()
+    paths.append(folder / "interpretation.png")
+    fig2.savefig(paths[1], dpi=90)
+    figures["interpretation"] = fig2
+    experiments = [
+        lg.experiment for lg in loggers or () if hasattr(getattr(lg, "experiment", None), "add_figure")
+    ]
+    for w in [*experiments, *(writers or ())]:
+        for name, f in figures.items():
+            w.add_figure(f"tft/{name}", f, global_step=step, close=False)
+    for f in figures.values():
+        plt.close(f)
+    return paths

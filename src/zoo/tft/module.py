@@ -1,0 +1,383 @@
+"""The TFT LightningModule: pytorch-forecasting's `TemporalFusionTransformer` (built with
+`from_dataset`) inside the zoo's module conventions.
+
+The network is a child module rather than the LightningModule itself, so that:
+- hyperparameters are plain containers (dataset parameters encoded by `zoo.tft.params`), which the zoo
+  needs to load checkpoints with ``torch.load(weights_only=True)`` — pytorch-forecasting's own
+  checkpoints pickle normalizers, losses and encoders;
+- metric names, the LR schedule and the checkpoint monitor follow the zoo (``train/loss``,
+  ``val/loss``, ReduceLROnPlateau on ``val/loss``), whatever pytorch-forecasting version is installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from zoo.core.errors import ZooError
+from zoo.tft import params as P
+
+log = logging.getLogger(__name__)
+
+# float16's largest magnitude is 65504: pytorch-forecasting's -1e9 mask fill overflows it (inf/NaN
+# after softmax, or a hard error in masked_fill). -1e4 still gives exp(-1e4) == 0 after softmax.
+FP16_MASK_BIAS = -1.0e4
+DEFAULT_MASK_BIAS = -1.0e9
+
+NET_KEYS = {"hidden_size", "lstm_layers", "dropout", "attention_head_size", "hidden_continuous_size",
+            "share_single_variable_networks", "causal_attention"}  # fmt: skip
+OPTIM_KEYS = {"lr", "weight_decay", "reduce_on_plateau_patience", "reduce_on_plateau_factor", "min_lr"}
+
+
+def mask_bias_for(precision: str, override: float | None = None) -> float:
+    if override is not None:
+        return float(override)
+    return FP16_MASK_BIAS if str(precision).startswith("16") else DEFAULT_MASK_BIAS
+
+
+def skeleton_dataset(parameters: dict[str, Any]) -> Any:
+    """A `TimeSeriesDataSet` with the stored (fitted) parameters over one dummy window: what
+    ``TemporalFusionTransformer.from_dataset`` reads (variable lists, encoders, normalizers) without
+    the training data. The fitted encoders/normalizers are reused as-is, not refitted."""
+    from pytorch_forecasting import TimeSeriesDataSet
+
+    p = dict(parameters)
+    length = int(p["max_encoder_length"]) + int(p["max_prediction_length"])
+    encoders = p.get("categorical_encoders") or {}
+
+    def known_class(name: str) -> str:
+        for enc in (encoders.get(name), encoders.get(f"__group_id__{name}")):
+            if enc is not None and getattr(enc, "classes_", None):
+                return next(k for k in enc.classes_ if isinstance(k, str) and k != "nan")
+        return "0"
+
+    frame: dict[str, Any] = {p["time_idx"]: np.arange(length, dtype=np.int64)}
+    for g in p["group_ids"]:
+        frame[g] = known_class(g)
+    cats = [
+        *(p.get("static_categoricals") or []),
+        *(p.get("time_varying_known_categoricals") or []),
+        *(p.get("time_varying_unknown_categoricals") or []),
+    ]
+    for c in cats:
+        frame[c] = known_class(c)
+    targets = p["target"] if isinstance(p["target"], list) else [p["target"]]
+    reals = [
+        *targets,
+        *(p.get("static_reals") or []),
+        *(p.get("time_varying_known_reals") or []),
+        *(p.get("time_varying_unknown_reals") or []),
+    ]
+    for r in reals:
+        frame.setdefault(r, np.linspace(0.0, 1.0, length))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return TimeSeriesDataSet.from_parameters(p, pd.DataFrame(frame), stop_randomization=True)
+
+
+class TFTModule(pl.LightningModule):
+    """Trains a multi-target (or single-target) TFT with quantile losses.
+
+    Args:
+        dataset_parameters: the training `TimeSeriesDataSet`'s parameters, encoded by `zoo.tft.params`
+            (given by the datamodule's ``model_kwargs()``).
+        preprocess: resampling/feature settings of the data (given by the datamodule; kept with the
+            model so prediction on new data repeats them).
+        net: TFT hyperparameters (hidden_size, lstm_layers, dropout, attention_head_size,
+            hidden_continuous_size, ...).
+        quantiles: predicted quantiles (one QuantileLoss per target); must contain 0.1, 0.5 and 0.9.
+        optim: lr, weight_decay, reduce_on_plateau_patience, reduce_on_plateau_factor, min_lr.
+        precision: the trainer's precision; ``16-*`` switches to an fp16-safe attention mask bias.
+        mask_bias: explicit attention mask bias (overrides the precision rule).
+        plots: write/log forecast and interpretation figures when training ends.
+        cpu_threads: torch intra-op threads when running on CPU (null: leave torch's default). The
+            TFT's matrices are tiny, so extra threads only add OpenMP synchronization; with the cores
+            shared, 2 threads measured 60x slower per step than 1 here.
+    """
+
+    monitor = "val/loss"
+
+    def __init__(
+        self,
+        dataset_parameters: dict[str, Any],
+        preprocess: dict[str, Any] | None = None,
+        net: dict[str, Any] | None = None,
+        quantiles: list[float] | None = None,
+        optim: dict[str, Any] | None = None,
+        precision: str = "32-true",
+        mask_bias: float | None = None,
+        plots: bool = True,
+        cpu_threads: int | None = 1,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        from pytorch_forecasting import TemporalFusionTransformer
+        from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
+
+        net = dict(net or {})
+        unknown = set(net) - NET_KEYS
+        if unknown:
+            raise ZooError(f"model.net: unknown keys {sorted(unknown)}; expected some of {sorted(NET_KEYS)}")
+        optim = {
+            "lr": 3e-3,
+            "weight_decay": 0.0,
+            "reduce_on_plateau_patience": 4,
+            "reduce_on_plateau_factor": 0.5,
+            "min_lr": 1e-5,
+        } | dict(optim or {})
+        unknown = set(optim) - OPTIM_KEYS
+        if unknown:
+            raise ZooError(
+                f"model.optim: unknown keys {sorted(unknown)}; expected some of {sorted(OPTIM_KEYS)}"
+            )
+        self.optim = optim
+        self.quantiles = [float(q) for q in (quantiles or [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98])]
+        for q in (0.1, 0.5, 0.9):
+            if not any(abs(q - v) < 1e-9 for v in self.quantiles):
+                raise ZooError(
+                    f"model.quantiles={self.quantiles} must contain 0.1, 0.5 and 0.9 (median and P10-P90 coverage)"
+                )
+        if sorted(self.quantiles) != self.quantiles or not all(0 < q < 1 for q in self.quantiles):
+            raise ZooError(f"model.quantiles={self.quantiles} must be increasing and inside (0, 1)")
+        self.preprocess = dict(preprocess or {})
+        self.dataset_parameters = P.decode(dataset_parameters)
+        targets = self.dataset_parameters["target"]
+        self.target_names = list(targets) if isinstance(targets, list) else [targets]
+        self.multi_target = isinstance(targets, list)
+        self.mask_bias = mask_bias_for(precision, mask_bias)
+        skeleton = skeleton_dataset(self.dataset_parameters)
+        loss = (
+            MultiLoss([QuantileLoss(self.quantiles) for _ in self.target_names])
+            if self.multi_target
+            else QuantileLoss(self.quantiles)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # from_dataset warns about its own hparams handling
+            self.net = TemporalFusionTransformer.from_dataset(
+                skeleton,
+                loss=loss,
+                learning_rate=optim["lr"],
+                log_interval=-1,
+                logging_metrics=nn.ModuleList([]),
+                reduce_on_plateau_patience=optim["reduce_on_plateau_patience"],
+                mask_bias=self.mask_bias,
+                **net,
+            )
+        self.encoder_length = int(self.dataset_parameters["max_encoder_length"])
+        self.prediction_length = int(self.dataset_parameters["max_prediction_length"])
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def forward(self, x: dict[str, Any]) -> dict[str, Any]:
+        return self.net(x)
+
+    def batch_stats(self, batch: Any) -> tuple[int, int]:
+        n = int(batch[0]["encoder_lengths"].shape[0])
+        return n, n * (self.encoder_length + self.prediction_length)
+
+    def _loss(self, x: dict[str, Any], y: Any, out: dict[str, Any]) -> torch.Tensor:
+        from pytorch_forecasting.metrics import MultiLoss
+
+        if isinstance(self.net.loss, MultiLoss):
+            return self.net.loss(
+                out["prediction"], y, encoder_target=x["encoder_target"], encoder_lengths=x["encoder_lengths"]
+            )
+        return self.net.loss(out["prediction"], y)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out = self.net(x)
+        loss = self._loss(x, y, out)
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=False,
+            prog_bar=True,
+            batch_size=len(x["encoder_lengths"]),
+        )
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+            )
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        x, y = batch
+        out = self.net(x)
+        n = len(x["encoder_lengths"])
+        self.log(
+            f"{stage}/loss",
+            self._loss(x, y, out),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=n,
+            sync_dist=True,
+        )
+        median = self.point_forecast(out)
+        actual = y[0] if self.multi_target else [y[0]]
+        for name, pred, act in zip(self.target_names, median, actual):
+            self.log(
+                f"{stage}/mae/{name}",
+                (pred - act).abs().mean(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=n,
+                sync_dist=True,
+            )
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    # -- predictions -----------------------------------------------------------------------------------
+    def quantile_forecast(self, out: dict[str, Any]) -> list[torch.Tensor]:
+        """(batch, prediction_length, n_quantiles) per target, in the data's units."""
+        q = out["prediction"]
+        return [t.float() for t in q] if self.multi_target else [q.float()]
+
+    def point_forecast(self, out: dict[str, Any]) -> list[torch.Tensor]:
+        mid = self.quantiles.index(next(v for v in self.quantiles if abs(v - 0.5) < 1e-9))
+        return [q[..., mid] for q in self.quantile_forecast(out)]
+
+    @torch.no_grad()
+    def predict_batches(
+        self, batches: Any, batch_size: int = 256, limit: int | None = None
+    ) -> dict[str, Any]:
+        """Quantile forecasts and actuals for the windows of a `WindowBatches` (eval mode, no grad)."""
+        was_training = self.training
+        self.eval()
+        n = len(batches) if limit is None else min(limit, len(batches))
+        preds: list[list[torch.Tensor]] = [[] for _ in self.target_names]
+        actual: list[list[torch.Tensor]] = [[] for _ in self.target_names]
+        for start in range(0, n, batch_size):
+            x, y = batches.__getitems__(list(range(start, min(n, start + batch_size))))
+            x = {
+                k: ([t.to(self.device) for t in v] if isinstance(v, list) else v.to(self.device))
+                for k, v in x.items()
+            }
+            out = self.net(x)
+            for t, q in enumerate(self.quantile_forecast(out)):
+                preds[t].append(q.cpu())
+            for t, a in enumerate(y[0] if self.multi_target else [y[0]]):
+                actual[t].append(a.float().cpu())
+        self.train(was_training)
+        return {
+            "quantiles": [torch.cat(p) for p in preds],
+            "actual": [torch.cat(a) for a in actual],
+            "n": n,
+        }
+
+    # -- optimization ----------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        optimizer = torch.optim.Adam(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=o["reduce_on_plateau_factor"],
+            patience=o["reduce_on_plateau_patience"],
+            min_lr=o["min_lr"],
+        )
+        # Stepped after each validation epoch; strict=False because a run may validate less often.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": "val/loss",
+                "interval": "epoch",
+                "frequency": 1,
+                "strict": False,
+            },
+        }
+
+    def _cpu_threads(self) -> None:
+        if self.hparams.cpu_threads and self.device.type == "cpu":
+            if getattr(self, "_saved_threads", None) is None:
+                self._saved_threads = torch.get_num_threads()
+            torch.set_num_threads(int(self.hparams.cpu_threads))
+
+    def _restore_threads(self) -> None:
+        # Leave the process as found: other models trained in the same process (tests, notebooks) may want more.
+        if getattr(self, "_saved_threads", None) is not None:
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
+
+    def on_fit_start(self) -> None:
+        self._cpu_threads()
+
+    def on_validation_start(self) -> None:
+        self._cpu_threads()
+
+    def on_test_start(self) -> None:
+        self._cpu_threads()
+
+    def on_test_end(self) -> None:
+        self._restore_threads()
+
+    # -- end of training: figures ----------------------------------------------------------------------
+    def on_fit_end(self) -> None:
+        try:
+            self._write_figures()
+        finally:
+            self._restore_threads()
+
+    def _write_figures(self) -> None:
+        if (
+            not self.hparams.plots
+            or self.trainer is None
+            or self.trainer.global_rank != 0
+            or self.trainer.sanity_checking
+        ):
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "batches") or getattr(self.trainer, "fast_dev_run", False):
+            return
+        from zoo.tft.evaluate import write_figures
+
+        try:
+            write_figures(
+                self,
+                dm,
+                "val",
+                Path(self.trainer.default_root_dir) / "plots",
+                loggers=self.trainer.loggers,
+                step=self.global_step,
+            )
+        except Exception as err:  # figures must never lose a finished training run
+            log.warning("[zoo] TFT figures failed: %s", err)
+
+    # -- persistence / evaluation ----------------------------------------------------------------------
+    def export(self, out_dir: str | Path, datamodule: Any = None) -> Path:
+        """model.safetensors + config.json (dataset parameters, normalizers, preprocessing): enough to
+        predict with `zoo.tft.export.load` without the training data."""
+        from zoo.tft.export import save
+
+        return save(self, out_dir)
+
+    def zoo_evaluate(
+        self, datamodule: Any, trainer: Any, cfg: Any, output_dir: str | Path
+    ) -> dict[str, float]:
+        from zoo.tft.evaluate import evaluate_module
+
+        self._cpu_threads()
+        split = str(cfg.get("split", "val")) if cfg is not None else "val"
+        backtest = int(cfg.get("backtest_cutoffs", 4)) if cfg is not None else 4
+        try:
+            return evaluate_module(self, datamodule, split, Path(output_dir), backtest_cutoffs=backtest)
+        finally:
+            self._restore_threads()

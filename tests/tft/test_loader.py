@@ -1,0 +1,106 @@
+"""The precomputed loader gives exactly the stock pytorch-forecasting batches; splits are time cutoffs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo.tft.data import WindowBatches, stock_collate
+
+
+def assert_same(a, b, name="batch"):
+    if isinstance(a, list | tuple):
+        assert isinstance(b, list | tuple) and len(a) == len(b), name
+        for k, (u, v) in enumerate(zip(a, b)):
+            assert_same(u, v, f"{name}[{k}]")
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{name}: keys differ {set(a) ^ set(b)}"
+        for k in a:
+            assert_same(a[k], b[k], f"{name}.{k}")
+    elif a is None:
+        assert b is None, name
+    else:
+        assert a.dtype == b.dtype and a.shape == b.shape, (
+            f"{name}: {a.dtype}{tuple(a.shape)} vs {b.dtype}{tuple(b.shape)}"
+        )
+        assert torch.equal(a, b), f"{name}: values differ (max {(a.float() - b.float()).abs().max()})"
+
+
+@pytest.mark.parametrize("which", ["multi_dm", "single_dm"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_fast_batches_equal_stock_batches(request, which, split):
+    dm = request.getfixturevalue(which)
+    stock = dm.datasets[split]
+    fast = WindowBatches(stock)
+    assert len(fast) == len(stock)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        idx = torch.randint(0, len(stock), (8,), generator=g).tolist()
+        assert_same(stock_collate([stock[i] for i in idx]), fast.__getitems__(idx))
+
+
+def test_stock_dataloader_matches_fast_loader(multi_dm):
+    """Through the real DataLoaders: the stock `to_dataloader` and the zoo's loader, unshuffled."""
+    stock = multi_dm.datasets["val"].to_dataloader(
+        train=False, batch_size=multi_dm.eval_batch_size, shuffle=False, num_workers=0
+    )
+    zoo = multi_dm.val_dataloader()
+    n = 0
+    for a, b in zip(stock, zoo):
+        assert_same(a, b)
+        n += 1
+    assert n == len(zoo) == len(stock)
+
+
+def test_split_is_a_time_cutoff_per_series(multi_dm):
+    train = multi_dm.datasets["train"].decoded_index
+    val = multi_dm.datasets["val"].decoded_index
+    for series, cut in multi_dm.cutoffs["train"].items():
+        t = train[train["series"] == series]
+        v = val[val["series"] == series]
+        assert len(t) and len(v)
+        assert t["time_idx_last"].max() <= cut  # nothing after the cutoff is trained on, inputs included
+        assert v["time_idx_first_prediction"].min() == cut + 1
+    # The training dataset's own tensors stop at the cutoff too (normalizers are fitted on them).
+    ds = multi_dm.datasets["train"]
+    assert int(ds.data["time"].max()) <= max(multi_dm.cutoffs["train"].values())
+
+
+def test_fast_loader_refuses_what_it_cannot_reproduce(multi_dm):
+    from pytorch_forecasting import TimeSeriesDataSet
+
+    from zoo.core.errors import ZooError
+
+    ds = TimeSeriesDataSet.from_dataset(
+        multi_dm.datasets["train"], multi_dm.frame, randomize_length=(0.2, 0.05), min_encoder_length=12
+    )
+    with pytest.raises(
+        ZooError,
+        match="data.loader=fast does not support variable encoder/prediction lengths, randomize_length",
+    ):
+        WindowBatches(ds)
+
+
+def test_train_loader_uses_resumable_sampler(multi_dm):
+    from zoo.core.datamodule import ResumableSampler
+
+    loader = multi_dm.train_dataloader()
+    assert isinstance(loader.sampler, ResumableSampler)
+    x, (y, w) = next(iter(loader))
+    assert x["encoder_cont"].shape[0] == multi_dm.batch_size and w is None
+
+
+def test_encoder_normalizer_uses_the_stock_path(cache_dir):
+    from tests.tft.conftest import small_dm
+
+    from zoo.core.errors import ZooError
+    from zoo.tft.data import StockBatches
+
+    with pytest.raises(ZooError, match="data.target_normalizer=encoder needs data.loader=stock"):
+        small_dm(cache_dir, target_normalizer="encoder")
+    dm = small_dm(cache_dir, target_normalizer="encoder", loader="stock", name="enc")
+    dm.setup()
+    batches = dm.batches("val")
+    assert isinstance(batches, StockBatches)
+    x, _ = batches.__getitems__([0, 1])
+    assert_same(x, stock_collate([dm.datasets["val"][0], dm.datasets["val"][1]])[0])

@@ -1,0 +1,125 @@
+"""The TFT module: builds from the datamodule, trains a step multi/single-target, fp16-safe mask,
+checkpoints that load with weights_only=True, and safetensors exports that predict identically."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from zoo.core.run import build
+from zoo.tft.module import DEFAULT_MASK_BIAS, FP16_MASK_BIAS, TFTModule
+
+NET = {"hidden_size": 8, "attention_head_size": 1, "hidden_continuous_size": 4, "dropout": 0.0}
+
+
+def small_module(dm, seed=0, **kw):
+    torch.manual_seed(seed)
+    return TFTModule(**dm.model_kwargs(), net=NET, **kw)
+
+
+def test_fast_dev_run_multi_target(compose):
+    cfg = compose("model=tft", "trainer=cpu", "debug=fdr", "data.synthetic.days=6", "data.num_workers=0")
+    dm, model, trainer = build(cfg)
+    assert model.target_names == ["cpu_percent", "memory_percent", "disk_percent", "load_average"]
+    trainer.fit(model, datamodule=dm)
+    metrics = trainer.callback_metrics
+    for name in model.target_names:
+        assert torch.isfinite(metrics[f"val/mae/{name}"])
+    assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/loss"])
+
+
+def test_fast_dev_run_single_target(compose):
+    cfg = compose(
+        "model=tft",
+        "trainer=cpu",
+        "debug=fdr",
+        "data.synthetic.days=6",
+        "data.num_workers=0",
+        "data.targets=[cpu_percent]",
+        "data.loader=stock",
+    )
+    dm, model, trainer = build(cfg)
+    assert not model.multi_target and model.target_names == ["cpu_percent"]
+    trainer.fit(model, datamodule=dm)
+    assert torch.isfinite(trainer.callback_metrics["val/mae/cpu_percent"])
+
+
+def test_16_mixed_config_builds_fp16_safe_model(compose, multi_dm):
+    """16-mixed is refused on CPU by the entry point, so build the model as it would be on a GPU."""
+    cfg = compose("model=tft", "trainer=gpu", "trainer.precision=16-mixed")
+    model = instantiate(cfg.model, _convert_="all", **multi_dm.model_kwargs())
+    attention = model.net.multihead_attn.attention
+    assert model.mask_bias == attention.mask_bias == FP16_MASK_BIAS
+    assert torch.isfinite(torch.tensor(attention.mask_bias, dtype=torch.float16))
+    # The attention itself in float16 with a causal mask: finite with the zoo's bias...
+    q = torch.randn(2, 5, 4, dtype=torch.float16)
+    mask = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1).expand(2, -1, -1)
+    out, attn = attention(q, q, q, mask=mask)
+    assert torch.isfinite(out).all() and torch.isfinite(attn).all()
+    assert float(attn[0, 0, 1:].abs().max()) == 0.0  # masked positions get no weight
+    # ...while pytorch-forecasting's default cannot even be written into a float16 tensor.
+    attention.mask_bias = DEFAULT_MASK_BIAS
+    with pytest.raises(RuntimeError, match="overflow"):
+        attention(q, q, q, mask=mask)
+
+
+def test_32_and_bf16_keep_the_default_mask_bias(compose, multi_dm):
+    for precision in ("32-true", "bf16-mixed"):
+        cfg = compose("model=tft", "trainer=cpu", f"trainer.precision={precision}")
+        model = instantiate(cfg.model, _convert_="all", **multi_dm.model_kwargs())
+        assert model.net.multihead_attn.attention.mask_bias == DEFAULT_MASK_BIAS
+
+
+def test_safetensors_roundtrip_gives_identical_predictions(multi_dm, tmp_path):
+    from zoo.tft.export import forecast, load
+
+    model = small_module(multi_dm)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = multi_dm.batches("train").__getitems__(list(range(16)))
+    for _ in range(3):  # move the weights away from their initialization
+        opt.zero_grad()
+        model._loss(x, y, model(x)).backward()
+        opt.step()
+    out_dir = model.export(tmp_path / "export", multi_dm)
+    assert (out_dir / "model.safetensors").is_file() and (out_dir / "config.json").is_file()
+    loaded = load(out_dir)
+    before = model.predict_batches(multi_dm.batches("val"))["quantiles"]
+    after = loaded.predict_batches(multi_dm.batches("val"))["quantiles"]
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)
+    fresh = small_module(multi_dm, seed=1).predict_batches(multi_dm.batches("val"))["quantiles"]
+    assert not torch.equal(fresh[0], before[0])
+    # Prediction from raw recent rows, for a host the model never saw, without the training data.
+    raw = multi_dm.raw_frame()
+    recent = raw[raw["series"] == "host00"].tail(40).assign(series="new-host")
+    fc = forecast(loaded, recent)
+    assert set(fc["target"]) == set(loaded.target_names) and len(fc) == 4 * loaded.prediction_length
+    assert (
+        fc[["q0.1", "q0.5", "q0.9"]].notna().all().all()
+        and (fc["timestamp"] > recent["timestamp"].max()).all()
+    )
+
+
+def test_hparams_are_plain_containers(multi_dm):
+    """Checkpoints load with torch.load(weights_only=True): no pickled objects in the hyperparameters."""
+    import io
+
+    model = small_module(multi_dm)
+    buf = io.BytesIO()
+    torch.save({"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    again = TFTModule(**ckpt["hyper_parameters"])
+    again.load_state_dict(ckpt["state_dict"])
+    x, _ = multi_dm.batches("val").__getitems__([0, 1])
+    model.eval()
+    again.eval()
+    assert torch.equal(model(x)["prediction"][0], again(x)["prediction"][0])
+
+
+def test_quantiles_must_hold_median_and_p10_p90(multi_dm):
+    from zoo.core.errors import ZooError
+
+    with pytest.raises(ZooError, match=r"model.quantiles=\[0.25, 0.5, 0.75\] must contain 0.1, 0.5 and 0.9"):
+        TFTModule(**multi_dm.model_kwargs(), quantiles=[0.25, 0.5, 0.75])
