@@ -4,10 +4,10 @@ TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format sweep bench tensorboard notebooks clean
+.PHONY: help install train test test-fast lint format sweep bench bench-events-full bench-tft-full tensorboard notebooks clean
 
 help: ## Show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 install: ## Install torch (CPU build here, CUDA build on GPU machines) then zoo with dev extras
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
@@ -33,11 +33,18 @@ format: ## ruff autoformat and fixes
 sweep: ## Optuna sweep (default: GPT); ARGS="hydra.sweeper.n_trials=5"
 	$(PYTHON) -m zoo.train -m hparams_search=gpt_optuna $(ARGS)
 
-bench: ## Benchmarks -> docs/benchmarks.md (needs ../shared/data for the real-data parts)
+bench: ## Benchmarks -> docs/benchmarks.md (real-data parts need ../shared/data; GPU parts need CUDA)
 	$(PYTHON) -m zoo.gpt.bench $(ARGS)
-	@for family in events tft; do \
-		if $(PYTHON) -c "import zoo.$$family.bench" 2>/dev/null; then $(PYTHON) -m zoo.$$family.bench || exit 1; fi; \
-	done
+	$(PYTHON) -m zoo.events.bench
+	$(PYTHON) -m zoo.tft.bench
+	$(PYTHON) -m zoo.core.bench_report
+
+bench-events-full: ## Event predictor: throughput, entropy floor and Helpdesk/BPI12 W accuracy (long)
+	$(PYTHON) -m zoo.events.bench --parts throughput,floor,accuracy
+	$(PYTHON) -m zoo.core.bench_report
+
+bench-tft-full: ## TFT: Alibaba MASE and ETTh1 MSE@96 (long; meant for a GPU machine)
+	$(PYTHON) -m zoo.tft.bench --parts alibaba,etth1 $(ARGS)
 	$(PYTHON) -m zoo.core.bench_report
 
 tensorboard: ## TensorBoard over all runs in logs/
