@@ -24,7 +24,7 @@ def test_cli_train_then_eval_with_baselines_backtest_and_plots(tmp_path):
     ckpt = metrics["last_model_path"]
     eval_dir = tmp_path / "eval"
     proc = run_cli("zoo.eval", f"ckpt_path={ckpt}", "trainer=cpu", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={eval_dir}",
-                   "+backtest_cutoffs=3", timeout=300)  # fmt: skip
+                   "backtest_cutoffs=3", timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((eval_dir / "eval_metrics.json").read_text())["metrics"]
     for target in ("cpu_percent", "memory_percent", "disk_percent", "load_average"):
