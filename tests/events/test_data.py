@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from tests.events.conftest import TINY
 
+from tests.events.conftest import TINY
 from zoo.core.errors import ZooError
 from zoo.events.datamodule import EventDataModule
 from zoo.events.readers import normalize, read_table

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+
 from tests.conftest import run_cli
 from tests.events.conftest import TINY
-
 from zoo.core.errors import ZooError
 from zoo.train import train
 

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from tests.conftest import run_cli
 
+from tests.conftest import run_cli
 from zoo.gpt.module import OptimConfig, lr_factor
 from zoo.train import train
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from tests.conftest import run_cli
 
+from tests.conftest import run_cli
 from zoo.collect import JOURNAL, Collector, read
 
 

@@ -92,7 +92,6 @@ def test_train_loader_uses_resumable_sampler(multi_dm):
 
 def test_encoder_normalizer_uses_the_stock_path(cache_dir):
     from tests.tft.conftest import small_dm
-
     from zoo.core.errors import ZooError
     from zoo.tft.data import StockBatches
 

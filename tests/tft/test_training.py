@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from tests.conftest import run_cli
 
 
@@ -46,8 +47,8 @@ def test_learns_synthetic_hosts_beyond_seasonal_naive_towards_the_noise_floor(tm
     and land within a small factor of the noise floor (measured here: cpu 1.75 vs floor 0.80 and
     seasonal-naive 2.55 after 250 steps)."""
     import lightning.pytorch as pl
-    from tests.tft.conftest import small_dm
 
+    from tests.tft.conftest import small_dm
     from zoo.tft.evaluate import score
     from zoo.tft.module import TFTModule
 

@@ -183,6 +183,11 @@ def bench_cpu(steps: int) -> str:
         + "\n".join(rows)
         + f"\n\nLightning / plain time per step: **{min(light) / min(plain):.3f}x** (goal <= 1.05x).\n"
     )
+    if peak16 < peak32:
+        text += (
+            f"\nbf16 matmuls run slower than fp32 on this CPU ({peak16 / 1e9:.0f} vs {peak32 / 1e9:.0f} GFLOP/s), so "
+            "`bf16-mixed` is slower here and its MFU column compares against that slow bf16 peak: prefer `32-true` on this CPU.\n"
+        )
     return text
 
 
