@@ -64,6 +64,20 @@ def device_peak_flops(device: torch.device, precision: str) -> tuple[float, str]
     return measured_cpu_peak(dtype), f"measured CPU peak ({dtype} matmul)"
 
 
+def log_grad_norm(module: pl.LightningModule) -> None:
+    """Log `train/grad_norm` (global L2 norm) every `log_every_n_steps` optimizer steps.
+
+    Call it from `on_before_optimizer_step`: the gradients are accumulated and not yet clipped there, so
+    this is the norm clipping acts on.
+    """
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if grads and module.global_step % max(1, module.trainer.log_every_n_steps) == 0:
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+        )
+        module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+
 class Throughput(Callback):
     """Logs samples/s, tokens/s and MFU over windows of `log_every_n_steps` training batches.
 

@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sized
 from pathlib import Path
 from typing import Any, ClassVar
@@ -145,6 +146,29 @@ class ZooDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self._train_sampler: ResumableSampler | None = None
         self._resume_state: dict[str, int] | None = None
+
+    # -- the prepared cache ----------------------------------------------------------------------------
+    #: Where `prepare_data` puts this data: ``cache_dir/<family>/<name>-<fingerprint>`` (None: no cache).
+    folder: Path | None = None
+
+    def prepare_data(self) -> None:
+        """Build `folder` once with `build_cache`, in a `.tmp` sibling renamed into place under a file
+        lock: a folder with a manifest.json is complete, so later runs and other ranks just reuse it."""
+        if self.folder is None or (self.folder / "manifest.json").is_file():
+            return
+        with cache_lock(self.folder):
+            if (self.folder / "manifest.json").is_file():  # another process finished it meanwhile
+                return
+            tmp = self.folder.with_name(self.folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            self.build_cache(tmp)
+            shutil.rmtree(self.folder, ignore_errors=True)
+            tmp.rename(self.folder)
+
+    def build_cache(self, out: Path) -> None:
+        """Write the prepared data into `out`, manifest.json included."""
+        raise NotImplementedError(f"{type(self).__name__} sets a cache folder but does not build it")
 
     # -- what subclasses provide -------------------------------------------------------------------
     def model_kwargs(self) -> dict[str, Any]:

@@ -14,7 +14,6 @@ case is a sample, so target position 0 of the samples is exactly the next-activi
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from zoo.core.datamodule import ZooDataModule, cache_lock, fingerprint
+from zoo.core.datamodule import ZooDataModule, fingerprint
 from zoo.core.errors import ZooError
 from zoo.events.readers import normalize, read_table
 from zoo.events.schema import BOS, EOC, PAD, Schema, Vocab, field_tokens
@@ -190,18 +189,6 @@ class EventDataModule(ZooDataModule):
         self.datasets: dict[str, EventWindows] = {}
 
     # -- prepare -----------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        if (self.folder / "manifest.json").is_file():
-            return
-        with cache_lock(self.folder):
-            if (self.folder / "manifest.json").is_file():
-                return
-            tmp = self.folder.with_name(self.folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self._build(tmp)
-            shutil.rmtree(self.folder, ignore_errors=True)
-            tmp.rename(self.folder)
 
     def load_log(self) -> tuple[pd.DataFrame, np.ndarray | None]:
         """The normalized log (and, for synthetic data, the true per-event per-field NLL)."""
@@ -289,7 +276,7 @@ class EventDataModule(ZooDataModule):
             out[split] = (t[order], end[order], (eoc & bool(s["end_token"]))[order])
         return out, part
 
-    def _build(self, out: Path) -> None:
+    def build_cache(self, out: Path) -> None:
         df, nll = self.load_log()
         if df.empty:
             raise ZooError(f"data ({self.name}): the event log is empty")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zoo.core.datamodule import ZooDataModule, cache_lock, fingerprint
+from zoo.core.datamodule import ZooDataModule, fingerprint
 from zoo.core.errors import ZooError
 from zoo.gpt import sources
 from zoo.gpt.tokenizer import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, tokenizer_from_json
@@ -140,18 +139,6 @@ class TextDataModule(ZooDataModule):
         self.val_set: TokenWindows | None = None
 
     # -- prepare -----------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        if (self.folder / "manifest.json").is_file():
-            return
-        with cache_lock(self.folder):
-            if (self.folder / "manifest.json").is_file():  # another process finished it meanwhile
-                return
-            tmp = self.folder.with_name(self.folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            self._build(tmp)
-            shutil.rmtree(self.folder, ignore_errors=True)
-            tmp.rename(self.folder)
 
     def _documents(self) -> list[str]:
         s = self.settings
@@ -218,7 +205,7 @@ class TextDataModule(ZooDataModule):
             )
         return HFTokenizer.pretrained(s["tokenizer_name"], str(self.cache_dir / "hf"))
 
-    def _build(self, out: Path) -> None:
+    def build_cache(self, out: Path) -> None:
         train_docs, val_docs, extra = self._split()
         if not any(d.strip() for d in train_docs) or not any(d.strip() for d in val_docs):
             raise ZooError(f"data ({self.name}): the text corpus is empty after splitting")

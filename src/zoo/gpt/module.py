@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
+from zoo.core.callbacks import log_grad_norm
 from zoo.core.errors import ZooError
 from zoo.gpt.model import GPT, GPTConfig
 
@@ -118,13 +119,7 @@ class GPTModule(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Before clipping: the norm the clipping acts on.
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-            )
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        log_grad_norm(self)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.val_loss_sum.update(self._loss(batch, reduction="sum"))

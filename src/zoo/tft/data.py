@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.core.datamodule import ZooDataModule, cache_lock, fingerprint
+from zoo.core.datamodule import ZooDataModule, fingerprint
 from zoo.core.errors import ZooError
 from zoo.tft import params as P
 from zoo.tft import sources as S
@@ -311,20 +310,11 @@ class MetricsDataModule(ZooDataModule):
         self.scaler: dict[str, list[float]] = {}
 
     # -- prepare ---------------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        if (self.folder / "manifest.json").is_file():
-            return
-        with cache_lock(self.folder):
-            if (self.folder / "manifest.json").is_file():
-                return
-            tmp = self.folder.with_name(self.folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            frame, manifest = self.build_frame()
-            frame.to_parquet(tmp / "frame.parquet", index=False)
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-            shutil.rmtree(self.folder, ignore_errors=True)
-            tmp.rename(self.folder)
+
+    def build_cache(self, out: Path) -> None:
+        frame, manifest = self.build_frame()
+        frame.to_parquet(out / "frame.parquet", index=False)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
 
     def raw_frame(self) -> pd.DataFrame:
         s = self.settings

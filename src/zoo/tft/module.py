@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from zoo.core.callbacks import log_grad_norm
 from zoo.core.errors import ZooError
 from zoo.tft import params as P
 
@@ -206,12 +207,7 @@ class TFTModule(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-            )
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        log_grad_norm(self)
 
     def _eval_step(self, batch: Any, stage: str) -> None:
         x, y = batch
