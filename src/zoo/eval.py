@@ -13,11 +13,10 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.core.cli import CONFIG_DIR, cli_guard
-from zoo.core.errors import ZooError, exit_on_user_error
+from zoo.core.cli import hydra_entry
+from zoo.core.errors import ZooError
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -81,17 +80,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-@exit_on_user_error
-def _hydra_main(cfg: DictConfig) -> None:
-    OmegaConf.set_struct(cfg, False)
-    evaluate(cfg)
-
-
-@exit_on_user_error
-def main() -> None:
-    cli_guard()
-    _hydra_main()
+main = hydra_entry("eval", evaluate)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from zoo.core.cli import CONFIG_DIR, cli_guard
-from zoo.core.errors import ZooError, exit_on_user_error
+from zoo.core.cli import hydra_entry
+from zoo.core.errors import ZooError
 
 
 def load_for_sampling(path: str | Path):
@@ -66,17 +65,12 @@ def generate(cfg: DictConfig) -> list[str]:
     return texts
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="generate")
-@exit_on_user_error
-def _hydra_main(cfg: DictConfig) -> None:
+def _print_samples(cfg: DictConfig) -> None:
     for i, text in enumerate(generate(cfg)):
         print(f"--- sample {i} ---\n{text}")
 
 
-@exit_on_user_error
-def main() -> None:
-    cli_guard()
-    _hydra_main()
+main = hydra_entry("generate", _print_samples)
 
 
 if __name__ == "__main__":

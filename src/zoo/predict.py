@@ -14,14 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.core.cli import CONFIG_DIR, cli_guard
-from zoo.core.errors import ZooError, exit_on_user_error
+from zoo.core.cli import hydra_entry
+from zoo.core.errors import ZooError
 from zoo.core.run import write_json
 
 
@@ -183,17 +182,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
-@exit_on_user_error
-def _hydra_main(cfg: DictConfig) -> None:
-    OmegaConf.set_struct(cfg, False)
-    predict(cfg)
-
-
-@exit_on_user_error
-def main() -> None:
-    cli_guard()
-    _hydra_main()
+main = hydra_entry("predict", predict)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from zoo.core.cli import CONFIG_DIR, check_positive, cli_guard
-from zoo.core.errors import ZooError, exit_on_user_error
+from zoo.core.cli import check_positive, hydra_entry
+from zoo.core.errors import ZooError
 
 # torch/Lightning are imported inside the functions: a mistyped override is refused before that import.
 
@@ -94,18 +93,7 @@ def _report(
         print(f"[zoo] export:        {payload['export_dir']}")
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-@exit_on_user_error
-def _hydra_main(cfg: DictConfig) -> float | None:
-    OmegaConf.set_struct(cfg, False)
-    value, _ = train(cfg)
-    return value
-
-
-@exit_on_user_error
-def main() -> None:
-    cli_guard()
-    _hydra_main()
+main = hydra_entry("train", lambda cfg: train(cfg)[0])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,26 @@ def check_positive(cfg: Any, keys: list[str]) -> None:
 
 def cli_guard() -> None:
     check_cli_overrides(sys.argv[1:])
+
+
+def hydra_entry(config_name: str, task: Callable[[Any], Any]) -> Callable[[], Any]:
+    """`main()` of a `python -m zoo.<command>` module: unknown group choices are refused in one line before
+    Hydra (and torch) load, then Hydra composes `conf/<config_name>.yaml` and runs `task(cfg)`; its return
+    value goes back to Hydra, so sweepers can optimize it. `ZooError`s print as one line, exit status 2."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    from zoo.core.errors import exit_on_user_error
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    @exit_on_user_error
+    def run(cfg: Any) -> Any:
+        OmegaConf.set_struct(cfg, False)
+        return task(cfg)
+
+    @exit_on_user_error
+    def main() -> Any:
+        cli_guard()
+        return run()
+
+    return main
