@@ -148,8 +148,27 @@ class EventModule(pl.LightningModule):
             loss = loss + self.time_loss_weight * t_loss
         return loss, out
 
+    def _global_batch_loss(self, batch: dict[str, torch.Tensor], out: dict[str, Any]) -> torch.Tensor:
+        """This rank's loss rescaled so that DDP's gradient average is the gradient of the mean over the
+        whole global batch's target events, as one process with the same global batch computes it.
+
+        DDP averages the ranks' gradients, i.e. weighs every rank's per-event mean equally; the ranks'
+        batches hold different numbers of target events (windows end with their case), so the plain
+        average would over-weight the events of the rank with fewer. Weighting each rank's mean by
+        world_size x its events / all ranks' events makes the average exact.
+        """
+        counts = torch.stack([batch["tgt"][..., 0].ne(PAD).sum(), (~torch.isnan(batch["dt"])).sum()]).float()
+        totals = self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")
+        share = counts * self.trainer.world_size / totals.clamp(min=1)
+        loss = out["mean"] * share[0]
+        if "time_loss" in out:
+            loss = loss + self.time_loss_weight * out["time_loss"] * share[1]
+        return loss
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, out = self._step(batch)
+        if self.trainer.world_size > 1:
+            loss = self._global_batch_loss(batch, out)
         every = self.field_metrics_every or self.trainer.log_every_n_steps
         # Loggers only write every log_every_n_steps; calling self.log on the other steps costs ~0.1 ms per
         # value for nothing (the zoo-vs-plain-loop benchmark counts it), so all train metrics go together.

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from zoo.core.callbacks import log_grad_norm
 from zoo.core.errors import ZooError
@@ -174,6 +175,13 @@ class TFTModule(pl.LightningModule):
             )
         self.encoder_length = int(self.dataset_parameters["max_encoder_length"])
         self.prediction_length = int(self.dataset_parameters["max_prediction_length"])
+        # Evaluation means are torchmetrics states (float sums of value x windows, and windows) reduced over
+        # ranks once per epoch. `self.log(sync_dist=True, batch_size=n)` is not exact under DDP: Lightning
+        # averages its integer window count over ranks with an integer division on gloo (129 windows over 2
+        # ranks count as 128), and DDP shards evaluation windows unevenly. A list, not a dict: target names
+        # come from user data and may contain dots.
+        self.eval_loss = MeanMetric()
+        self.eval_mae = nn.ModuleList([MeanMetric() for _ in self.target_names])
 
     # -- steps -----------------------------------------------------------------------------------------
     def forward(self, x: dict[str, Any]) -> dict[str, Any]:
@@ -209,36 +217,38 @@ class TFTModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         log_grad_norm(self)
 
-    def _eval_step(self, batch: Any, stage: str) -> None:
+    def _eval_step(self, batch: Any) -> None:
         x, y = batch
         out = self.net(x)
+        # Every window has prediction_length targets, so a batch mean weighted by its windows is exact.
         n = len(x["encoder_lengths"])
-        self.log(
-            f"{stage}/loss",
-            self._loss(x, y, out),
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=n,
-            sync_dist=True,
-        )
+        self.eval_loss.update(self._loss(x, y, out).detach(), weight=n)
         median = self.point_forecast(out)
         actual = y[0] if self.multi_target else [y[0]]
-        for name, pred, act in zip(self.target_names, median, actual):
-            self.log(
-                f"{stage}/mae/{name}",
-                (pred - act).abs().mean(),
-                on_step=False,
-                on_epoch=True,
-                batch_size=n,
-                sync_dist=True,
-            )
+        for metric, pred, act in zip(self.eval_mae, median, actual):
+            metric.update((pred - act).abs().mean(), weight=n)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        # compute() sums the states over ranks: every rank must call it, even one that had no batch.
+        loss = self.eval_loss.compute()
+        maes = {f"{stage}/mae/{name}": m.compute() for name, m in zip(self.target_names, self.eval_mae)}
+        self.eval_loss.reset()
+        for metric in self.eval_mae:
+            metric.reset()
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=False)
+        self.log_dict(maes, sync_dist=False)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
 
     # -- predictions -----------------------------------------------------------------------------------
     def quantile_forecast(self, out: dict[str, Any]) -> list[torch.Tensor]:
