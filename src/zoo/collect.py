@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zoo.core.errors import ZooError
+
 JOURNAL = "pending.jsonl"
 
 
@@ -166,6 +168,26 @@ def read(out: str | os.PathLike[str]) -> Any:
     return pd.concat(frames, ignore_index=True).sort_values("timestamp").reset_index(drop=True)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad options before anything is written: the output folder may hold earlier samples."""
+    for flag, value in (
+        ("--interval", args.interval),
+        ("--flush-every", args.flush_every),
+        ("--samples", args.samples),
+    ):
+        if value is not None and value <= 0:
+            raise ZooError(f"{flag}={value} must be positive")
+    out = Path(args.out)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ZooError(f"--out={out}: {existing} is a file (expected a folder of Parquet parts)")
+    if not Path(args.disk_path).exists():
+        raise ZooError(
+            f"--disk-path={args.disk_path}: no such file or folder (expected a path on the filesystem whose "
+            "usage becomes disk_percent)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo.collect", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -179,8 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=None, help="series id to record (default: the hostname)")
     parser.add_argument("--disk-path", default="/", help="filesystem whose usage is disk_percent")
     args = parser.parse_args(argv)
-    if args.interval <= 0 or args.flush_every <= 0 or (args.samples is not None and args.samples <= 0):
-        print("zoo: error: --interval, --flush-every and --samples must be positive", file=sys.stderr)
+    try:
+        check_args(args)
+    except ZooError as err:
+        print(f"zoo: error: {err}", file=sys.stderr)
         return 2
     collector = Collector(args.out, host=args.host, disk_path=args.disk_path)
     n = collector.run(args.interval, args.samples, args.flush_every)

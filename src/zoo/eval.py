@@ -29,8 +29,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
+        # torch's own first line is a paragraph about weights_only defaults: the type says enough.
         raise ZooError(
-            f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+            f"ckpt_path={path}: not a readable checkpoint ({type(err).__name__}): "
+            "expected a .ckpt file written by python -m zoo.train"
         ) from err
 
 
@@ -47,20 +49,32 @@ def module_class(target: str) -> type:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    from zoo.core.run import _instantiate, check_family, check_precision, metric_values, write_json
+    from zoo.core.run import _instantiate, check_precision, choice, family_of, metric_values, write_json
 
     checkpoint = load_checkpoint(cfg.ckpt_path)
     saved = saved_config(checkpoint, cfg.ckpt_path)
     data_cfg = cfg.data if cfg.get("data") else saved.data
     if cfg.get("data"):
         data_cfg = OmegaConf.merge(data_cfg, {"cache_dir": cfg.paths.cache_dir})
-    check_family(OmegaConf.create({"model": saved.model, "data": data_cfg}))
+    model_family, data_family = (
+        family_of(saved.model.get("_target_", "")),
+        family_of(data_cfg.get("_target_", "")),
+    )
+    if model_family != data_family:
+        raise ZooError(
+            f"ckpt_path={cfg.ckpt_path} holds a {model_family} model, which cannot be evaluated on "
+            f"data={choice('data')} (family '{data_family}'): pick a data={model_family}/... config or leave data= out"
+        )
     check_precision(cfg)
     datamodule = _instantiate(data_cfg, "data")
     datamodule.prepare_data()
     cls = module_class(saved.model._target_)
     model = cls.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", weights_only=True)
     model.on_load_checkpoint(checkpoint)
+    if hasattr(model, "check_data"):  # e.g. another tokenizer: ids would index the wrong embeddings
+        model.check_data(
+            datamodule, f"data={choice('data') if cfg.get('data') else saved.data.get('name', '?')}"
+        )
     trainer = _instantiate(cfg.trainer, "trainer", logger=False, callbacks=[])
     output_dir = Path(cfg.paths.output_dir)
     if hasattr(model, "zoo_evaluate"):

@@ -49,7 +49,11 @@ def generate(cfg: DictConfig) -> list[str]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     net, tok = load_for_sampling(cfg.ckpt_path)
     net.to(device)
-    prompt_ids = tok.encode(str(cfg.prompt)) or ([tok.eot_id] if tok.eot_id is not None else [0])
+    try:
+        encoded = tok.encode(str(cfg.prompt))
+    except ZooError as err:
+        raise ZooError(f"prompt={str(cfg.prompt)!r}: {err}") from None
+    prompt_ids = encoded or ([tok.eot_id] if tok.eot_id is not None else [0])
     idx = torch.tensor([prompt_ids] * int(cfg.num_samples), dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     stop = tok.eot_id if cfg.stop_at_eot else None

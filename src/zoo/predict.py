@@ -139,7 +139,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
         if cfg.get("columns")
         else OmegaConf.to_container(saved.data.get("columns") or {})
     )
-    frame = read_table(cfg.input)
+    frame = read_table(cfg.input, key="input")
     cases, src, lengths, last_time, unknown = encode_history(model, frame, columns, f"input={cfg.input}")
     gen = torch.Generator().manual_seed(int(cfg.seed))
     out = predict_next(model, src, lengths, int(cfg.k), cfg.sampling, float(cfg.temperature), gen)

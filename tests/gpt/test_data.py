@@ -146,7 +146,7 @@ def test_synthetic_corpus_records_its_entropy_floor(tmp_path):
         ({"source": "file", "path": "EMPTY"}, "the file is empty"),
         (
             {"source": "file", "path": "TABLE", "column": "body"},
-            "no column 'body' (data.column); columns are id, title",
+            "no column 'body' (data.column): expected one of id, title",
         ),
         ({"source": "file", "path": "TABLE", "column": None}, "set data.column"),
         ({"tokenizer": "sentencepiece"}, "data.tokenizer=sentencepiece: expected one of"),

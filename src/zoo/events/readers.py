@@ -22,7 +22,7 @@ def _strip_ns(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def read_xes(path: Path) -> pd.DataFrame:
+def read_xes(path: Path, setting: str = "data.path") -> pd.DataFrame:
     """Events of an XES log, with the same column naming as ../shared/data/events (see its README):
     trace ``concept:name`` -> case_id, event concept:name -> activity, time:timestamp -> timestamp,
     org:resource -> resource, lifecycle:transition -> lifecycle, other event keys verbatim, trace keys as
@@ -66,18 +66,19 @@ def read_xes(path: Path) -> pd.DataFrame:
                     elif tag != "global":
                         trace_attrs[key] = value
     except (ET.ParseError, OSError, EOFError) as err:
-        raise ZooError(f"data.path={path}: not a readable XES file ({err})") from err
+        raise ZooError(f"{setting}={path}: not a readable XES file ({err})") from err
     return pd.DataFrame(rows)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, key: str = "data.path") -> pd.DataFrame:
+    """Read an event log; `key` is the setting that named the file (errors say which one to fix)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ZooError(f"data.path={p}: no such file")
+        raise ZooError(f"{key}={p}: no such file")
     name = p.name.lower()
     try:
         if name.endswith((".xes", ".xes.gz")):
-            return read_xes(p)
+            return read_xes(p, key)
         if name.endswith(".parquet"):
             return pd.read_parquet(p)
         if name.endswith((".csv", ".csv.gz")):
@@ -85,12 +86,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except ZooError:
         raise
     except pd.errors.EmptyDataError as err:
-        raise ZooError(f"data.path={p}: the event log is empty") from err
+        raise ZooError(f"{key}={p}: the event log is empty (expected a header row and events)") from err
     except Exception as err:
         raise ZooError(
-            f"data.path={p}: cannot read ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+            f"{key}={p}: cannot read ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
         ) from err
-    raise ZooError(f"data.path={p}: unknown format, expected .csv, .csv.gz, .parquet, .xes or .xes.gz")
+    raise ZooError(f"{key}={p}: unknown format, expected .csv, .csv.gz, .parquet, .xes or .xes.gz")
 
 
 def parse_timestamps(values: pd.Series, column: str, where: str) -> pd.Series:
@@ -104,7 +105,7 @@ def parse_timestamps(values: pd.Series, column: str, where: str) -> pd.Series:
         row = int(bad.to_numpy().nonzero()[0][0])
         raise ZooError(
             f"{where}: {int(bad.sum())} timestamps in column '{column}' cannot be parsed "
-            f"(first at row {row}: {values.iloc[row]!r})"
+            f"(first at row {row}: {values.iloc[row]!r}): expected dates such as 2024-01-31T09:00:00Z"
         )
     return ts
 

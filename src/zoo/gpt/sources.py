@@ -68,7 +68,7 @@ def read_documents(path: str | Path, column: str | None) -> list[str]:
         raise ZooError(
             f"data.path={path}: cannot read as {suffix[1:]} ({type(err).__name__}: {err})"
         ) from err
-    return documents_from_frame(frame, column, str(path))
+    return documents_from_frame(frame, column, f"data.path={path}")
 
 
 def documents_from_frame(frame, column: str | None, where: str) -> list[str]:
@@ -78,12 +78,14 @@ def documents_from_frame(frame, column: str | None, where: str) -> list[str]:
         )
     if column not in frame.columns:
         raise ZooError(
-            f"{where}: no column {column!r} (data.column); columns are {', '.join(map(str, frame.columns))}"
+            f"{where}: no column {column!r} (data.column): expected one of {', '.join(map(str, frame.columns))}"
         )
     texts = frame[column].dropna().astype(str).str.strip()
     docs = [t for t in texts if t]
     if not docs:
-        raise ZooError(f"{where}: column {column!r} has no non-empty text")
+        raise ZooError(
+            f"{where}: column {column!r} (data.column) has no non-empty text: expected text to train on"
+        )
     return docs
 
 

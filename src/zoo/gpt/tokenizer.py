@@ -14,6 +14,7 @@ EOT = "<eos>"
 
 
 class Tokenizer(Protocol):
+    kind: str
     vocab_size: int
     eot_id: int | None
 
@@ -63,8 +64,10 @@ class CharTokenizer:
         try:
             return [self.stoi[c] for c in text]
         except KeyError as err:
+            shown = self.chars if len(self.chars) <= 40 else self.chars[:40] + "..."
             raise ZooError(
-                f"character {err.args[0]!r} is not in the character vocabulary of this model"
+                f"character {err.args[0]!r} is not in the character vocabulary of this model "
+                f"(expected one of the {len(self.chars)} characters {shown!r})"
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:

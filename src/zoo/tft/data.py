@@ -334,7 +334,12 @@ class MetricsDataModule(ZooDataModule):
         if "series" not in df.columns and "timestamp" in df.columns:
             df["series"] = "series0"  # a single-series table needs no id column
         if "timestamp" in df.columns:
-            df["timestamp"] = S.to_timestamps(df["timestamp"], s["timestamp_unit"], f"{where} {s['path']}")
+            df["timestamp"] = S.to_timestamps(
+                df["timestamp"],
+                s["timestamp_unit"],
+                f"{where} {s['path']}",
+                s["columns"].get("timestamp") or "timestamp",
+            )
         return df
 
     def build_frame(self) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -47,6 +47,10 @@ def read_table(
     for f in files:
         kind = (fmt or Path(f).suffix.lstrip(".")).lower()
         kwargs = dict(read_kwargs or {})
+        if Path(f).stat().st_size == 0:  # pandas/pyarrow would say "no columns to parse" or "magic bytes"
+            raise ZooError(
+                f"data.path={f}: the file is empty (expected a table with a header row and samples)"
+            )
         try:
             if kind in ("parquet", "pq"):
                 frame = pd.read_parquet(f, **kwargs)
@@ -98,20 +102,28 @@ def map_columns(df: pd.DataFrame, columns: dict[str, Any], where: str) -> pd.Dat
     return out
 
 
-def to_timestamps(values: pd.Series, unit: str | None, where: str) -> pd.Series:
-    """Numbers are read as `unit` since the epoch (s by default); strings are parsed."""
+def to_timestamps(values: pd.Series, unit: str | None, where: str, column: str = "timestamp") -> pd.Series:
+    """Numbers are read as `unit` since the epoch (s by default); strings are parsed. `column` is the
+    source column's name, for the error message."""
     if pd.api.types.is_datetime64_any_dtype(values):
         out = pd.to_datetime(values)
         return out.dt.tz_convert(None) if getattr(out.dt, "tz", None) is not None else out
     if pd.api.types.is_numeric_dtype(values):
         return pd.to_datetime(values, unit=unit or "s")
     try:
-        out = pd.to_datetime(values, utc=True).dt.tz_convert(None)
-    except (ValueError, TypeError) as err:
+        return pd.to_datetime(values, utc=True).dt.tz_convert(None)
+    except (ValueError, TypeError):
+        pass  # parse element by element (slow) only to find the first bad value
+    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="mixed")
+    bad = parsed.isna() & values.notna()
+    if bad.any():
+        row = bad.to_numpy().nonzero()[0][0]
         raise ZooError(
-            f"{where}: timestamp column is neither numbers nor dates ({str(err).splitlines()[0][:100]})"
-        ) from err
-    return out
+            f"{where}: {int(bad.sum())} values of column '{column}' (data.columns.timestamp) are neither numbers "
+            f"nor dates (first at row {row}: {values.iloc[row]!r}): expected dates such as 2024-01-31 09:00:00 "
+            "or numbers since the epoch (data.timestamp_unit)"
+        )
+    return parsed.dt.tz_convert(None)
 
 
 # -- known public traces --------------------------------------------------------------------------------
@@ -230,6 +242,8 @@ def synthetic_hosts(
 # -- validation and regularization -----------------------------------------------------------------------
 def validate(df: pd.DataFrame, targets: list[str], covariates: list[str], where: str) -> pd.DataFrame:
     """One-line errors for what would otherwise fail deep inside pandas or pytorch-forecasting."""
+    if df.empty:
+        raise ZooError(f"{where}: the table has no rows (expected samples with a timestamp and the targets)")
     needed = ["timestamp", "series", *targets, *covariates]
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -244,9 +258,16 @@ def validate(df: pd.DataFrame, targets: list[str], covariates: list[str], where:
             bad = col[converted.isna() & col.notna()]
             if len(bad):
                 raise ZooError(
-                    f"{where}: target/covariate column '{name}' is not numeric (e.g. value {bad.iloc[0]!r} in row {bad.index[0]})"
+                    f"{where}: target/covariate column '{name}' is not numeric (e.g. value {bad.iloc[0]!r} in row {bad.index[0]}): expected numbers"
                 )
             df[name] = converted
+    for name in targets:
+        # NaNs are gaps (filled up to data.max_gap); a target with no value at all would only surface as
+        # "no rows left after resampling".
+        if df[name].isna().all():
+            raise ZooError(
+                f"{where}: target column '{name}' has no values (all {len(df)} rows are NaN): expected numbers"
+            )
     df["series"] = df["series"].astype(str)
     dup = df.duplicated(["series", "timestamp"], keep=False)
     if dup.any():
