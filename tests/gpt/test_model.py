@@ -19,8 +19,19 @@ def test_gpt_300m_parameter_count_on_meta(compose):
         net = GPT(net_cfg)
     assert net.num_params() == non_embedding_params(24, 1024) == 302_311_424
     total = net.num_params(non_embedding=False)
-    assert total == 302_311_424 + 50257 * 1024 + 2048 * 1024  # tied head adds nothing
+    # The recipe pads the 50257 embedding rows to 50304 (aligned GPU matmuls); the tied head adds nothing.
+    assert total == 302_311_424 + 50304 * 1024 + 2048 * 1024
     assert 290e6 < net.num_params() < 310e6
+
+
+def test_padded_vocabulary_never_predicts_padding_rows():
+    torch.manual_seed(0)
+    net = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=32, pad_vocab_to=64)).eval()
+    assert net.wte.weight.shape[0] == 64
+    x = torch.randint(0, 50, (2, 8))
+    assert net(x).shape == (2, 8, 50)
+    out = net.generate(x, max_new_tokens=20, temperature=5.0)
+    assert int(out.max()) < 50
 
 
 @pytest.mark.parametrize("rope", [False, True])

@@ -51,6 +51,29 @@ def test_bf16_mixed_on_cpu_trains(compose, tmp_path):
     assert saved["global_step"] == 6 and saved["metrics"]["val/loss"] == pytest.approx(value)
 
 
+def test_bf16_mixed_clips_gradients_with_fused_adamw(compose, monkeypatch):
+    # Lightning's mixed-precision plugin raises for fused optimizers + clipping; the GPU default is fused.
+    calls = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(
+        torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(a[1]) or clip(*a, **k)
+    )
+    cfg = compose(
+        *QUIET,
+        *TINY,
+        "trainer=cpu",
+        "trainer.precision=bf16-mixed",
+        "trainer.gradient_clip_val=0.5",
+        "model.optim.name=adamw",
+        "model.optim.fused=true",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+    )
+    _, metrics = train(cfg)
+    assert calls == [0.5, 0.5, 0.5] and math.isfinite(metrics["val/loss"])
+
+
 class RecordSteps(Callback):
     def __init__(self):
         self.steps, self.lrs, self.batches = [], [], []

@@ -208,6 +208,7 @@ class EventDataModule(ZooDataModule):
             return df, nll[order]
         raw = read_table(s["path"])
         columns = dict(s["columns"])
+        self._check_target_values(raw, columns)
         if s["split"] == "column":
             columns.setdefault("split", s["split_column"])
         df = normalize(raw, columns, needed, f"data.path={s['path']}", time_cols)
@@ -217,6 +218,23 @@ class EventDataModule(ZooDataModule):
             )
             df = df[keep].reset_index(drop=True)
         return df, None
+
+    def _check_target_values(self, raw: pd.DataFrame, columns: dict[str, str]) -> None:
+        """A missing value of the target field would silently become the token <na> and be trained on as
+        if it were an activity; other fields may miss values (BPI 2012 lacks thousands of resources)."""
+        target = next(f for f in self.schema.fields if f.name == self.schema.target)
+        if target.column is None:
+            return
+        col = columns.get(target.column) or target.column
+        if col not in raw.columns:
+            return  # normalize() names the missing column
+        missing = np.flatnonzero(raw[col].isna().to_numpy())
+        if len(missing):
+            raise ZooError(
+                f"data.path={self.settings['path']}: {len(missing)} events have no value in column '{col}' "
+                f"(data.columns.{target.column}, the target field {target.name}; first at row {missing[0]}): "
+                "expected a value for every event"
+            )
 
     @staticmethod
     def _cases_within(df: pd.DataFrame, max_events: int) -> int:
@@ -241,8 +259,8 @@ class EventDataModule(ZooDataModule):
             # Every `val_every`-th week of the timeline is validation: the same employees and the same
             # calendar on both sides, so no calendar value of validation is new (a time split's last months
             # only ever occur with the previous year in training, which invites a month -> year shortcut).
-            ts = df["timestamp"].astype("int64").to_numpy()
-            week = (ts - ts.min()) // (7 * 86400 * 10**9)
+            # Timedelta arithmetic, not int64 nanoseconds: pandas 3 parses timestamps at microsecond resolution.
+            week = ((df["timestamp"] - df["timestamp"].min()) // pd.Timedelta(weeks=1)).to_numpy()
             part = (week % s["val_every"] == s["val_every"] - 1).astype(np.int64)
         else:
             first = cs == idx

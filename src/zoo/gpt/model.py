@@ -43,6 +43,13 @@ class GPTConfig:
     """RoPE frequency base."""
     tie_weights: bool = True
     """Share the token embedding with the output head."""
+    pad_vocab_to: int = 1
+    """Round the embedding/output rows up to a multiple of this; the extra logits are cut off. 64 keeps
+    GPU matmuls on aligned tensor-core kernels (GPT-2's 50257 rows fall back to slow ones)."""
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // max(1, self.pad_vocab_to)) * max(1, self.pad_vocab_to)
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -126,12 +133,12 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.n_embd)
         self.wpe = None if cfg.rope else nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.padded_vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
@@ -159,9 +166,13 @@ class GPT(nn.Module):
         return n
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward): 6N plus attention's 12 L d T (PaLM appendix B)."""
+        """Training FLOPs per token (forward + backward): 6N plus attention's 12 L d T (PaLM appendix B).
+
+        N counts every weight used in a matmul: the non-embedding weights and the output head (a tied head
+        is excluded by `num_params`, but its matmul is real work), not the embedding lookups."""
         c = self.cfg
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+        head = self.lm_head.weight.numel() if c.tie_weights else 0
+        return 6 * (self.num_params() + head) + 12 * c.n_layer * c.n_embd * c.block_size
 
     def forward(self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids (B, T); `start` is the position of idx[:, 0]."""
@@ -180,7 +191,10 @@ class GPT(nn.Module):
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, caches[i] if caches is not None else None)
-        return self.lm_head(self.ln_f(x))
+        logits = self.lm_head(self.ln_f(x))
+        if self.cfg.padded_vocab_size != self.cfg.vocab_size:
+            logits = logits[..., : self.cfg.vocab_size]
+        return logits
 
     @torch.no_grad()
     def generate(

@@ -40,7 +40,7 @@ class OptimConfig:
     momentum: float = 0.0
     """SGD momentum."""
     fused: bool | None = None
-    """Fused AdamW kernel (default: on CUDA)."""
+    """Fused AdamW kernel (default: on CUDA, except under 16-mixed with gradient clipping)."""
 
 
 def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
@@ -157,7 +157,11 @@ class GPTModule(pl.LightningModule):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         if cfg.name == "adamw":
-            fused = cfg.fused if cfg.fused is not None else self.device.type == "cuda"
+            fused = cfg.fused
+            if fused is None:
+                # A fused step unscales fp16 gradients itself, too late for clipping to see true norms.
+                scaled = str(self.trainer.precision).startswith("16") and self.trainer.gradient_clip_val
+                fused = self.device.type == "cuda" and not scaled
             optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
         else:
             optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -168,12 +172,42 @@ class GPTModule(pl.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
 
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for any optimizer that could unscale gradients
+        # itself (fused AdamW), fearing scaled gradients. Without a grad scaler (bf16-mixed) the gradients
+        # are already true, so clip them here instead of giving up the fused kernel.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if gradient_clip_val and scaler is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     # -- persistence -----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["zoo_tokenizer"] = self.tokenizer_json
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokenizer_json = checkpoint.get("zoo_tokenizer") or self.tokenizer_json
+
+    def check_data(self, datamodule: Any, where: str) -> None:
+        """Refuse data tokenized differently from this checkpoint's training data (python -m zoo.eval data=...)."""
+        from zoo.gpt.tokenizer import tokenizer_from_json
+
+        if not self.tokenizer_json:
+            return
+        theirs = datamodule.tokenizer()
+        if theirs.to_json() != self.tokenizer_json:
+            mine = tokenizer_from_json(self.tokenizer_json)
+            raise ZooError(
+                f"{where}: its tokenizer ({theirs.kind}, vocabulary {theirs.vocab_size}) does not match the "
+                f"checkpoint's ({mine.kind}, vocabulary {mine.vocab_size}): expected data tokenized as in "
+                "training (leave data= out, or set data.tokenizer to match)"
+            )
 
     def export(self, out_dir: str | Path, datamodule: Any = None) -> Path:
         """Write model.safetensors, config.json and tokenizer.json: loadable with `zoo.gpt.export.load`."""
