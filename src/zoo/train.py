@@ -29,7 +29,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     )
     import lightning.pytorch as pl
 
-    from zoo.core.run import build, metric_values, teardown_distributed
+    from zoo.core.run import build, metric_values, resume_checkpoint, teardown_distributed
 
     pl.seed_everything(cfg.seed, workers=True)
     start = time.time()
@@ -37,7 +37,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     output_dir = Path(cfg.paths.output_dir)
 
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = resume_checkpoint(cfg)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = metric_values(trainer.callback_metrics)
     if cfg.get("test", False):
         trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)

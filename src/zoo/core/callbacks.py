@@ -148,3 +148,150 @@ class StoreConfig(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["zoo_config"] = self.config_yaml
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),  # a tuple of ints: weights_only-safe as a list
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype("int64")),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },  # fmt: skip
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGState(Callback):
+    """Saves the python, numpy, torch (and CUDA) generators of every rank in each checkpoint and restores
+    them on resume, so dropout after a resume draws what the uninterrupted run drew.
+
+    The restore waits for the first training batch: between loading the checkpoint and that batch,
+    Lightning builds a new DataLoader iterator, which draws its worker seed from the torch generator;
+    the uninterrupted run drew that seed before the saved state, at the start of the epoch.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint.setdefault("zoo_rng", {})[trainer.global_rank] = _rng_state()
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        states = checkpoint.get("zoo_rng") or {}
+        self._pending = states.get(trainer.global_rank)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._pending is not None:
+            _set_rng_state(self._pending)
+            self._pending = None
+
+
+class DivergenceGuard(Callback):
+    """Stops training at the first non-finite gradient (a NaN/inf loss gives one too), naming the step and
+    the last good checkpoint, which is left as it was; with ``action="skip"`` the bad batch's update is
+    dropped instead (its gradients are discarded before the optimizer sees them) and counted in
+    ``train/skipped_batches``, up to ``max_skips`` in a row.
+
+    Under ``16-mixed`` the grad scaler already skips steps with inf gradients (and lowers its scale), so
+    the guard leaves those steps to it.
+    """
+
+    def __init__(self, action: str = "stop", max_skips: int = 10):
+        if action not in ("stop", "skip"):
+            from zoo.core.errors import ZooError
+
+            raise ZooError(f"callbacks.divergence.action={action}: expected stop or skip")
+        self.action, self.max_skips = action, int(max_skips)
+        self.skipped = 0
+        self._in_a_row = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = int(state_dict.get("skipped", 0))
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+        if trainer.world_size > 1:  # every rank must take the same decision
+            flag = torch.tensor(float(finite), device=pl_module.device)
+            finite = bool(trainer.strategy.reduce(flag, reduce_op="min") > 0)
+        if finite:
+            self._in_a_row = 0
+            return
+        step = trainer.global_step + 1
+        if self.action == "skip" and self._in_a_row < self.max_skips:
+            for p in pl_module.parameters():
+                p.grad = None
+            self.skipped += 1
+            self._in_a_row += 1
+            pl_module.log("train/skipped_batches", float(self.skipped), on_step=True, on_epoch=False)
+            rank_zero_info(
+                f"[zoo] non-finite gradient at step {step}: update skipped ({self.skipped} so far)"
+            )
+            return
+        from zoo.core.errors import ZooError
+
+        last = _last_checkpoint(trainer)
+        why = (
+            f"after {self._in_a_row} skipped updates in a row"
+            if self.action == "skip"
+            else "(loss or gradients)"
+        )
+        raise ZooError(
+            f"training diverged at step {step} (epoch {trainer.current_epoch}): non-finite gradient norm {why}; "
+            f"last good checkpoint: {last or 'none saved yet'} (left intact). Resume from it with a lower "
+            "model.optim.lr or trainer.gradient_clip_val, or set callbacks.divergence.action=skip"
+        )
+
+
+def _last_checkpoint(trainer: pl.Trainer) -> str:
+    from pathlib import Path
+
+    from zoo.core.checkpoint import checkpoints_in
+
+    paths = [c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+    found = sorted((p for d in paths for p in checkpoints_in(Path(d))), key=lambda p: p.stat().st_mtime_ns)
+    return str(found[-1]) if found else ""

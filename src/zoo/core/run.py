@@ -104,7 +104,10 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     if cfg.get("monitor") is None:
         cfg.monitor = getattr(model, "monitor", "val/loss")
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
-    from zoo.core.callbacks import StoreConfig
+    from zoo.core.callbacks import RNGState, StoreConfig
+    from zoo.core.checkpoint import AtomicCheckpointIO
+
+    callbacks.append(RNGState())  # exact resume is not optional
 
     run_keys = [k for k in cfg if k != "hydra"]  # composed-from-Python configs carry Hydra's own section
     callbacks.append(StoreConfig(OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, run_keys), resolve=True)))
@@ -117,8 +120,28 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = _instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    trainer = _instantiate(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     return datamodule, model, trainer
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """The checkpoint `cfg.ckpt_path` names (file, run folder, `last`, `auto`), checked before training: it
+    must load with weights_only=True and come from a run with the same model, data and batch layout."""
+    from zoo.core.checkpoint import check_resume_compatible, load_checkpoint, resolve_ckpt_path
+
+    output_dir = Path(cfg.paths.output_dir)
+    runs_root = output_dir.parent if output_dir.parent.name == "runs" else None
+    path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, runs_root)
+    if path is None:
+        return None
+    checkpoint = load_checkpoint(path, mmap=True)  # mmap: the check does not read the tensors
+    run_keys = [k for k in cfg if k != "hydra"]  # as StoreConfig saved it
+    current = OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True)
+    check_resume_compatible(checkpoint.get("zoo_config", ""), current, path)
+    print(f"[zoo] resuming from {path} (step {checkpoint.get('global_step')})", flush=True)
+    return path
 
 
 def metric_values(metrics: dict[str, Any]) -> dict[str, float]:
