@@ -103,6 +103,8 @@ def test_sigkill_then_resume_is_bit_exact(family, tmp_path):
     ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
     mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert ma["global_step"] == mb["global_step"] == 14
+    # Two callbacks write last.ckpt (every 3 steps, and at validation): one file, never last-v1.ckpt.
+    assert not list((tmp_path / "a" / "checkpoints").glob("last-v*"))
     assert math.isfinite(ma["metrics"][metric])
     assert {k: v for k, v in mb["metrics"].items() if k.startswith("val/")} == {
         k: v for k, v in ma["metrics"].items() if k.startswith("val/")
