@@ -28,7 +28,7 @@ QUIET = [
     "trainer.enable_model_summary=false",
 ]
 
-# Two epochs of 7 steps, validated after each; `last.ckpt` every 3 steps. The kill comes at step 5, so the
+# Two epochs of 7 steps, validated after each; `last-step.ckpt` every 3 steps. The kill comes at step 5, so the
 # resume starts mid-epoch from step 3 and crosses a validation and an epoch boundary before step 14.
 SCHEDULE = [
     "trainer.max_steps=14",
@@ -87,13 +87,15 @@ def test_sigkill_then_resume_is_bit_exact(family, tmp_path):
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL
     assert max(_losses(tmp_path / "b1.jsonl")) == KILL_AT
-    saved = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    saved = torch.load(
+        tmp_path / "b" / "checkpoints" / "last-step.ckpt", weights_only=True, map_location="cpu"
+    )
     assert saved["global_step"] == RESUMED_FROM
 
     resumed = _run(tmp_path / "b", cache, tmp_path / "b2.jsonl", *overrides, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (
-        f"resuming from {tmp_path / 'b' / 'checkpoints' / 'last.ckpt'} (step {RESUMED_FROM})"
+        f"resuming from {tmp_path / 'b' / 'checkpoints' / 'last-step.ckpt'} (step {RESUMED_FROM})"
         in resumed.stdout
     )
 
@@ -103,8 +105,7 @@ def test_sigkill_then_resume_is_bit_exact(family, tmp_path):
     ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
     mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert ma["global_step"] == mb["global_step"] == 14
-    # Two callbacks write last.ckpt (every 3 steps, and at validation): one file, never last-v1.ckpt.
-    assert not list((tmp_path / "a" / "checkpoints").glob("last-v*"))
+    assert not list((tmp_path / "a" / "checkpoints").glob("last-v*"))  # no versioned copies of last.ckpt
     assert math.isfinite(ma["metrics"][metric])
     assert {k: v for k, v in mb["metrics"].items() if k.startswith("val/")} == {
         k: v for k, v in ma["metrics"].items() if k.startswith("val/")
@@ -227,8 +228,9 @@ def test_non_finite_loss_stops_or_skips(compose, tmp_path, monkeypatch, action):
 
     monkeypatch.setattr(GPTModule, "_loss", poisoned)
     cfg = compose(*QUIET, *TINY, "trainer.max_steps=6", "trainer.val_check_interval=6",
-                  "callbacks.step_checkpoint.every_n_train_steps=2", f"callbacks.divergence.action={action}")  # fmt: skip
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+                  "callbacks.step_checkpoint.every_n_train_steps=2",
+                  f"callbacks.divergence.action={action}")  # fmt: skip
+    ckpt = tmp_path / "run" / "checkpoints" / "last-step.ckpt"
     if action == "stop":
         with pytest.raises(
             ZooError, match=rf"diverged at step 5 .*last good checkpoint: {ckpt} \(left intact\)"

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 # Dense peak FLOP/s per device for the dtype mixed precision computes in (no sparsity). Matched by
@@ -295,3 +295,18 @@ def _last_checkpoint(trainer: pl.Trainer) -> str:
     paths = [c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
     found = sorted((p for d in paths for p in checkpoints_in(Path(d))), key=lambda p: p.stat().st_mtime_ns)
     return str(found[-1]) if found else ""
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """`last-step.ckpt` every N optimizer steps (a crash loses at most N steps). Its own name: sharing
+    `last.ckpt` with the validation-time checkpoint makes Lightning write `last-v1.ckpt`, `last-v2.ckpt`...
+
+    Lightning's ModelCheckpoint also writes `last.ckpt` when training ends if it never saved before; for a
+    step-only checkpoint that save comes after the fit loop has counted the epoch as finished while the
+    batch counter still holds the stopped epoch's batches, a state that does not resume mid-epoch
+    exactly. The end-of-training state is saved by `model_checkpoint` at the last validation instead."""
+
+    CHECKPOINT_NAME_LAST = "last-step"
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        return
