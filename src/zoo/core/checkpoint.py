@@ -128,15 +128,11 @@ def resolve_ckpt_path(value: Any, output_dir: Path, runs_root: Path | None) -> s
     return text
 
 
-# Settings that may change between a run and its resume: they do not alter what is computed.
+# What a resume compares: model, data and seed in full (but for the keys below, which do not alter what
+# is computed), and the trainer settings that decide the batch layout and numerics. Lengths
+# (max_steps, max_epochs, max_time) and display settings may change freely.
+COMPARED_TRAINER_KEYS = ("accumulate_grad_batches", "precision", "devices", "num_nodes")
 RESUMABLE_CHANGES = (
-    "trainer.max_steps",
-    "trainer.max_epochs",
-    "trainer.max_time",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "trainer.default_root_dir",
     "data.num_workers",
     "data.pin_memory",
     "data.persistent_workers",
@@ -162,20 +158,11 @@ def check_resume_compatible(saved_yaml: str, current: dict[str, Any], path: str)
     if not saved_yaml:
         return
     saved = yaml.safe_load(saved_yaml) or {}
-    keys = (
-        "model",
-        "data",
-        "seed",
-        "trainer.accumulate_grad_batches",
-        "trainer.precision",
-        "trainer.devices",
-        "trainer.num_nodes",
-    )
 
     def pick(cfg: dict[str, Any]) -> dict[str, Any]:
         flat = _flatten({k: cfg.get(k) for k in ("model", "data", "seed")})
         trainer = cfg.get("trainer") or {}
-        flat.update({k: trainer.get(k.split(".", 1)[1]) for k in keys if k.startswith("trainer.")})
+        flat.update({f"trainer.{k}": trainer.get(k) for k in COMPARED_TRAINER_KEYS})
         return {k: v for k, v in flat.items() if k not in RESUMABLE_CHANGES and not k.endswith("._partial_")}
 
     before, now = pick(saved), pick(current)
