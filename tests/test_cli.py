@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+
 from tests.conftest import run_cli
 
 QUIET = ["~callbacks.rich_progress_bar", "trainer.enable_progress_bar=false"]

@@ -218,3 +218,21 @@ def test_weeks_split_keeps_each_event_a_target_of_one_split(tmp_path):
         targets[split] = {int(t + j) for t, end in zip(ds.t, ds.end) for j in range(int(end - t)) if j < ds.T}
     assert targets["train"] and targets["val"] and not targets["train"] & targets["val"]
     assert {d // 7 % 5 for d in targets["val"]} == {4}  # days 28-34 and 63-69: the 5th and 10th weeks
+
+
+def test_prefix_ceiling_counts_each_prefix_majority_and_ignores_padding():
+    from zoo.events.evaluate import prefix_ceiling
+
+    # Field 0 is the activity. Prefix [5] is followed by 6, 6, 7 (best: 2 of 3); [5, 6] and [5, 7] by one
+    # answer each; the last row is padding. Row 1 has junk after its length: the same prefix as row 0.
+    src = np.zeros((6, 3, 1), dtype=np.int64)
+    src[:3, 0, 0] = 5
+    src[1, 1, 0] = 9
+    src[3, :2, 0] = [5, 6]
+    src[4, :2, 0] = [5, 7]
+    data = {
+        "src": src,
+        "src_len": np.array([1, 1, 1, 2, 2, 1]),
+        "next": np.array([[6], [6], [7], [8], [9], [PAD]]),
+    }
+    assert prefix_ceiling(data, 0) == pytest.approx(4 / 5)

@@ -5,11 +5,14 @@ Parts (``--parts``, comma-separated; each keeps the others' last results in docs
 throughput  events/s training the CPU baseline recipe on the synthetic log, through the zoo (Lightning
             Trainer, the recipe's settings, no logger/checkpoints/progress bar) and through a plain PyTorch
             loop of the same network, loss, optimizer, clipping and batches. Reported: time per step of
-            each (median of ``--repeats`` alternating rounds) and their ratio.
+            each (median of ``--repeats`` alternating rounds) and their ratio; beside them, the zoo with
+            the default callbacks and a TensorBoard logger, as a user's run has them.
 floor       trains a recipe on the synthetic HR/timesheet log and reports validation loss/mean ÷ the
             generator's entropy floor.
 accuracy    trains a recipe on each real log (``--logs``) and reports the next-event protocol on its test
             split beside the majority and bigram baselines (zoo.events.evaluate).
+ceiling     no training: each log's baselines and the activity-prefix ceiling (the best any model that
+            reads only the activity sequence can score on the test split).
 
 Every result records the exact command that produced it and the machine.
 """
@@ -116,7 +119,10 @@ def bench_throughput(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from zoo.core.run import build
 
     overrides = ["model=event_predictor", "experiment=event_cpu_baseline", *args.override]
-    rounds: dict[str, list[float]] = {"zoo": [], "plain": []}
+    # "full" adds what a user's run carries on top (default callbacks: checkpointing, divergence guard, LR
+    # monitor, throughput; TensorBoard logger): reported beside the like-for-like ratio, not in it.
+    full_overrides = [*overrides, "logger=tensorboard", "~callbacks.rich_progress_bar"]
+    rounds: dict[str, list[float]] = {"zoo": [], "plain": [], "full": []}
     events_per_step = 0
     for _ in range(args.repeats):
         cfg = compose(overrides, out)
@@ -140,6 +146,9 @@ def bench_throughput(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         torch.manual_seed(0)
         sec, _ = zoo_loop(compose(overrides, out), args.steps, args.warmup)
         rounds["zoo"].append(sec)
+        torch.manual_seed(0)
+        sec, _ = zoo_loop(compose(full_overrides, out, callbacks="default"), args.steps, args.warmup)
+        rounds["full"].append(sec)
     zoo, plain = statistics.median(rounds["zoo"]), statistics.median(rounds["plain"])
     batch = cfg.data.batch_size
     return {
@@ -151,6 +160,7 @@ def bench_throughput(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "zoo_s_per_step": zoo,
         "plain_s_per_step": plain,
         "ratio_zoo_over_plain": zoo / plain,
+        "full_s_per_step": statistics.median(rounds["full"]),
         "zoo_events_per_s": events_per_step / zoo,
         "plain_events_per_s": events_per_step / plain,
         "zoo_samples_per_s": batch / zoo,
@@ -213,6 +223,21 @@ def bench_accuracy(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return results
 
 
+def bench_ceiling(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Baselines and the activity-prefix ceiling on each log's test split (no training)."""
+    from hydra.utils import instantiate
+
+    from zoo.events.evaluate import evaluate_all
+
+    results = {}
+    for log in args.logs.split(","):
+        cfg = compose([f"data=events/{log}", *args.recipe.split(), *args.override], out / log)
+        dm = instantiate(cfg.data)
+        dm.prepare_data()
+        results[log] = evaluate_all(None, dm, "test")
+    return results
+
+
 # -- report ----------------------------------------------------------------------------------------
 def render_floor(f: dict[str, Any] | None, title: str) -> list[str]:
     lines: list[str] = []
@@ -238,6 +263,7 @@ def render(results: dict[str, Any]) -> str:
                   "| loop | s/step | target events/s | samples/s |", "|---|---|---|---|",
                   f"| zoo (Lightning Trainer, recipe settings) | {t['zoo_s_per_step'] * 1e3:.1f} ms | {t['zoo_events_per_s']:.0f} | {t['zoo_samples_per_s']:.0f} |",
                   f"| plain PyTorch loop, same network/loss/optimizer/batches | {t['plain_s_per_step'] * 1e3:.1f} ms | {t['plain_events_per_s']:.0f} | {t['batch_size'] / t['plain_s_per_step']:.0f} |",
+                  *([f"| zoo + default callbacks + TensorBoard logger (not in the ratio) | {t['full_s_per_step'] * 1e3:.1f} ms | {t['target_events_per_step'] / t['full_s_per_step']:.0f} | {t['batch_size'] / t['full_s_per_step']:.0f} |"] if "full_s_per_step" in t else []),
                   "", f"Ratio zoo / plain time per step: **{t['ratio_zoo_over_plain']:.3f}** (goal ≤ 1.05); median of {t['repeats']} alternating rounds of {t['steps_timed']} timed steps "
                   f"(batch {t['batch_size']}, {t['target_events_per_step']} target events per step: the non-padding events of the target windows).", ""]  # fmt: skip
     for key, title in (
@@ -273,6 +299,19 @@ def render(results: dict[str, Any]) -> str:
                 lines += [f"- **{log}**: `{r['command']}`  ", f"  {r['machine']}, {r['when']}; trained {r['train_seconds']} s ({epochs} epochs, best checkpoint by val/loss/mean: {r.get('checkpoint')}).  ",
                           f"  Per-field accuracy: {accs}."]  # fmt: skip
         lines.append("")
+    c = results.get("ceiling")
+    if c:
+        lines += ["## How high can next-activity accuracy go? (test split, no training)", "", f"`{c['command']}`  ", f"Machine: {c['machine']}; {c['when']}", "",
+                  "The ceiling predicts, for every distinct activity prefix (last `src_seq_len` activities), the next activity",
+                  "seen most often after it **in the test split itself**: no model reading only the activity sequence can",
+                  "score higher there. What a goal asks beyond it must come from the other fields (resource, time).", "",
+                  "| log | prefixes | majority | bigram | activity-prefix ceiling (fit on test) |", "|---|---|---|---|---|"]  # fmt: skip
+        for log, e in c.items():
+            if isinstance(e, dict) and "ceiling/next_activity_acc" in e:
+                lines.append(
+                    f"| {log} | {int(e['prefixes'])} | {e['majority/next_activity_acc']:.1%} | {e['bigram/next_activity_acc']:.1%} | **{e['ceiling/next_activity_acc']:.1%}** |"
+                )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
@@ -303,7 +342,12 @@ def main(argv: list[str] | None = None) -> None:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     out = Path(args.out)
-    parts = {"throughput": bench_throughput, "floor": bench_floor, "accuracy": bench_accuracy}
+    parts = {
+        "throughput": bench_throughput,
+        "floor": bench_floor,
+        "accuracy": bench_accuracy,
+        "ceiling": bench_ceiling,
+    }
     stamp = {"command": command, "machine": machine()}
     for part in args.parts.split(","):
         if part not in parts:

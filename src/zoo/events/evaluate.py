@@ -10,6 +10,11 @@ Baselines (fit on the training split's prefixes, exactly as the model is):
     majority -- the most frequent next value of each field; median time to next event
     bigram   -- the most frequent next value given the current event's value of the same field (majority
                 where the current value never occurred in training); median time given the current activity
+
+Beside them, ``ceiling/next_activity_acc``: the most frequent next activity for each distinct activity
+prefix (its last ``src_seq_len`` activities), counted on the evaluated split itself. No model that reads
+only the activity sequence can beat it on that split, so it says how much of a goal the other fields
+(resource, time) would have to carry.
 """
 
 from __future__ import annotations
@@ -27,16 +32,18 @@ Predictions = dict[str, np.ndarray]
 
 
 def prefixes(dataset: Any, batch_size: int = 512) -> dict[str, np.ndarray]:
-    """Position-0 view of a split: current event ids [N, F], source windows, next-event ids [N, F] and
-    days to the next event [N] (NaN at end of case)."""
+    """Position-0 view of a split: current event ids [N, F], source windows [N, S, F] with their lengths
+    [N], next-event ids [N, F] and days to the next event [N] (NaN at end of case)."""
     one = dataset.with_target_len(1)
-    parts: dict[str, list[np.ndarray]] = {"current": [], "next": [], "dt": []}
+    parts: dict[str, list[np.ndarray]] = {"current": [], "next": [], "dt": [], "src": [], "src_len": []}
     for start in range(0, len(one), batch_size):
         b = one.__getitems__(list(range(start, min(start + batch_size, len(one)))))
         last = (b["src_len"] - 1).clamp(min=0)
         parts["current"].append(b["src"][torch.arange(len(last)), last].numpy())
         parts["next"].append(b["tgt"][:, 0].numpy())
         parts["dt"].append(b["dt"][:, 0].numpy())
+        parts["src"].append(b["src"].numpy())
+        parts["src_len"].append(b["src_len"].numpy())
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
 
 
@@ -60,6 +67,17 @@ def fit_baselines(train: dict[str, np.ndarray], target: int) -> dict[str, Any]:
         if sel.any():
             time_given[int(value)] = float(np.median(train["dt"][sel]))
     return {"majority": majority, "bigram": bigram, "median": median, "time_given": time_given}
+
+
+def prefix_ceiling(data: dict[str, np.ndarray], target: int) -> float:
+    """Accuracy of the most frequent next activity per activity prefix, counted on `data` itself."""
+    valid = data["next"][:, 0] != PAD
+    counts: dict[bytes, dict[int, int]] = {}
+    for window, n, nxt in zip(data["src"][valid], data["src_len"][valid], data["next"][valid, target]):
+        row = counts.setdefault(window[:n, target].tobytes(), {})
+        row[int(nxt)] = row.get(int(nxt), 0) + 1
+    hits = sum(max(row.values()) for row in counts.values())
+    return hits / int(valid.sum()) if valid.any() else float("nan")
 
 
 def baseline_predictions(
@@ -125,7 +143,10 @@ def evaluate_all(
     results = baseline_predictions(tables, data, target)
     if net is not None:
         results = {"model": model_predictions(net, ds, device=device), **results}
-    metrics: dict[str, float] = {"prefixes": float(len(data["next"]))}
+    metrics: dict[str, float] = {
+        "prefixes": float(len(data["next"])),
+        "ceiling/next_activity_acc": prefix_ceiling(data, target),
+    }
     for who, pred in results.items():
         for key, value in score(pred, data, names, target).items():
             metrics[f"{who}/{key}"] = value
