@@ -3,6 +3,7 @@ checkpoints that load with weights_only=True, and safetensors exports that predi
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -123,3 +124,57 @@ def test_quantiles_must_hold_median_and_p10_p90(multi_dm):
 
     with pytest.raises(ZooError, match=r"model.quantiles=\[0.25, 0.5, 0.75\] must contain 0.1, 0.5 and 0.9"):
         TFTModule(**multi_dm.model_kwargs(), quantiles=[0.25, 0.5, 0.75])
+
+
+def test_channel_independent_layout_trains_scores_and_forecasts_per_target(cache_dir, tmp_path):
+    """data.channel_independent: every (host, target) is a series of the one target `value`; the windows,
+    their values and the cutoffs are the joint layout's; scores break down by target; forecasts come
+    back under the original host and target names, on the original scale."""
+    from tests.tft.conftest import small_dm
+    from zoo.tft.evaluate import score
+    from zoo.tft.export import forecast, load
+
+    targets = ["memory_percent", "load_average"]  # levels ~44 and ~1.6: a swapped or unscaled target shows
+    joint = small_dm(cache_dir, targets=targets, name="joint2", standardize=True)
+    dm = small_dm(
+        cache_dir, targets=targets, name="joint2", standardize=True, channel_independent=True, loader="stock"
+    )
+    for d in (joint, dm):
+        d.prepare_data()
+        d.setup()
+    assert dm.model_targets == ["value"] and dm.datasets["train"].target == "value"
+    assert "channel" in dm.datasets["train"].static_categoricals
+    for split in ("train", "val"):  # one channel window per joint window and target
+        assert len(dm.datasets[split]) == len(targets) * len(joint.datasets[split])
+    host = joint.frame[joint.frame["series"] == "host00"].set_index("time_idx")
+    melted = dm.frame[dm.frame["series"] == "host00/load_average"].set_index("time_idx")
+    assert melted["value"].equals(host["load_average"]) and (melted["channel"] == "load_average").all()
+    assert dm.cutoffs["val"]["host00/memory_percent"] == joint.cutoffs["val"]["host00"]
+
+    model = small_module(dm)
+    scored = score(model, dm, "val")["metrics"]
+    for name in targets:
+        assert scored[f"{name}/tft/mse"] >= 0 and f"{name}/snaive/mae" in scored
+    # The overall score is the mean over channels (each has the same windows).
+    assert scored["all/tft/mse"] == pytest.approx(
+        np.mean([scored[f"{t}/tft/mse"] for t in targets]), rel=1e-5
+    )
+
+    loaded = load(model.export(tmp_path / "export", dm))
+    raw = dm.raw_frame()
+    recent = raw[raw["series"] == "host01"].tail(40)
+    fc = forecast(loaded, recent)
+    assert set(fc["series"]) == {"host01"} and set(fc["target"]) == set(targets)
+    assert len(fc) == len(targets) * loaded.prediction_length
+    # Original scale, right target: each forecast sits near its own target's recent level.
+    for name in targets:
+        level = recent[name].mean()
+        assert abs(fc.loc[fc["target"] == name, "q0.5"].mean() - level) < 0.3 * level
+
+
+def test_channel_independent_refuses_lags(cache_dir):
+    from tests.tft.conftest import small_dm
+    from zoo.core.errors import ZooError
+
+    with pytest.raises(ZooError, match="data.channel_independent=true forecasts each target alone"):
+        small_dm(cache_dir, channel_independent=True, lags=[1], loader="stock")

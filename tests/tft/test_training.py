@@ -122,18 +122,20 @@ def test_etth1_standard_split(shared_data, compose, tmp_path):
     dm = instantiate(cfg.data)
     dm.setup()
     cut = dm.cutoffs
-    assert (
-        cut["train"]["ETTh1"] == 8640 - 1
-        and cut["val"]["ETTh1"] == 8640 + 2880 - 1
-        and cut["test"]["ETTh1"] == 8640 + 2 * 2880 - 1
-    )
-    train = dm.frame[dm.frame["time_idx"] <= cut["train"]["ETTh1"]]
-    assert (
-        abs(train["OT"].mean()) < 1e-6 and abs(train["OT"].std() - 1) < 1e-3
-    )  # z-normalized with training statistics
+    channels = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
+    assert dm.channel_independent and sorted(cut["train"]) == sorted(f"ETTh1/{c}" for c in channels)
+    for c in channels:
+        assert (cut["train"][f"ETTh1/{c}"], cut["val"][f"ETTh1/{c}"], cut["test"][f"ETTh1/{c}"]) == (
+            8640 - 1,
+            8640 + 2880 - 1,
+            8640 + 2 * 2880 - 1,
+        )
+    ot = dm.frame[dm.frame["series"] == "ETTh1/OT"]
+    train = ot[ot["time_idx"] <= 8640 - 1]
+    assert abs(train["value"].mean()) < 1e-6 and abs(train["value"].std() - 1) < 1e-3  # training statistics
     test = dm.datasets["test"].decoded_index
     assert (
         test["time_idx_first_prediction"].min() == 8640 + 2880
-        and test["time_idx_last"].max() == cut["test"]["ETTh1"]
+        and test["time_idx_last"].max() == 8640 + 2 * 2880 - 1
     )
-    assert len(test) == 2880 - 24 + 1
+    assert len(test) == len(channels) * (2880 - 24 + 1)

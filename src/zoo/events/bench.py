@@ -295,8 +295,8 @@ def render(results: dict[str, Any]) -> str:
                     for k, v in r["eval"].items()
                     if k.startswith("model/acc/")
                 )
-                epochs = r.get("epochs", "?")
-                lines += [f"- **{log}**: `{r['command']}`  ", f"  {r['machine']}, {r['when']}; trained {r['train_seconds']} s ({epochs} epochs, best checkpoint by val/loss/mean: {r.get('checkpoint')}).  ",
+                epochs = f"{r['epochs']} epochs, " if "epochs" in r else ""
+                lines += [f"- **{log}**: `{r['command']}`  ", f"  {r['machine']}, {r['when']}; trained {r['train_seconds']} s ({epochs}best checkpoint by val/loss/mean: {r.get('checkpoint')}).  ",
                           f"  Per-field accuracy: {accs}."]  # fmt: skip
         lines.append("")
     c = results.get("ceiling")

@@ -6,8 +6,10 @@ Parts (``--parts``, comma-separated):
   train     training samples/s (forward+backward+step) with each loader;
   alibaba   train the tft_alibaba recipe, then MAE/MASE of the TFT vs seasonal-naive on the validation
             windows (goal: MAE ratio <= 0.85 on cpu, memory, disk);
-  etth1     train on ETTh1 (7 targets, 12/4/4-month split, z-normalized, 336 -> 96) and report test MSE
-            (goal <= 0.40; published: DLinear 0.375, PatchTST 0.370).
+  etth1     train on ETTh1 (7 targets, 12/4/4-month split, z-normalized, history -> 96) and report test
+            MSE (goal <= 0.40; published: DLinear 0.375, PatchTST 0.370). ``--etth1-layout channels``
+            (default) trains one univariate TFT shared by the 7 channels (data.channel_independent),
+            ``joint`` one TFT with 7 targets.
 
 Every number in the Markdown comes from the run that wrote it; results are also kept as JSON
 (``--json``) and several JSON files can be merged into one page (``--merge a.json b.json``), e.g. the
@@ -47,12 +49,13 @@ def alibaba_dm(shared: Path, cache: Path, loader: str = "fast", **kw: Any) -> An
     return dm
 
 
-def etth1_dm(shared: Path, cache: Path, **kw: Any) -> Any:
+def etth1_dm(shared: Path, cache: Path, layout: str = "channels", **kw: Any) -> Any:
     from zoo.tft.data import MetricsDataModule
 
     args = dict(source="ett", path=str(shared / "metrics/ett/ETTh1.csv"), targets=["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"],
                 static_categoricals=[], calendar=["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"], step="1h", max_gap="1h",
-                encoder_length=336, prediction_length=96, split_rows=[8640, 2880, 2880], standardize=True, batch_size=64,
+                encoder_length=336, prediction_length=96, split_rows=[8640, 2880, 2880], standardize=True,
+                batch_size=128 if layout == "channels" else 64, channel_independent=layout == "channels",
                 target_normalizer="encoder", loader="stock",
                 num_workers=0, cache_dir=str(cache), name="etth1")  # fmt: skip
     args.update(kw)
@@ -178,8 +181,9 @@ def bench_etth1(
     out_dir: Path,
     encoder_length: int = 336,
     hidden: int = 32,
+    layout: str = "channels",
 ) -> dict[str, Any]:
-    dm = etth1_dm(shared, cache, encoder_length=encoder_length)
+    dm = etth1_dm(shared, cache, layout, encoder_length=encoder_length)
     net = {
         "hidden_size": hidden,
         "attention_head_size": 4,
@@ -190,10 +194,17 @@ def bench_etth1(
     res["encoder_length"], res["hidden_size"] = encoder_length, hidden
     res["windows"] = {k: len(v) for k, v in dm.datasets.items()}
     res["target_normalizer"] = dm.target_normalizer
+    res["layout"], res["batch_size"] = layout, dm.batch_size
     return res
 
 
 # -- report -------------------------------------------------------------------------------------------
+LAYOUTS = {
+    "joint": "one TFT forecasting the 7 targets jointly",
+    "channels": "channel-independent (one univariate TFT shared by the 7 channels; the test windows are 7 x 2785)",
+}
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# TFT benchmark",
@@ -251,7 +262,7 @@ def markdown(results: dict[str, Any]) -> str:
         mse = m["all/tft/mse"]
         lines += [f"## ETTh1 multivariate, horizon 96 (test split, z-normalized) [`{key}`]", "",
                   f"History {r.get('encoder_length', 336)} h, hidden size {r.get('hidden_size', 32)}, target normalizer "
-                  f"{r.get('target_normalizer', 'group')}; {r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, {int(m['windows'])} test windows.", "",
+                  f"{r.get('target_normalizer', 'group')}, {LAYOUTS[r.get('layout', 'joint')]}, batch {r.get('batch_size', 64)}; {r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, {int(m['windows'])} test windows.", "",
                   "| model | MSE | MAE |", "|---|---|---|",
                   f"| zoo TFT | **{mse:.3f}** | {m['all/tft/mae']:.3f} |",
                   f"| seasonal-naive (24 h) | {m['all/snaive/mse']:.3f} | {m['all/snaive/mae']:.3f} |",
@@ -298,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         "--etth1-encoder", type=int, default=336, help="ETTh1 history length (the horizon stays 96)"
     )
     p.add_argument("--etth1-hidden", type=int, default=32)
+    p.add_argument("--etth1-layout", choices=["channels", "joint"], default="channels")
+    p.add_argument(
+        "--etth1-key", default="etth1", help="name of this ETTh1 run's section (keeps earlier runs)"
+    )
     p.add_argument("--out-dir", default=str(ROOT / "logs" / "bench" / "tft"))
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--md", default=str(ROOT / "docs" / "benchmarks" / "tft.md"))
@@ -338,12 +353,14 @@ def main(argv: list[str] | None = None) -> int:
                     out_dir,
                     args.etth1_encoder,
                     args.etth1_hidden,
+                    args.etth1_layout,
                 )
             else:
                 print(f"zoo: error: unknown part {part}")
                 return 2
             res["_env"] = env | {"seconds": round(time.perf_counter() - start, 1)}
-            results[part] = res
+            key = args.etth1_key if part == "etth1" else part
+            results[key] = res
             print(
                 f"[zoo] {part}: "
                 + json.dumps({k: v for k, v in res.items() if k != "metrics"}, default=str)[:600],

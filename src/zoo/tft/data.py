@@ -198,6 +198,9 @@ class MetricsDataModule(ZooDataModule):
             ``encoder`` (EncoderNormalizer: every window scaled by its own history, which follows level
             shifts such as ETT's; needs ``loader=stock``).
         target_transformation: normalizer transformation (null, softplus, log1p, relu).
+        channel_independent: forecast every target as its own series (``<series>/<target>``, one
+            univariate model shared by all channels, the channel a static categorical) instead of all
+            targets jointly. ETTh1 test MSE@96 0.416 this way vs 0.456 jointly (docs/benchmarks/tft.md).
         season: seasonal period for seasonal-naive baselines and MASE (``1D``).
         eval_stride: keep every n-th validation/test window (they overlap by design).
         loader: ``fast`` (precomputed, `WindowBatches`) | ``stock`` (TimeSeriesDataSet + its collate).
@@ -235,6 +238,7 @@ class MetricsDataModule(ZooDataModule):
         standardize: bool = False,
         target_normalizer: str = "group",
         target_transformation: str | None = None,
+        channel_independent: bool = False,
         season: str = "1D",
         eval_stride: int = 1,
         loader: str = "fast",
@@ -256,6 +260,11 @@ class MetricsDataModule(ZooDataModule):
         if target_normalizer == "encoder" and loader == "fast":
             raise ZooError(
                 "data.target_normalizer=encoder needs data.loader=stock (the fast loader reproduces GroupNormalizer batches only)"
+            )
+        if channel_independent and (lags or rolling):
+            raise ZooError(
+                "data.channel_independent=true forecasts each target alone: drop data.lags and data.rolling "
+                "(lagged copies of the other targets would leak across channels)"
             )
         if loader not in ("fast", "stock"):
             raise ZooError(f"data.loader={loader}: expected fast or stock")
@@ -296,6 +305,7 @@ class MetricsDataModule(ZooDataModule):
         self.standardize = bool(standardize)
         self.target_normalizer = target_normalizer
         self.target_transformation = target_transformation
+        self.channel_independent = bool(channel_independent)
         self.season = season
         self.eval_stride = max(1, int(eval_stride))
         self.loader = loader
@@ -395,8 +405,13 @@ class MetricsDataModule(ZooDataModule):
         return [*self.settings["known_reals"], *self.manifest.get("calendar", [])]
 
     @property
+    def model_targets(self) -> list[str]:
+        """The TFT's target columns: the data's targets, or ``value`` when channel-independent."""
+        return [S.CHANNEL_VALUE] if self.channel_independent else self.targets
+
+    @property
     def unknown_reals(self) -> list[str]:
-        return [*self.targets, *self.settings["unknown_reals"], *self.manifest.get("lag_features", [])]
+        return [*self.model_targets, *self.settings["unknown_reals"], *self.manifest.get("lag_features", [])]
 
     @property
     def season_steps(self) -> int:
@@ -454,6 +469,18 @@ class MetricsDataModule(ZooDataModule):
                 frame[c] = (frame[c] - mu) / sd
             self.frame = frame
             train = frame[frame["time_idx"] <= cut]
+        static_categoricals = list(self.static_categoricals)
+        if self.channel_independent:
+            clash = [c for c in (S.CHANNEL_VALUE, S.CHANNEL) if c in frame.columns]
+            if clash:
+                raise ZooError(
+                    f"{where}: data.channel_independent=true needs the column names {clash} for itself; rename that column"
+                )
+            frame = S.melt_channels(frame, self.targets)
+            self.frame = frame
+            self.cutoffs = self.split_points()
+            train = frame[frame["time_idx"] <= frame["series"].map(self.cutoffs["train"])]
+            static_categoricals = [*static_categoricals, S.CHANNEL]
         min_len = self.encoder_length + self.prediction_length
         sizes = train.groupby("series").size()
         train = train[train["series"].isin(sizes.index[sizes >= min_len])]
@@ -462,31 +489,33 @@ class MetricsDataModule(ZooDataModule):
                 f"{where}: no series has encoder_length+prediction_length={min_len} steps before its validation cutoff"
             )
         if self.target_normalizer == "encoder":
-            normalizers = [EncoderNormalizer(transformation=self.target_transformation) for _ in self.targets]
+            normalizers = [
+                EncoderNormalizer(transformation=self.target_transformation) for _ in self.model_targets
+            ]
         else:
             normalizers = [
                 GroupNormalizer(groups=["series"], transformation=self.target_transformation)
-                for _ in self.targets
+                for _ in self.model_targets
             ]
-        multi = len(self.targets) > 1
+        targets = self.model_targets
+        multi = len(targets) > 1
         # add_nan: a host never seen in training (the user's own machine) still gets a forecast, with the
         # average training scale for its group normalizer.
         encoders = {
-            c: NaNLabelEncoder(add_nan=True)
-            for c in [*self.static_categoricals, "series", "__group_id__series"]
+            c: NaNLabelEncoder(add_nan=True) for c in [*static_categoricals, "series", "__group_id__series"]
         }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.datasets["train"] = TimeSeriesDataSet(
                 train,
                 time_idx="time_idx",
-                target=self.targets if multi else self.targets[0],
+                target=targets if multi else targets[0],
                 group_ids=["series"],
                 max_encoder_length=self.encoder_length,
                 min_encoder_length=self.encoder_length,
                 max_prediction_length=self.prediction_length,
                 min_prediction_length=self.prediction_length,
-                static_categoricals=self.static_categoricals,
+                static_categoricals=static_categoricals,
                 static_reals=self.settings["static_reals"],
                 time_varying_known_reals=self.known_reals,
                 time_varying_unknown_reals=self.unknown_reals,
@@ -557,6 +586,7 @@ class MetricsDataModule(ZooDataModule):
             "step": s["step"], "max_gap": s["max_gap"], "calendar": self.manifest.get("calendar", []),
             "lags": s["lags"], "rolling": s["rolling"], "targets": self.targets, "scaler": self.scaler,
             "origin": self.manifest.get("origin"), "season_steps": self.season_steps,
+            "channels": self.targets if self.channel_independent else None,
             "encoder_length": self.encoder_length, "prediction_length": self.prediction_length,
         }  # fmt: skip
 

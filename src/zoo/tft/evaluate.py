@@ -55,7 +55,7 @@ def mase_scales(dm: Any, split: str, series: list[str], season: int) -> dict[str
     cut = frame["series"].map(dm.cutoffs["train"])
     train = frame[frame["time_idx"] <= cut]
     out = {}
-    for name in dm.targets:
+    for name in dm.model_targets:
         per_series = {}
         for key, part in train.groupby("series"):
             y = part[name].to_numpy(dtype=np.float64)
@@ -106,6 +106,27 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[st
         metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
             metrics[f"{name}/tft/mae"] / snaive_mae if snaive_mae > 0 else float("nan")
         )
+    if getattr(dm, "channel_independent", False):  # the one target `value` broken down by channel
+        channel = np.array([str(s).rsplit("/", 1)[-1] for s in series])[valid.numpy()]
+        q, actual, scale = (
+            result["quantiles"][0][valid],
+            result["actual"][0][valid],
+            scales[module.target_names[0]][valid],
+        )
+        for name in dm.targets:
+            sel = torch.as_tensor(channel == name)
+            if not bool(sel.any()):
+                continue
+            for label, pred in (
+                ("tft", q[..., mid]),
+                ("naive", base["naive"][0][valid]),
+                ("snaive", base["snaive"][0][valid]),
+            ):
+                for k, v in _metrics(pred[sel], actual[sel], scale[sel]).items():
+                    metrics[f"{name}/{label}/{k}"] = v
+            metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
+                metrics[f"{name}/tft/mae"] / metrics[f"{name}/snaive/mae"]
+            )
     for label in ("tft", "naive", "snaive"):
         for k in ("mae", "mse", "rmse", "smape", "mase"):
             metrics[f"all/{label}/{k}"] = float(

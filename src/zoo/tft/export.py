@@ -81,6 +81,8 @@ def prepare_frame(module: Any, df: pd.DataFrame) -> pd.DataFrame:
     for c, (mu, sd) in (spec.get("scaler") or {}).items():
         if c in frame.columns:
             frame[c] = (frame[c] - mu) / sd
+    if spec.get("channels"):
+        frame = S.melt_channels(frame, spec["channels"])
     return frame.reset_index(drop=True)
 
 
@@ -129,9 +131,12 @@ def forecast(module: Any, df: pd.DataFrame) -> pd.DataFrame:
         first = int(batches.time[batches.starts[0]]) + module.encoder_length
         for t, name in enumerate(module.target_names):
             q = result["quantiles"][t][0]
+            out_series = series
+            if spec.get("channels"):  # channel-independent: `<series>/<target>` back to its series and target
+                out_series, name = str(series).rsplit("/", 1)
             mu, sd = scaler.get(name, (0.0, 1.0))
             for h in range(P):
-                row = {"series": series, "target": name, "step": h + 1, "time_idx": first + h}
+                row = {"series": out_series, "target": name, "step": h + 1, "time_idx": first + h}
                 for k, level in enumerate(module.quantiles):
                     row[f"q{level:g}"] = float(q[h, k]) * sd + mu
                 rows.append(row)

@@ -365,6 +365,26 @@ def add_lags(
     return made, warmup
 
 
+# Column of the single target of a channel-independent frame, and the static categorical naming the channel.
+CHANNEL_VALUE = "value"
+CHANNEL = "channel"
+
+
+def melt_channels(frame: pd.DataFrame, targets: list[str]) -> pd.DataFrame:
+    """One series per (series, target): ``series`` becomes ``<series>/<target>``, the target's values go to
+    ``value`` and its name to ``channel``; every other column is repeated. The TFT then learns one
+    univariate model shared by all channels (channel independence, as in PatchTST and DLinear)."""
+    rest = [c for c in frame.columns if c not in targets]
+    parts = []
+    for name in targets:
+        part = frame[rest].copy()
+        part[CHANNEL_VALUE] = frame[name].to_numpy()
+        part[CHANNEL] = name
+        part["series"] = frame["series"].astype(str) + "/" + name
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True).sort_values(["series", "time_idx"]).reset_index(drop=True)
+
+
 def steps_per(period: str, step: str) -> int:
     return max(1, int(round(pd.Timedelta(period) / pd.Timedelta(step))))
 
