@@ -182,19 +182,21 @@ def bench_etth1(
     encoder_length: int = 336,
     hidden: int = 32,
     layout: str = "channels",
+    dropout: float = 0.1,
+    lr: float = 1e-3,
 ) -> dict[str, Any]:
     dm = etth1_dm(shared, cache, layout, encoder_length=encoder_length)
     net = {
         "hidden_size": hidden,
         "attention_head_size": 4,
         "hidden_continuous_size": hidden // 2,
-        "dropout": 0.1,
+        "dropout": dropout,
     }
-    res = fit_and_score(dm, "test", device, max_steps, 100, net, 1e-3, out_dir / "etth1")
+    res = fit_and_score(dm, "test", device, max_steps, 100, net, lr, out_dir / "etth1")
     res["encoder_length"], res["hidden_size"] = encoder_length, hidden
     res["windows"] = {k: len(v) for k, v in dm.datasets.items()}
     res["target_normalizer"] = dm.target_normalizer
-    res["layout"], res["batch_size"] = layout, dm.batch_size
+    res["layout"], res["batch_size"], res["dropout"], res["lr"] = layout, dm.batch_size, dropout, lr
     return res
 
 
@@ -262,7 +264,7 @@ def markdown(results: dict[str, Any]) -> str:
         mse = m["all/tft/mse"]
         lines += [f"## ETTh1 multivariate, horizon 96 (test split, z-normalized) [`{key}`]", "",
                   f"History {r.get('encoder_length', 336)} h, hidden size {r.get('hidden_size', 32)}, target normalizer "
-                  f"{r.get('target_normalizer', 'group')}, {LAYOUTS[r.get('layout', 'joint')]}, batch {r.get('batch_size', 64)}; {r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, {int(m['windows'])} test windows.", "",
+                  f"{r.get('target_normalizer', 'group')}, {LAYOUTS[r.get('layout', 'joint')]}, batch {r.get('batch_size', 64)}, dropout {r.get('dropout', 0.1)}, lr {r.get('lr', 1e-3):g}; {r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, {int(m['windows'])} test windows.", "",
                   "| model | MSE | MAE |", "|---|---|---|",
                   f"| zoo TFT | **{mse:.3f}** | {m['all/tft/mae']:.3f} |",
                   f"| seasonal-naive (24 h) | {m['all/snaive/mse']:.3f} | {m['all/snaive/mae']:.3f} |",
@@ -310,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--etth1-hidden", type=int, default=32)
     p.add_argument("--etth1-layout", choices=["channels", "joint"], default="channels")
+    p.add_argument("--etth1-dropout", type=float, default=0.1)
+    p.add_argument("--etth1-lr", type=float, default=1e-3)
     p.add_argument(
         "--etth1-key", default="etth1", help="name of this ETTh1 run's section (keeps earlier runs)"
     )
@@ -354,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.etth1_encoder,
                     args.etth1_hidden,
                     args.etth1_layout,
+                    args.etth1_dropout,
+                    args.etth1_lr,
                 )
             else:
                 print(f"zoo: error: unknown part {part}")
