@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tests.events.conftest import TINY
 from zoo.core.errors import ZooError
@@ -236,3 +237,102 @@ def test_prefix_ceiling_counts_each_prefix_majority_and_ignores_padding():
         "next": np.array([[6], [6], [7], [8], [9], [PAD]]),
     }
     assert prefix_ceiling(data, 0) == pytest.approx(4 / 5)
+
+
+def test_since_start_buckets_agree_between_series_and_single_events():
+    times = pd.Series(
+        pd.to_datetime(["2024-01-01T10:00Z", "2024-01-01T10:30Z", "2024-01-09T10:00Z", "2024-01-05T00:00Z"])
+    )
+    cases = pd.Series(["a", "a", "a", "b"])
+    field = Schema.from_dict(
+        {"target": "S", "fields": [{"name": "S", "stream": "t", "derive": "since_start"}]}
+    ).fields[0]
+    tokens = field_tokens(pd.DataFrame({"case_id": cases, "timestamp": times}), Schema([field], "S"))[
+        "S"
+    ].tolist()
+    # 0 s, 30 min and 8 days open fall in different buckets; a case's first event is always bucket 1.
+    assert tokens[0] == tokens[3] and len(set(tokens[:3])) == 3
+    singles = [token_of(field, {"timestamp": t}, None, case_start=times[0]) for t in times[:3]]
+    assert singles == tokens[:3]
+
+
+def drifting_log(path):
+    """40 cases by start; split column: 20 train, 10 val, 10 test."""
+    rows = small_log(40)
+    df = pd.DataFrame(rows, columns=["case", "act", "when", "who"])
+    n = df["case"].str[1:].astype(int)
+    df["split"] = np.select([n < 20, n < 30], ["train", "val"], "test")
+    df.to_csv(path, index=False)
+    return df
+
+
+def test_train_from_val_moves_the_oldest_validation_cases_into_training(tmp_path):
+    df = drifting_log(tmp_path / "log.csv")
+    base = file_dm(tmp_path / "log.csv", tmp_path / "cache", split="column")
+    moved = file_dm(tmp_path / "log.csv", tmp_path / "cache", split="column", train_from_val=0.5)
+    base.setup()
+    moved.setup()
+    sizes = df.groupby("case", sort=False).size()  # samples per case: every prefix + <eoc>
+    first_val = sizes[[f"c{i}" for i in range(20, 25)]].sum()
+    assert moved.manifest["samples"]["train"] == base.manifest["samples"]["train"] + first_val
+    assert moved.manifest["samples"]["val"] == base.manifest["samples"]["val"] - first_val
+    assert moved.manifest["samples"]["test"] == base.manifest["samples"]["test"]
+    # The cases that stayed in validation are the newest ones: none of their events is a training target.
+    a = moved.arrays
+    starts = a["event_s"][a["case_start"]]
+    assert starts[a["val_t"] - 1].min() > starts[a["train_t"] - 1].max()
+    with pytest.raises(ZooError, match=r"data.train_from_val=0.5 needs a case split"):
+        file_dm(tmp_path / "log.csv", tmp_path / "cache", split="time", train_from_val=0.5)
+
+
+def test_recency_weights_halve_per_half_life_and_drive_the_sampler(tmp_path):
+    drifting_log(tmp_path / "log.csv")
+    dm = file_dm(tmp_path / "log.csv", tmp_path / "cache", split="column", recency_half_life_days=5)
+    dm.setup()
+    w = dm.train_weights()
+    t0 = dm.arrays["event_s"][dm.arrays["case_start"]][dm.arrays["train_t"] - 1]
+    age = (t0.max() - t0) / 86400.0
+    age -= age.min()  # the newest training case has weight 1
+    np.testing.assert_allclose(w.numpy(), 0.5 ** (age / 5), rtol=1e-12)
+    assert w.max() == 1.0 and w.min() < 0.1  # cases start a day apart: 19 days = ~3.8 half-lives
+    drawn = torch.tensor(list(dm.train_dataloader().sampler))
+    newest, oldest = w >= 0.5, w < 0.125
+    assert drawn.numel() == len(w)
+    # Samples of the newest 5 days are drawn far more often than those older than 15 days.
+    assert np.isin(drawn, np.flatnonzero(newest)).mean() > 3 * np.isin(drawn, np.flatnonzero(oldest)).mean()
+    assert file_dm(tmp_path / "log.csv", tmp_path / "cache", split="column").train_weights() is None
+
+
+def test_walk_forward_fine_tunes_only_on_what_is_known_at_each_origin(tmp_path):
+    from zoo.events.backtest import known_samples, walk_forward
+    from zoo.events.module import EventModule
+
+    drifting_log(tmp_path / "log.csv")
+    dm = file_dm(tmp_path / "log.csv", tmp_path / "cache", split="column")
+    dm.setup()
+    event_s, a = dm.event_seconds(), dm.arrays
+    cutoff = float(np.median(event_s))
+    known, when = known_samples(dm, cutoff)
+    batch = known.__getitems__(list(range(len(known))))
+    target_idx = known.t[:, None] + np.arange(known.T)[None, :]
+    real = (batch["tgt"][..., 0] != PAD).numpy() & (batch["tgt"][..., 0] != EOC).numpy()
+    assert (event_s[target_idx[real]] < cutoff).all()  # no target from the future
+    ends = known.end[(batch["tgt"][..., 0] == EOC).any(1).numpy()]
+    assert (event_s[ends - 1] < cutoff).all()  # a case ends only once its last event is in the past
+    assert (when < cutoff).all() and (when == event_s[known.t - 1]).all()
+    # ...and nothing known is left out: every event before the cutoff that follows an earlier one is a target.
+    first = a["case_start"] == np.arange(len(event_s))
+    assert set(known.t) == set(np.flatnonzero((event_s < cutoff) & ~first)) | set(
+        known.t[known.eoc & (known.t == known.end)]
+    )
+    module = EventModule(
+        net={"d_model": 8, "n_heads": 2, "dim_feedforward": 16}, optim={}, **dm.model_kwargs()
+    )
+    static = walk_forward(module, dm, "test", cutoffs=3, steps=0)
+    assert static["backtest/model/next_activity_acc"] == static["backtest/static/next_activity_acc"]
+    tuned = walk_forward(module, dm, "test", cutoffs=3, steps=5, half_life_days=7)
+    assert (
+        tuned["backtest/cutoffs"] == 3
+        and tuned["backtest/period0/known_samples"] < tuned["backtest/period2/known_samples"]
+    )
+    assert tuned["backtest/static/next_activity_acc"] == static["backtest/static/next_activity_acc"]

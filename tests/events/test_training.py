@@ -209,14 +209,19 @@ def test_cli_train_eval_predict(tmp_path, cache_dir, compose):
         "zoo.eval",
         f"ckpt_path={ckpt}",
         "split=test",
+        "backtest_cutoffs=2",
+        "backtest_steps=3",
         f"paths.cache_dir={cache_dir}",
         f"hydra.run.dir={tmp_path / 'eval'}",
         env=env,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())["metrics"]
-    for who in ("model", "majority", "bigram"):
+    for who in ("model", "majority", "bigram", "backtest/model", "backtest/bigram"):
         assert 0.0 <= metrics[f"{who}/next_activity_acc"] <= 1.0
+    # The walk-forward periods partition the split: without fine-tuning it is the ordinary score.
+    assert metrics["backtest/static/next_activity_acc"] == pytest.approx(metrics["model/next_activity_acc"])
+    assert metrics["backtest/cutoffs"] == 2
     # What follows Assign depends on whether the case went through Triage: the model sees the history,
     # the bigram baseline only the current activity.
     assert metrics["model/next_activity_acc"] > metrics["bigram/next_activity_acc"]
@@ -316,3 +321,59 @@ def test_real_log_smoke(shared_data, compose):
     assert scores["ceiling/next_activity_acc"] == pytest.approx(0.818, abs=0.001)
     raw = read_table(shared_data / "events" / "raw" / "Helpdesk.xes.gz")
     assert len(raw) == 21348 and raw["case_id"].nunique() == 4580
+
+
+def test_id_unk_rate_hides_only_id_inputs_in_training():
+    from zoo.events.module import EventModule
+    from zoo.events.schema import SPECIALS, UNK
+
+    schema = {"target": "A", "fields": [{"name": "A", "stream": "a", "column": "a"},
+                                        {"name": "R", "stream": "r", "column": "r", "id": True}]}  # fmt: skip
+    vocab = {"A": [*SPECIALS, "x", "y"], "R": [*SPECIALS, *(f"r{i}" for i in range(20))]}
+    kwargs = dict(net={"d_model": 8, "n_heads": 2, "dim_feedforward": 16}, optim={}, schema=schema, vocab=vocab,
+                  src_seq_len=50, tgt_seq_len=50)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    batch = {k: torch.stack([torch.randint(4, 6, (64, 50), generator=g), torch.randint(4, 24, (64, 50), generator=g)], -1)
+             for k in ("src", "tgt_in", "tgt")}  # fmt: skip
+    batch["src"][:, -5:] = 0  # padding stays padding
+    torch.manual_seed(0)
+    out = EventModule(**kwargs, id_unk_rate=0.3)._unk_inputs(batch)
+    for key in ("src", "tgt_in"):
+        changed = out[key] != batch[key]
+        assert not changed[..., 0].any()  # the activity is not an id field
+        assert (out[key][..., 1][changed[..., 1]] == UNK).all()
+        assert changed[..., 1].float().mean() == pytest.approx(
+            0.3 * (45 / 50 if key == "src" else 1), abs=0.02
+        )
+        assert (out[key][:, -5:] == batch[key][:, -5:]).all() or key == "tgt_in"
+    assert out["tgt"] is batch["tgt"]  # targets keep their real values
+    assert EventModule(**kwargs)._unk_inputs(batch) is batch
+    with pytest.raises(ZooError, match="model.id_unk_rate=1.5"):
+        EventModule(**kwargs, id_unk_rate=1.5)
+
+
+@pytest.mark.data
+def test_recent_recipe_trains_on_helpdesk(shared_data, compose):
+    """event_log_recent: older validation cases join training, samples are recency-weighted, SinceStart is a
+    field; a few steps train and the later validation cases are still there to choose the checkpoint."""
+    from hydra.utils import instantiate
+
+    cfg = compose("experiment=event_log_recent", f"paths.shared_data_dir={shared_data}", "callbacks=none",
+                  "trainer.max_epochs=1", "trainer.limit_train_batches=10", "trainer.limit_val_batches=3",
+                  "trainer.enable_progress_bar=false", "export=false")  # fmt: skip
+    assert cfg.data.name == "helpdesk"
+    _, metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["val/loss/mean"])) and "val/acc/SinceStart" in metrics
+    dm = instantiate(cfg.data)
+    dm.setup()
+    standard = instantiate(
+        compose("experiment=event_log", "data=events/helpdesk", f"paths.shared_data_dir={shared_data}").data
+    )
+    standard.setup()
+    assert (
+        dm.manifest["samples"]["test"] == standard.manifest["samples"]["test"]
+    )  # the test split is untouched
+    assert dm.manifest["samples"]["train"] > standard.manifest["samples"]["train"]
+    assert 0 < dm.manifest["samples"]["val"] < standard.manifest["samples"]["val"]
+    w = dm.train_weights()
+    assert w.max() == 1.0 and w.min() < 1e-2  # 2+ years of training cases at a 90-day half-life

@@ -184,3 +184,17 @@ def test_sampler_shards_ranks_and_resumes_mid_epoch():
     assert list(resumed) == full  # only the resumed epoch is cut
     resumed.set_epoch(1)
     assert list(resumed) != full
+
+
+def test_weighted_sampler_draws_by_weight_and_resumes():
+    weights = torch.tensor([0.0, 1.0, 1.0, 8.0])
+    full = list(ResumableSampler(4, shuffle=True, seed=5, weights=weights))
+    assert len(full) == 4 and 0 not in full  # a zero weight is never drawn
+    many = ResumableSampler(4000, shuffle=True, seed=5, weights=weights.repeat(1000))
+    counts = torch.bincount(torch.tensor(list(many)) % 4, minlength=4)
+    assert counts[0] == 0 and 5 < counts[3] / counts[1] < 11  # 8:1 in expectation
+    resumed = ResumableSampler(4, shuffle=True, seed=5, weights=weights)
+    resumed.resume_at(epoch=0, consumed=2)
+    assert list(resumed) == full[2:]
+    with pytest.raises(ZooError, match="sampler weights"):
+        ResumableSampler(3, shuffle=True, seed=5, weights=weights)

@@ -76,11 +76,28 @@ class ResumableSampler(Sampler[int]):
 
     ``len()`` is always the full epoch: Lightning counts the batches it already did before a resume, and
     the iterator skips exactly those samples.
+
+    With ``weights`` (training only), an epoch is ``n`` draws with replacement, sample ``i`` drawn with
+    probability proportional to ``weights[i]``; the draws are seeded the same way, so resume stays exact.
     """
 
     def __init__(
-        self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, pad: bool = True
+        self,
+        n: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+        weights: torch.Tensor | None = None,
     ):
+        if weights is not None:
+            weights = torch.as_tensor(weights, dtype=torch.float64)
+            if weights.shape != (n,) or not torch.isfinite(weights).all() or (weights < 0).any():
+                raise ZooError(f"sampler weights: expected {n} finite non-negative numbers")
+            if not shuffle or weights.sum() <= 0:
+                raise ZooError("sampler weights: need shuffling and at least one positive weight")
+        self.weights = weights
         self.n, self.shuffle, self.seed = n, shuffle, seed
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch = 0
@@ -93,7 +110,10 @@ class ResumableSampler(Sampler[int]):
         self._resume = (epoch, consumed)
 
     def _indices(self) -> torch.Tensor:
-        if self.shuffle:
+        if self.weights is not None:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.n, generator=g)
         else:
@@ -192,8 +212,11 @@ class ZooDataModule(pl.LightningDataModule):
         devices = self.trainer.num_devices if self.trainer is not None else 1
         return auto_num_workers(devices)
 
-    def make_loader(self, dataset: Dataset, train: bool, collate_fn: Any = None) -> DataLoader:
-        """A DataLoader with the shared settings and a `ResumableSampler` (shuffled when training)."""
+    def make_loader(
+        self, dataset: Dataset, train: bool, collate_fn: Any = None, weights: torch.Tensor | None = None
+    ) -> DataLoader:
+        """A DataLoader with the shared settings and a `ResumableSampler` (shuffled when training;
+        ``weights``: training samples drawn in proportion to them, with replacement)."""
         if not isinstance(dataset, Sized) or len(dataset) == 0:
             raise ZooError(
                 f"{type(self).__name__}: the {'training' if train else 'evaluation'} split is empty"
@@ -206,7 +229,13 @@ class ZooDataModule(pl.LightningDataModule):
                 f"({len(dataset)} samples): lower data.batch_size or use more data"
             )
         sampler = ResumableSampler(
-            len(dataset), shuffle=train, seed=self.seed, rank=rank, world_size=world, pad=train
+            len(dataset),
+            shuffle=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            pad=train,
+            weights=weights if train else None,
         )
         if train:
             # Kept for every training loader built after a restore: the sampler applies it only to the

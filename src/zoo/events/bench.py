@@ -169,7 +169,9 @@ def bench_throughput(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 # -- training-based parts --------------------------------------------------------------------------
-def train_and_evaluate(overrides: list[str], out: Path, split: str) -> dict[str, Any]:
+def train_and_evaluate(
+    overrides: list[str], out: Path, split: str, backtest: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from zoo.events.evaluate import evaluate_all
@@ -198,6 +200,12 @@ def train_and_evaluate(overrides: list[str], out: Path, split: str) -> dict[str,
         device = "cuda" if torch.cuda.is_available() else "cpu"
         result["eval"] = evaluate_all(model.net.to(device), dm, split, device)
         result["checkpoint"] = best[-1].name
+        if backtest and backtest["cutoffs"]:
+            from zoo.events.backtest import walk_forward
+
+            start = time.time()
+            result["backtest"] = walk_forward(model, dm, split, **backtest, device=device)
+            result["backtest"]["seconds"] = round(time.time() - start, 1)
     result["manifest"] = (
         {k: v for k, v in dm.manifest.items() if k not in ("settings",)} if dm.manifest else {}
     )
@@ -218,8 +226,17 @@ def bench_accuracy(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     results = {}
     for log in args.logs.split(","):
         overrides = [f"data=events/{log}", *args.recipe.split(), *args.override]
-        results[log] = train_and_evaluate(overrides, out / log, "test")
-        results[log]["overrides"] = overrides
+        key = log + args.suffix
+        backtest = {
+            "cutoffs": args.backtest,
+            "steps": args.backtest_steps,
+            "half_life_days": args.backtest_half_life,
+        }
+        results[key] = train_and_evaluate(overrides, out / key, "test", backtest)
+        results[key]["overrides"] = overrides
+        if args.backtest:
+            results[key]["backtest_half_life_days"] = args.backtest_half_life
+        results[key]["log"] = log
     return results
 
 
@@ -254,6 +271,29 @@ def render_floor(f: dict[str, Any] | None, title: str) -> list[str]:
     return lines
 
 
+def render_backtest(accuracy: dict[str, Any]) -> list[str]:
+    """The walk-forward table of every accuracy result that has one (see zoo.events.backtest)."""
+    runs = {k: r for k, r in accuracy.items() if isinstance(r, dict) and "backtest" in r}
+    if not runs:
+        return []
+    lines = ["", "### Walk-forward: retrained at each origin on everything known by then (not the protocol above)", "",
+             "The test split cut into periods of equal prefix count by prediction time; at the start of each, the trained",
+             "network is fine-tuned on every sample whose targets are known by then (training, validation and earlier",
+             "test cases), recency-weighted, and scores that period (`zoo.events.backtest`, `python -m zoo.eval",
+             "backtest_cutoffs=K`). *static* = the same network without fine-tuning; *bigram* refitted at each origin.", "",
+             "| run | periods | steps / origin | half-life | walk-forward model | static model | refitted bigram | per period: walk-forward / static | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, r in runs.items():
+        b = r["backtest"]
+        n = int(b["backtest/cutoffs"])
+        per = ", ".join(f"{b[f'backtest/period{k}/model/next_activity_acc']:.1%} / {b[f'backtest/period{k}/static/next_activity_acc']:.1%}"
+                        for k in range(n) if f"backtest/period{k}/model/next_activity_acc" in b)  # fmt: skip
+        hl = r.get("backtest_half_life_days")
+        lines.append(f"| {key} | {n} | {int(b['backtest/steps'])} | {f'{hl:g} d' if hl else 'uniform'} | **{b['backtest/model/next_activity_acc']:.1%}** | "
+                     f"{b['backtest/static/next_activity_acc']:.1%} | {b['backtest/bigram/next_activity_acc']:.1%} | {per} | {b.get('seconds', '?')} |")  # fmt: skip
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     lines = ["# Event predictor benchmarks", "", "Written by `python -m zoo.events.bench` (src/zoo/events/bench.py); raw numbers in",
              "`events.json` beside this file. Each section names the command and the machine that produced it.", ""]  # fmt: skip
@@ -282,7 +322,7 @@ def render(results: dict[str, Any]) -> str:
             if not isinstance(r, dict) or "eval" not in r:
                 continue
             e = r["eval"]
-            ref, goal = refs.get(log, ("-", "-"))
+            ref, goal = refs.get(r.get("log", log), ("-", "-"))
             lines.append(
                 f"| {log} | {int(e['prefixes'])} | **{e['model/next_activity_acc']:.1%}** | {e['bigram/next_activity_acc']:.1%} | {e['majority/next_activity_acc']:.1%} | {ref} | {goal} | "
                 f"{e.get('model/time_mae_days', float('nan')):.2f} / {e.get('bigram/time_mae_days', float('nan')):.2f} / {e.get('majority/time_mae_days', float('nan')):.2f} |"
@@ -298,6 +338,7 @@ def render(results: dict[str, Any]) -> str:
                 epochs = f"{r['epochs']} epochs, " if "epochs" in r else ""
                 lines += [f"- **{log}**: `{r['command']}`  ", f"  {r['machine']}, {r['when']}; trained {r['train_seconds']} s ({epochs}best checkpoint by val/loss/mean: {r.get('checkpoint')}).  ",
                           f"  Per-field accuracy: {accs}."]  # fmt: skip
+        lines += render_backtest(a)
         lines.append("")
     c = results.get("ceiling")
     if c:
@@ -330,6 +371,14 @@ def main(argv: list[str] | None = None) -> None:
         "--recipe", default="experiment=event_log", help="overrides selecting the accuracy recipe"
     )
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    parser.add_argument(
+        "--suffix", default="", help="accuracy results go under <log><suffix> (keeps another recipe's row)"
+    )
+    parser.add_argument(
+        "--backtest", type=int, default=0, help="accuracy: walk-forward periods of the test split (0: none)"
+    )
+    parser.add_argument("--backtest-steps", type=int, default=200, help="fine-tuning steps per origin")
+    parser.add_argument("--backtest-half-life", type=float, default=90.0, help="recency half-life (days)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(ROOT / "logs" / "bench_events"), help="run folders")
     parser.add_argument("--results", default=str(RESULTS))

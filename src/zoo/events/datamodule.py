@@ -123,6 +123,13 @@ class EventDataModule(ZooDataModule):
         src_seq_len / tgt_seq_len: events in the source and target windows.
         id_vocab_size: cap (incl. 4 special tokens) of the vocabulary of fields marked ``id``.
         end_token: add ``<eoc>`` after a case's last event (the "end of case" prediction).
+        train_from_val: the earliest fraction (by start) of the validation cases that joins training
+            (``column``/``case_start`` splits): on a drifting log the newest cases are the most like
+            the test split's; the later validation cases still choose the checkpoint. 0: the benchmark
+            protocol as published.
+        recency_half_life_days: training samples are drawn with weight 0.5 ** (age / half-life), the age
+            being the days between their case's start and the newest training case's start (null:
+            uniform shuffling).
         synthetic: generator settings (see `zoo.events.synthetic.generate_hr`).
     """
 
@@ -142,6 +149,8 @@ class EventDataModule(ZooDataModule):
         tgt_seq_len: int = 20,
         id_vocab_size: int | None = 100,
         end_token: bool = True,
+        train_from_val: float = 0.0,
+        recency_half_life_days: float | None = None,
         synthetic: dict[str, Any] | None = None,
         max_events: int | None = None,
         name: str = "events",
@@ -169,6 +178,17 @@ class EventDataModule(ZooDataModule):
             raise ZooError(
                 f"data.fractions={fractions}: expected three non-negative train/val/test fractions summing to 1"
             )
+        if not 0.0 <= float(train_from_val) < 1.0:
+            raise ZooError(f"data.train_from_val={train_from_val}: expected a fraction in [0, 1)")
+        if float(train_from_val) > 0 and split not in ("column", "case_start"):
+            raise ZooError(
+                f"data.train_from_val={train_from_val} needs a case split (data.split=column or case_start), "
+                f"not data.split={split}"
+            )
+        if recency_half_life_days is not None and not float(recency_half_life_days) > 0:
+            raise ZooError(
+                f"data.recency_half_life_days={recency_half_life_days}: expected a positive number of days or null"
+            )
         schema, columns, synthetic, fractions = plain(schema), plain(columns), plain(synthetic), fractions
         self.schema = Schema.from_dict(dict(schema))
         self.settings = {
@@ -176,6 +196,12 @@ class EventDataModule(ZooDataModule):
             "split": split, "split_column": split_column, "val_every": int(val_every), "fractions": fractions, "id_vocab_size": id_vocab_size,
             "end_token": bool(end_token), "synthetic": dict(synthetic or {}), "max_events": max_events,
         }  # fmt: skip
+        # Only set when used, so the caches (fingerprints) of existing settings stay valid.
+        if float(train_from_val) > 0:
+            self.settings["train_from_val"] = float(train_from_val)
+        self.recency_half_life_days = (
+            None if recency_half_life_days is None else float(recency_half_life_days)
+        )
         if path:
             p = Path(path).expanduser()
             if not p.is_file():
@@ -275,6 +301,11 @@ class EventDataModule(ZooDataModule):
             else:
                 cut = np.floor(np.cumsum(s["fractions"]) * int(first.sum())).astype(int)
                 case_part = np.searchsorted(cut, np.arange(int(first.sum())), side="right").clip(0, 2)
+            moved = s.get("train_from_val", 0.0)
+            if moved:
+                # Cases are in start order (normalize() sorts them): the first ones of val are the oldest.
+                val_cases = np.flatnonzero(case_part == 1)
+                case_part[val_cases[: int(round(moved * len(val_cases)))]] = 0
             part = case_part[np.cumsum(first) - 1]
         out = {}
         for k, split in enumerate(SPLITS):
@@ -318,7 +349,15 @@ class EventDataModule(ZooDataModule):
         ).to_numpy(np.float64)
         first = cs == np.arange(len(df))
         case_len = ce[first] - cs[first]
-        arrays = {"ids": ids.astype(np.int32), "dt": dt, "case_start": cs, "case_end": ce}
+        # Seconds since the epoch of every event: recency weights and the walk-forward backtest read them.
+        event_s = (df["timestamp"] - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+        arrays = {
+            "ids": ids.astype(np.int32),
+            "dt": dt,
+            "case_start": cs,
+            "case_end": ce,
+            "event_s": event_s.to_numpy(np.int64),
+        }
         for split, (t, end, eoc) in splits.items():
             arrays[f"{split}_t"], arrays[f"{split}_end"], arrays[f"{split}_eoc"] = t, end, eoc
         manifest: dict[str, Any] = {
@@ -401,8 +440,31 @@ class EventDataModule(ZooDataModule):
             ds = self.datasets["val"]
         return ds
 
+    def train_weights(self) -> torch.Tensor | None:
+        """Per training sample, 0.5 ** (age in days / recency_half_life_days) (None: uniform)."""
+        if self.recency_half_life_days is None:
+            return None
+        if not self.datasets:
+            self.setup()
+        # t - 1 is an event of the sample's case (t may be one past the case's end for <eoc> samples).
+        t0 = self.event_seconds()[self.arrays["case_start"][self.arrays["train_t"] - 1]].astype(np.float64)
+        age_days = (t0.max() - t0) / 86400.0
+        return torch.from_numpy(0.5 ** (age_days / self.recency_half_life_days))
+
+    def event_seconds(self) -> np.ndarray:
+        """Per event, its time in seconds since the epoch."""
+        if not self.arrays:
+            self.setup()
+        if "event_s" not in self.arrays:
+            raise ZooError(
+                f"data cache {self.folder} has no event times (an older zoo built it): delete it to rebuild"
+            )
+        return self.arrays["event_s"]
+
     def train_dataloader(self):
-        return self.make_loader(self._split("train"), train=True, collate_fn=collate_batch)
+        return self.make_loader(
+            self._split("train"), train=True, collate_fn=collate_batch, weights=self.train_weights()
+        )
 
     def val_dataloader(self):
         return self.make_loader(self._split("val"), train=False, collate_fn=collate_batch)

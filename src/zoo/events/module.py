@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.core.errors import ZooError
 from zoo.events.model import EventPredictor, NetConfig
-from zoo.events.schema import PAD, Schema, Vocab
+from zoo.events.schema import PAD, SPECIALS, UNK, Schema, Vocab
 
 
 @dataclass
@@ -79,6 +79,7 @@ class EventModule(pl.LightningModule):
         tgt_seq_len: int,
         time_loss_weight: float = 0.1,
         field_metrics_every: int | None = None,
+        id_unk_rate: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -106,6 +107,13 @@ class EventModule(pl.LightningModule):
             {f.name: len(vocab.get(f.name, [])) for f in self.schema.fields}, "model.vocab"
         )
         self.names = self.schema.names
+        if not 0.0 <= float(id_unk_rate) < 1.0:
+            raise ZooError(f"model.id_unk_rate={id_unk_rate}: expected a probability in [0, 1)")
+        self.id_unk_rate = float(id_unk_rate)
+        # Fields whose new values (staff, customers) show up as <unk> after training.
+        self.register_buffer(
+            "id_fields", torch.tensor([f.id for f in self.schema.fields], dtype=torch.bool), persistent=False
+        )
         sizes = [len(vocab[n]) for n in self.names]
         self.net = EventPredictor(
             self.net_cfg, sizes, [f.stream for f in self.schema.fields], src_seq_len, tgt_seq_len
@@ -166,7 +174,25 @@ class EventModule(pl.LightningModule):
             loss = loss + self.time_loss_weight * out["time_loss"] * share[1]
         return loss
 
+    def _unk_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training inputs with each `id` field value replaced by <unk> at rate ``id_unk_rate``: every
+        value is known in training, so without this the model never learns what an unknown one means, yet
+        a drifting log brings new ones (Helpdesk's test split: 978 resources never seen in training)."""
+        if not self.id_unk_rate or not bool(self.id_fields.any()):
+            return batch
+        out = dict(batch)
+        for key in ("src", "tgt_in"):
+            ids = batch[key]
+            hit = (
+                (torch.rand(ids.shape, device=ids.device) < self.id_unk_rate)
+                & self.id_fields
+                & (ids >= len(SPECIALS))
+            )
+            out[key] = ids.masked_fill(hit, UNK)
+        return out
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        batch = self._unk_inputs(batch)
         loss, out = self._step(batch)
         if self.trainer.world_size > 1:
             loss = self._global_batch_loss(batch, out)
@@ -318,7 +344,17 @@ class EventModule(pl.LightningModule):
     def zoo_evaluate(
         self, datamodule: Any, trainer: pl.Trainer, cfg: Any, output_dir: Path
     ) -> dict[str, float]:
+        from zoo.events.backtest import walk_forward
         from zoo.events.evaluate import evaluate_module
 
         self.check_vocab(datamodule.vocab(), f"data={getattr(datamodule, 'name', '?')}")
-        return evaluate_module(self, datamodule, str(cfg.get("split", "test")), output_dir)
+        split = str(cfg.get("split", "test"))
+        metrics = evaluate_module(self, datamodule, split, output_dir)
+        cutoffs, steps = int(cfg.get("backtest_cutoffs") or 0), int(cfg.get("backtest_steps") or 0)
+        if cutoffs < 0 or steps < 0:
+            raise ZooError(f"backtest_cutoffs={cutoffs}, backtest_steps={steps}: expected integers >= 0")
+        if cutoffs:
+            device = next(self.parameters()).device
+            metrics |= walk_forward(self, datamodule, split, cutoffs, steps, half_life_days=cfg.get("backtest_half_life_days"),
+                                    seed=int(cfg.get("seed", 1337)), device=device)  # fmt: skip
+        return metrics
