@@ -39,8 +39,8 @@ bench: ## Benchmarks -> docs/benchmarks.md (real-data parts need ../shared/data;
 	$(PYTHON) -m zoo.tft.bench
 	$(PYTHON) -m zoo.core.bench_report
 
-bench-events-full: ## Event predictor: throughput, entropy floor and Helpdesk/BPI12 W accuracy (long)
-	$(PYTHON) -m zoo.events.bench --parts throughput,floor,accuracy
+bench-events-full: ## Event predictor: throughput, entropy floor, Helpdesk/BPI12 W accuracy + walk-forward, ceiling, drift (long)
+	$(PYTHON) -m zoo.events.bench --parts throughput,floor,accuracy,ceiling,drift --backtest 8
 	$(PYTHON) -m zoo.core.bench_report
 
 bench-tft-full: ## TFT: Alibaba MASE and ETTh1 MSE@96 (long; meant for a GPU machine)

@@ -239,6 +239,23 @@ def test_prefix_ceiling_counts_each_prefix_majority_and_ignores_padding():
     assert prefix_ceiling(data, 0) == pytest.approx(4 / 5)
 
 
+def test_prefix_lookup_backs_off_to_the_current_activity_then_the_majority():
+    from zoo.events.evaluate import prefix_lookup
+
+    def rows(prefixes, nexts):
+        src = np.zeros((len(prefixes), 3, 1), dtype=np.int64)
+        for i, p in enumerate(prefixes):
+            src[i, : len(p), 0] = p
+        return {"src": src, "src_len": np.array([len(p) for p in prefixes]),
+                "current": np.array([[p[-1]] for p in prefixes]), "next": np.array([[n] for n in nexts]),
+                "dt": np.zeros(len(prefixes))}  # fmt: skip
+
+    # Seen prefix [5, 6] -> 8 (twice) though after 6 alone 9 wins; unseen [7, 6] backs off to 6 -> 9;
+    # unseen [4] (4 never current) backs off to the most frequent next value, 9.
+    fit = rows([[5, 6], [5, 6], [6], [6], [6], [5]], [8, 8, 9, 9, 9, 6])
+    assert prefix_lookup(fit, rows([[5, 6], [7, 6], [4]], [0, 0, 0]), 0).tolist() == [8, 9, 9]
+
+
 def test_since_start_buckets_agree_between_series_and_single_events():
     times = pd.Series(
         pd.to_datetime(["2024-01-01T10:00Z", "2024-01-01T10:30Z", "2024-01-09T10:00Z", "2024-01-05T00:00Z"])

@@ -10,9 +10,13 @@ throughput  events/s training the CPU baseline recipe on the synthetic log, thro
 floor       trains a recipe on the synthetic HR/timesheet log and reports validation loss/mean ÷ the
             generator's entropy floor.
 accuracy    trains a recipe on each real log (``--logs``) and reports the next-event protocol on its test
-            split beside the majority and bigram baselines (zoo.events.evaluate).
+            split beside the majority and bigram baselines (zoo.events.evaluate); ``--backtest K`` adds
+            the walk-forward backtest over K periods (zoo.events.backtest), ``--suffix`` keeps the row
+            of another recipe.
 ceiling     no training: each log's baselines and the activity-prefix ceiling (the best any model that
             reads only the activity sequence can score on the test split).
+drift       no training: the activity-prefix lookup fitted on each split and scored on the test split's
+            quarters, and the quarterly rate of the transition that changed most.
 
 Every result records the exact command that produced it and the machine.
 """
@@ -31,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -255,6 +260,67 @@ def bench_ceiling(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return results
 
 
+def transition_rates(d: dict[str, np.ndarray], target: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and rates of current -> next activity over the prefixes of a split."""
+    counts = np.zeros((size, size))
+    np.add.at(counts, (d["current"][:, target], d["next"][:, target]), 1)
+    return counts, counts / np.maximum(counts.sum(1, keepdims=True), 1)
+
+
+def bench_drift(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """How far the test split has drifted from the earlier ones (no training): the prefix lookup fitted on
+    each split and scored on the test split's four quarters (by prediction time), and the quarterly rate
+    of the transition whose frequency changed most between training and test."""
+    import pandas as pd
+    from hydra.utils import instantiate
+
+    from zoo.events.datamodule import SPLITS
+    from zoo.events.evaluate import prefix_lookup, prefixes
+
+    results = {}
+    for log in args.logs.split(","):
+        cfg = compose([f"data=events/{log}", *args.recipe.split(), *args.override], out / log)
+        dm = instantiate(cfg.data)
+        dm.prepare_data()
+        dm.setup()
+        target = dm.schema.names.index(dm.schema.target)
+        data = {s: prefixes(dm.datasets[s]) for s in SPLITS}
+        event_s = dm.event_seconds()
+        test_when = event_s[dm.datasets["test"].t - 1]
+        quarters = np.array_split(np.argsort(test_when, kind="stable"), 4)
+        truth = data["test"]["next"][:, target]
+        res: dict[str, Any] = {
+            "test_quarter_starts": [str(pd.Timestamp(test_when[q].min(), unit="s"))[:10] for q in quarters]
+        }
+        for fit in SPLITS:
+            hit = prefix_lookup(data[fit], data["test"], target) == truth
+            res[f"lookup_fit_{fit}"] = {
+                "all": float(hit.mean()),
+                "quarters": [float(hit[q].mean()) for q in quarters],
+            }
+
+        # The transition a -> b whose test-split rate moved most from training's, weighted by how often a is current.
+        size = len(dm.vocab().tokens[dm.schema.target])
+        c_test, r_test = transition_rates(data["test"], target, size)
+        _, r_train = transition_rates(data["train"], target, size)
+        score = np.abs(r_test - r_train) * c_test.sum(1, keepdims=True)
+        a, b = np.unravel_index(int(score.argmax()), score.shape)
+        vocab = dm.vocab()
+        name = dm.schema.target
+        cur = np.concatenate([data[s]["current"][:, target] for s in SPLITS])
+        nxt = np.concatenate([data[s]["next"][:, target] for s in SPLITS])
+        when = pd.to_datetime(np.concatenate([event_s[dm.datasets[s].t - 1] for s in SPLITS]), unit="s")
+        frame = pd.DataFrame({"quarter": when.to_period("Q").astype(str), "hit": nxt == b})[cur == a]
+        by_quarter = frame.groupby("quarter")["hit"].agg(["mean", "size"])
+        res["transition"] = {
+            "from": vocab.decode(name, int(a)), "to": vocab.decode(name, int(b)),
+            "share_of_test_prefixes": float((data["test"]["current"][:, target] == a).mean()),
+            "by_quarter": {q: [float(r["mean"]), int(r["size"])] for q, r in by_quarter.iterrows()},
+        }  # fmt: skip
+        results[log] = res
+    return results
+
+
 # -- report ----------------------------------------------------------------------------------------
 def render_floor(f: dict[str, Any] | None, title: str) -> list[str]:
     lines: list[str] = []
@@ -353,6 +419,28 @@ def render(results: dict[str, Any]) -> str:
                     f"| {log} | {int(e['prefixes'])} | {e['majority/next_activity_acc']:.1%} | {e['bigram/next_activity_acc']:.1%} | **{e['ceiling/next_activity_acc']:.1%}** |"
                 )
         lines.append("")
+    d = results.get("drift")
+    if d:
+        lines += ["## Drift between the splits (no training)", "", f"`{d['command']}`  ", f"Machine: {d['machine']}; {d['when']}", "",
+                  "Next-activity accuracy on the test split of the activity-prefix lookup (most frequent next activity after",
+                  "the same activity prefix; else after the same activity; else the most frequent), fitted on each split,",
+                  "overall and on the test split's four quarters by prediction time. Fitted on the test split it is the ceiling.", ""]  # fmt: skip
+        for log, r in d.items():
+            if not isinstance(r, dict) or "transition" not in r:
+                continue
+            lines += [f"**{log}** (test quarters start {', '.join(r['test_quarter_starts'])})", "",
+                      "| lookup fitted on | test | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|---|"]  # fmt: skip
+            for fit in ("train", "val", "test"):
+                f = r[f"lookup_fit_{fit}"]
+                lines.append(
+                    f"| {fit} | **{f['all']:.1%}** | " + " | ".join(f"{q:.1%}" for q in f["quarters"]) + " |"
+                )
+            t = r["transition"]
+            lines += ["", f"The transition whose rate moved most: *{t['from']}* → *{t['to']}* ({t['share_of_test_prefixes']:.0%} of the test prefixes "
+                      f"are at *{t['from']}*). Its rate by calendar quarter of the prediction (all splits):", "",
+                      "| quarter | " + " | ".join(t["by_quarter"]) + " |", "|---|" + "---|" * len(t["by_quarter"]),
+                      "| rate | " + " | ".join(f"{v[0]:.0%}" for v in t["by_quarter"].values()) + " |",
+                      "| prefixes | " + " | ".join(str(v[1]) for v in t["by_quarter"].values()) + " |", ""]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -360,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--parts", default="throughput", help="comma-separated: throughput,floor,accuracy")
+    parser.add_argument("--parts", default="throughput", help="comma-separated: throughput,floor,accuracy,ceiling,drift")
     parser.add_argument("--steps", type=int, default=150, help="timed steps per round (throughput)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
@@ -396,6 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         "floor": bench_floor,
         "accuracy": bench_accuracy,
         "ceiling": bench_ceiling,
+        "drift": bench_drift,
     }
     stamp = {"command": command, "machine": machine()}
     for part in args.parts.split(","):

@@ -69,15 +69,31 @@ def fit_baselines(train: dict[str, np.ndarray], target: int) -> dict[str, Any]:
     return {"majority": majority, "bigram": bigram, "median": median, "time_given": time_given}
 
 
-def prefix_ceiling(data: dict[str, np.ndarray], target: int) -> float:
-    """Accuracy of the most frequent next activity per activity prefix, counted on `data` itself."""
+def prefix_counts(data: dict[str, np.ndarray], target: int) -> dict[bytes, dict[int, int]]:
+    """Per distinct activity prefix (the source window's target field), the counts of the next activity."""
     valid = data["next"][:, 0] != PAD
     counts: dict[bytes, dict[int, int]] = {}
     for window, n, nxt in zip(data["src"][valid], data["src_len"][valid], data["next"][valid, target]):
         row = counts.setdefault(window[:n, target].tobytes(), {})
         row[int(nxt)] = row.get(int(nxt), 0) + 1
-    hits = sum(max(row.values()) for row in counts.values())
+    return counts
+
+
+def prefix_ceiling(data: dict[str, np.ndarray], target: int) -> float:
+    """Accuracy of the most frequent next activity per activity prefix, counted on `data` itself."""
+    valid = data["next"][:, 0] != PAD
+    hits = sum(max(row.values()) for row in prefix_counts(data, target).values())
     return hits / int(valid.sum()) if valid.any() else float("nan")
+
+
+def prefix_lookup(fit: dict[str, np.ndarray], data: dict[str, np.ndarray], target: int) -> np.ndarray:
+    """Next activity of each prefix of `data`: the most frequent one after the same activity prefix in
+    `fit`, else after the same current activity there (the bigram), else `fit`'s most frequent."""
+    table = {k: max(row, key=row.get) for k, row in prefix_counts(fit, target).items()}
+    tables = fit_baselines(fit, target)
+    bigram, default = tables["bigram"][target], int(tables["majority"][target])
+    return np.array([table.get(window[:n, target].tobytes(), bigram.get(int(cur), default))
+                     for window, n, cur in zip(data["src"], data["src_len"], data["current"][:, target])], dtype=np.int64)  # fmt: skip
 
 
 def baseline_predictions(
