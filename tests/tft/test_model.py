@@ -178,3 +178,81 @@ def test_channel_independent_refuses_lags(cache_dir):
 
     with pytest.raises(ZooError, match="data.channel_independent=true forecasts each target alone"):
         small_dm(cache_dir, channel_independent=True, lags=[1], loader="stock")
+
+
+def test_quantile_mean_is_the_mean_of_the_forecast_distribution():
+    from zoo.tft.evaluate import quantile_mean
+
+    levels = [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98]
+    normal = torch.distributions.Normal(3.0, 2.0)
+    q = normal.icdf(torch.tensor(levels))
+    assert float(quantile_mean(q, levels)) == pytest.approx(3.0, abs=1e-5)  # symmetric: the median
+    # A right-skewed distribution (exponential, rate 1): mean 1 above its median ln 2; the midpoint rule
+    # over 7 quantiles lands near the mean, not the median.
+    expo = torch.distributions.Exponential(1.0)
+    q = expo.icdf(torch.tensor(levels))[None, None]
+    m = float(quantile_mean(q, levels))
+    assert abs(m - 1.0) < 0.15 and m - float(q[..., 3]) > 0.2
+
+
+@pytest.mark.parametrize("dm_name", ["multi_dm", "single_dm"])
+def test_point_loss_weight_adds_the_mse_of_the_point_forecast(dm_name, request):
+    """model.point_loss_weight adds weight x MSE(point forecast, actual) (summed over targets) to the
+    quantile loss; model.point picks the median or the quantiles' mean as that point."""
+    from zoo.tft.evaluate import quantile_mean
+
+    dm = request.getfixturevalue(dm_name)
+    x, y = dm.batches("train").__getitems__(list(range(8)))
+    plain = small_module(dm).eval()
+    out = plain(x)
+    actual = y[0] if plain.multi_target else [y[0]]
+    quantiles = plain.quantile_forecast(out)
+    for point, expect in (
+        ("median", [q[..., 3] for q in quantiles]),
+        ("mean", [quantile_mean(q, plain.quantiles) for q in quantiles]),
+    ):
+        weighted = small_module(dm, point=point, point_loss_weight=0.5).eval()
+        assert weighted.hparams.point == point and weighted.hparams.point_loss_weight == 0.5
+        for a, b in zip(weighted.point_forecast(out), expect):
+            torch.testing.assert_close(a, b)
+        mse = sum(((p - a) ** 2).mean() for p, a in zip(expect, actual))
+        torch.testing.assert_close(weighted._loss(x, y, out), plain._loss(x, y, out) + 0.5 * mse)
+    # The gradient now pulls the point forecast towards the actual values (a step lowers its MSE).
+    model = small_module(dm, point="mean", point_loss_weight=1.0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def point_mse():
+        with torch.no_grad():
+            return float(sum(((p - a) ** 2).mean() for p, a in zip(model.point_forecast(model(x)), actual)))
+
+    model.eval()  # no dropout noise between the measurements
+    before = point_mse()
+    for _ in range(3):
+        opt.zero_grad()
+        model._loss(x, y, model(x)).backward()
+        opt.step()
+    assert point_mse() < before
+
+
+def test_point_settings_are_checked(multi_dm):
+    from zoo.core.errors import ZooError
+
+    with pytest.raises(ZooError, match="model.point='mode' must be 'median' or 'mean'"):
+        TFTModule(**multi_dm.model_kwargs(), point="mode")
+    with pytest.raises(ZooError, match="model.point_loss_weight=-1.0 must be >= 0"):
+        TFTModule(**multi_dm.model_kwargs(), point_loss_weight=-1.0)
+
+
+def test_point_keys_flow_from_the_config(compose):
+    cfg = compose("model=tft", "trainer=cpu", "data.synthetic.days=6", "data.num_workers=0")
+    assert cfg.model.point == "median" and cfg.model.point_loss_weight == 0.0  # documented defaults
+    cfg = compose(
+        "model=tft",
+        "trainer=cpu",
+        "data.synthetic.days=6",
+        "data.num_workers=0",
+        "model.point=mean",
+        "model.point_loss_weight=0.5",
+    )
+    _, model, _ = build(cfg)
+    assert model.point == "mean" and model.point_loss_weight == 0.5

@@ -448,7 +448,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--parts", default="throughput", help="comma-separated: throughput,floor,accuracy,ceiling,drift")
+    parser.add_argument(
+        "--parts", default="throughput", help="comma-separated: throughput,floor,accuracy,ceiling,drift"
+    )
     parser.add_argument("--steps", type=int, default=150, help="timed steps per round (throughput)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
