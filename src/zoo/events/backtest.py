@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zoo.events.datamodule import SPLITS, EventWindows
+from zoo.events.datamodule import SPLITS, EventWindows, first_flagged
 from zoo.events.evaluate import baseline_predictions, fit_baselines, model_predictions, prefixes, score
 from zoo.events.module import field_losses, time_loss
 
@@ -34,9 +34,8 @@ def known_samples(dm: Any, cutoff: float) -> tuple[EventWindows, np.ndarray]:
     t = np.concatenate([a[f"{s}_t"] for s in SPLITS])
     end = np.concatenate([a[f"{s}_end"] for s in SPLITS])
     eoc = np.concatenate([a[f"{s}_eoc"] for s in SPLITS])
-    later = np.flatnonzero(event_s >= cutoff)  # a case's events are in time order, so this cuts it
-    first_later = np.append(later, len(event_s))[np.searchsorted(later, t)]
-    known_end = np.minimum(end, first_later)
+    # A case's events are in time order: its first event at or after the cutoff ends what is known.
+    known_end = np.minimum(end, first_flagged(event_s >= cutoff, t))
     known_eoc = eoc & (known_end == end) & (event_s[end - 1] < cutoff)
     keep = (known_end > t) | known_eoc
     t, known_end, known_eoc = t[keep], known_end[keep], known_eoc[keep]

@@ -98,6 +98,12 @@ class EventWindows(Dataset):
         return EventWindows(self.ids, self.dt, self.case_start, self.t, self.end, self.eoc, self.S, tgt_len)
 
 
+def first_flagged(flags: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """For each index in `t`, the first index >= it where `flags` is true (``len(flags)`` if none)."""
+    hits = np.flatnonzero(flags)
+    return np.append(hits, len(flags))[np.searchsorted(hits, t)]
+
+
 def _case_bounds(case_ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Per event, the index of its case's first event and one past its last (cases are contiguous)."""
     codes = pd.factorize(case_ids)[0]
@@ -311,10 +317,7 @@ class EventDataModule(ZooDataModule):
         for k, split in enumerate(SPLITS):
             t = idx[(part == k) & (idx > cs)]
             # A split's targets stop where another split's events start: no event is a target in two splits.
-            later = np.flatnonzero(part != k)
-            pos = np.searchsorted(later, t)
-            boundary = np.append(later, n)[pos]
-            end = np.minimum(ce[t], boundary)
+            end = np.minimum(ce[t], first_flagged(part != k, t))
             eoc = end == ce[t]
             if s[
                 "end_token"
