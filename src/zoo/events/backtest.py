@@ -24,7 +24,7 @@ import torch
 
 from zoo.events.datamodule import SPLITS, EventWindows, first_flagged
 from zoo.events.evaluate import baseline_predictions, fit_baselines, model_predictions, prefixes, score
-from zoo.events.module import field_losses, time_loss
+from zoo.events.module import objective
 
 
 def known_samples(dm: Any, cutoff: float) -> tuple[EventWindows, np.ndarray]:
@@ -65,10 +65,7 @@ def fine_tune(
             k: (v.to(device) if isinstance(v, torch.Tensor) else v)
             for k, v in windows.__getitems__(idx).items()
         }
-        logits, time_pred = net(b["src"], b["src_len"], b["tgt_in"])
-        loss = field_losses(logits, b["tgt"]).mean()
-        if time_pred is not None and time_loss_weight:
-            loss = loss + time_loss_weight * time_loss(time_pred, b["dt"])[0]
+        loss, _ = objective(net, b, time_loss_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

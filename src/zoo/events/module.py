@@ -62,6 +62,27 @@ def time_loss(pred: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch
     return F.l1_loss(p, target), err_days, valid
 
 
+def objective(
+    net: torch.nn.Module, batch: dict[str, torch.Tensor], time_loss_weight: float
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The training loss of `net` on a batch (mean over fields of the per-field cross-entropy, plus
+    `time_loss_weight` x the time head's L1) and what the metrics read (per-field losses, logits, ...)."""
+    logits, time_pred = net(batch["src"], batch["src_len"], batch["tgt_in"])
+    per_field = field_losses(logits, batch["tgt"])
+    out: dict[str, Any] = {
+        "per_field": per_field,
+        "mean": per_field.mean(),
+        "sum": per_field.sum(),
+        "logits": logits,
+    }
+    loss = out["mean"]
+    if time_pred is not None:
+        t_loss, err_days, _ = time_loss(time_pred, batch["dt"])
+        out["time_loss"], out["err_days"] = t_loss, err_days
+        loss = loss + time_loss_weight * t_loss
+    return loss, out
+
+
 class EventModule(pl.LightningModule):
     """Trains `zoo.events.model.EventPredictor`. Logs ``{train,val}/loss/mean`` (mean over fields of the
     per-field cross-entropy: the training objective), ``loss/sum`` (= n_fields x mean, the source report's
@@ -142,20 +163,7 @@ class EventModule(pl.LightningModule):
         ].ne(PAD).sum().item()
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        logits, time_pred = self.net(batch["src"], batch["src_len"], batch["tgt_in"])
-        per_field = field_losses(logits, batch["tgt"])
-        out: dict[str, Any] = {
-            "per_field": per_field,
-            "mean": per_field.mean(),
-            "sum": per_field.sum(),
-            "logits": logits,
-        }
-        loss = out["mean"]
-        if time_pred is not None:
-            t_loss, err_days, _ = time_loss(time_pred, batch["dt"])
-            out["time_loss"], out["err_days"] = t_loss, err_days
-            loss = loss + self.time_loss_weight * t_loss
-        return loss, out
+        return objective(self.net, batch, self.time_loss_weight)
 
     def _global_batch_loss(self, batch: dict[str, torch.Tensor], out: dict[str, Any]) -> torch.Tensor:
         """This rank's loss rescaled so that DDP's gradient average is the gradient of the mean over the
