@@ -23,29 +23,29 @@ test-fast: ## Tests without the slow ones and without notebooks
 	$(PYTHON) -m pytest tests -q -m "not slow"
 
 lint: ## ruff checks
-	$(PYTHON) -m ruff check src tests
-	$(PYTHON) -m ruff format --check src tests
+	$(PYTHON) -m ruff check src tests benchmarks
+	$(PYTHON) -m ruff format --check src tests benchmarks
 
 format: ## ruff autoformat and fixes
-	$(PYTHON) -m ruff format src tests
-	$(PYTHON) -m ruff check --fix src tests
+	$(PYTHON) -m ruff format src tests benchmarks
+	$(PYTHON) -m ruff check --fix src tests benchmarks
 
 sweep: ## Optuna sweep (default: GPT); ARGS="hydra.sweeper.n_trials=5"
 	$(PYTHON) -m zoo.train -m hparams_search=gpt_optuna $(ARGS)
 
 bench: ## Benchmarks -> docs/benchmarks.md (real-data parts need ../shared/data; GPU parts need CUDA)
-	$(PYTHON) -m zoo.gpt.bench $(ARGS)
-	$(PYTHON) -m zoo.events.bench
-	$(PYTHON) -m zoo.tft.bench
-	$(PYTHON) -m zoo.core.bench_report
+	$(PYTHON) -m benchmarks.gpt $(ARGS)
+	$(PYTHON) -m benchmarks.events
+	$(PYTHON) -m benchmarks.tft
+	$(PYTHON) -m benchmarks.report
 
 bench-events-full: ## Event predictor: throughput, entropy floor, Helpdesk/BPI12 W accuracy + walk-forward, ceiling, drift (long)
-	$(PYTHON) -m zoo.events.bench --parts throughput,floor,accuracy,ceiling,drift --backtest 8
-	$(PYTHON) -m zoo.core.bench_report
+	$(PYTHON) -m benchmarks.events --parts throughput,floor,accuracy,ceiling,drift --backtest 8
+	$(PYTHON) -m benchmarks.report
 
 bench-tft-full: ## TFT: Alibaba MASE and ETTh1 MSE@96 (long; meant for a GPU machine)
-	$(PYTHON) -m zoo.tft.bench --parts alibaba,etth1 $(ARGS)
-	$(PYTHON) -m zoo.core.bench_report
+	$(PYTHON) -m benchmarks.tft --parts alibaba,etth1 $(ARGS)
+	$(PYTHON) -m benchmarks.report
 
 tensorboard: ## TensorBoard over all runs in logs/
 	$(PYTHON) -m tensorboard.main --logdir logs --bind_all

@@ -138,7 +138,7 @@ def tft_data(
 ) -> Callable[[], object]:
     """The TFT file loader (what data=tft/file instantiates) up to its first batch; `frame` is the table,
     the file's text, None for an empty file, or a Path to leave the file missing."""
-    from zoo.tft.data import MetricsDataModule
+    from zoo.tft.datamodule import MetricsDataModule
 
     path = tmp / name
     if isinstance(frame, str):

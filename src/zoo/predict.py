@@ -53,8 +53,8 @@ def encode_history(
     model: Any, frame: pd.DataFrame, columns: dict[str, str], where: str
 ) -> tuple[list[str], torch.Tensor, torch.Tensor, pd.Series, dict[str, int]]:
     """(case ids, source windows [C, S, F], lengths [C], last timestamp per case, unknown counts)."""
-    from zoo.events.readers import normalize
     from zoo.events.schema import field_tokens
+    from zoo.events.sources import normalize
 
     schema, S = model.schema, model.hparams.src_seq_len
     time_cols = tuple(dict.fromkeys(f.source for f in schema.fields if f.derive))
@@ -121,8 +121,8 @@ def predict_next(
 
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
-    from zoo.events.readers import read_table
     from zoo.events.schema import EOC
+    from zoo.events.sources import read_table
 
     if cfg.sampling not in ("greedy", "sample"):
         raise ZooError(f"sampling={cfg.sampling}: expected greedy or sample")

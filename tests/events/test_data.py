@@ -13,8 +13,8 @@ import torch
 from tests.events.conftest import TINY
 from zoo.core.errors import ZooError
 from zoo.events.datamodule import EventDataModule
-from zoo.events.readers import normalize, read_table
 from zoo.events.schema import EOC, PAD, SPECIALS, Schema, Vocab, field_tokens, token_of
+from zoo.events.sources import normalize, read_table
 from zoo.events.synthetic import generate_hr
 
 LOG_SCHEMA = {

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.events.model import EventPredictor, NetConfig, last_valid
-from zoo.events.module import field_losses
+from zoo.events.model import EventPredictor, NetConfig, field_losses, last_valid
 from zoo.events.schema import BOS, PAD
 
 SIZES = [7, 9, 5, 6]

@@ -301,7 +301,7 @@ def test_real_log_smoke(shared_data, compose):
     from hydra.utils import instantiate
 
     from zoo.events.evaluate import evaluate_all
-    from zoo.events.readers import read_table
+    from zoo.events.sources import read_table
 
     cfg = compose("model=event_predictor", "experiment=event_log", "data=events/helpdesk", f"paths.shared_data_dir={shared_data}",
                   "callbacks=none", "trainer.max_epochs=1", "trainer.limit_train_batches=15", "trainer.limit_val_batches=3",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.tft.data import MetricsDataModule
+from zoo.tft.datamodule import MetricsDataModule
 
 SMALL = dict(
     source="synthetic",

@@ -68,7 +68,7 @@ def test_cli_and_training_on_collected_data(tmp_path):
 
 def test_collected_folder_is_a_data_file_source(tmp_path):
     """The collector's layout is what data=tft/file reads (a folder of parts, host -> series)."""
-    from zoo.tft.data import MetricsDataModule
+    from zoo.tft.datamodule import MetricsDataModule
 
     out = tmp_path / "me"
     rows = []
@@ -86,7 +86,7 @@ def test_collected_folder_is_a_data_file_source(tmp_path):
 
 def test_bench_page_keeps_earlier_parts(tmp_path):
     """Running one benchmark part must not erase the others' measurements from docs/benchmarks/tft.md."""
-    from zoo.tft.bench import main, markdown, previous_results
+    from benchmarks.tft import main, markdown, previous_results
 
     env = {"machine": "m", "torch": "t", "device": "cpu", "command": "c"}
     loader = {"loader": {"stock_samples_per_s": 100.0, "stock_2workers_samples_per_s": 150.0, "zoo_samples_per_s": 2000.0,

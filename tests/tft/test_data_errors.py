@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from zoo.core.errors import ZooError
-from zoo.tft.data import MetricsDataModule
+from zoo.tft.datamodule import MetricsDataModule
 
 
 def table(n=60, hosts=("a", "b"), step="5min"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.tft.data import WindowBatches, stock_collate
+from zoo.tft.datamodule import WindowBatches, stock_collate
 
 
 def assert_same(a, b, name="batch"):
@@ -93,7 +93,7 @@ def test_train_loader_uses_resumable_sampler(multi_dm):
 def test_encoder_normalizer_uses_the_stock_path(cache_dir):
     from tests.tft.conftest import small_dm
     from zoo.core.errors import ZooError
-    from zoo.tft.data import StockBatches
+    from zoo.tft.datamodule import StockBatches
 
     with pytest.raises(ZooError, match="data.target_normalizer=encoder needs data.loader=stock"):
         small_dm(cache_dir, target_normalizer="encoder")

@@ -9,7 +9,8 @@ import torch
 from hydra.utils import instantiate
 
 from zoo.core.run import build
-from zoo.tft.module import DEFAULT_MASK_BIAS, FP16_MASK_BIAS, TFTModule
+from zoo.tft.model import DEFAULT_MASK_BIAS, FP16_MASK_BIAS
+from zoo.tft.module import TFTModule
 
 NET = {"hidden_size": 8, "attention_head_size": 1, "hidden_continuous_size": 4, "dropout": 0.0}
 
@@ -73,7 +74,7 @@ def test_32_and_bf16_keep_the_default_mask_bias(compose, multi_dm):
 
 
 def test_safetensors_roundtrip_gives_identical_predictions(multi_dm, tmp_path):
-    from zoo.tft.export import forecast, load
+    from zoo.tft.predict import forecast
 
     model = small_module(multi_dm)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -84,7 +85,7 @@ def test_safetensors_roundtrip_gives_identical_predictions(multi_dm, tmp_path):
         opt.step()
     out_dir = model.export(tmp_path / "export", multi_dm)
     assert (out_dir / "model.safetensors").is_file() and (out_dir / "config.json").is_file()
-    loaded = load(out_dir)
+    loaded = TFTModule.from_export(out_dir)
     before = model.predict_batches(multi_dm.batches("val"))["quantiles"]
     after = loaded.predict_batches(multi_dm.batches("val"))["quantiles"]
     for a, b in zip(before, after):
@@ -132,7 +133,7 @@ def test_channel_independent_layout_trains_scores_and_forecasts_per_target(cache
     back under the original host and target names, on the original scale."""
     from tests.tft.conftest import small_dm
     from zoo.tft.evaluate import score
-    from zoo.tft.export import forecast, load
+    from zoo.tft.predict import forecast
 
     targets = ["memory_percent", "load_average"]  # levels ~44 and ~1.6: a swapped or unscaled target shows
     joint = small_dm(cache_dir, targets=targets, name="joint2", standardize=True)
@@ -160,7 +161,7 @@ def test_channel_independent_layout_trains_scores_and_forecasts_per_target(cache
         np.mean([scored[f"{t}/tft/mse"] for t in targets]), rel=1e-5
     )
 
-    loaded = load(model.export(tmp_path / "export", dm))
+    loaded = TFTModule.from_export(model.export(tmp_path / "export", dm))
     raw = dm.raw_frame()
     recent = raw[raw["series"] == "host01"].tail(40)
     fc = forecast(loaded, recent)

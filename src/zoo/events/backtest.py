@@ -24,7 +24,7 @@ import torch
 
 from zoo.events.datamodule import SPLITS, EventWindows, first_flagged
 from zoo.events.evaluate import baseline_predictions, fit_baselines, model_predictions, prefixes, score
-from zoo.events.module import objective
+from zoo.events.model import objective
 
 
 def known_samples(dm: Any, cutoff: float) -> tuple[EventWindows, np.ndarray]:

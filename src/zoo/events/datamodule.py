@@ -24,8 +24,8 @@ from torch.utils.data import Dataset
 
 from zoo.core.datamodule import ZooDataModule, fingerprint
 from zoo.core.errors import ZooError
-from zoo.events.readers import normalize, read_table
 from zoo.events.schema import BOS, EOC, PAD, Schema, Vocab, field_tokens
+from zoo.events.sources import normalize, read_table
 
 SPLITS = ("train", "val", "test")
 

@@ -10,14 +10,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 from torch.nn import ModuleDict
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.core.errors import ZooError
-from zoo.events.model import EventPredictor, NetConfig
+from zoo.events.model import EventPredictor, NetConfig, objective
 from zoo.events.schema import PAD, SPECIALS, UNK, Schema, Vocab
 
 
@@ -37,50 +36,6 @@ class OptimConfig:
     """ReduceLROnPlateau: LR multiplier."""
     patience: int = 3
     """ReduceLROnPlateau: validations without improvement before the LR drops."""
-
-
-def field_losses(logits: list[torch.Tensor], tgt: torch.Tensor) -> torch.Tensor:
-    """Per-field cross-entropy over non-padding targets: [n_fields]. Padding is the same position in every
-    field, so every field averages over the same targets and `sum == n_fields * mean` exactly."""
-    return torch.stack(
-        [
-            F.cross_entropy(lg.flatten(0, 1).float(), tgt[..., i].flatten(), ignore_index=PAD)
-            for i, lg in enumerate(logits)
-        ]
-    )
-
-
-def time_loss(pred: torch.Tensor, dt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(L1 loss on log1p(days), absolute error in days per valid target, valid mask)."""
-    valid = ~torch.isnan(dt)
-    target = torch.log1p(dt[valid].clamp(min=0))
-    p = pred[valid].float()
-    if target.numel() == 0:
-        zero = pred.sum() * 0.0
-        return zero, zero.new_zeros(0), valid
-    err_days = (torch.expm1(p.clamp(max=20)) - dt[valid]).abs()
-    return F.l1_loss(p, target), err_days, valid
-
-
-def objective(
-    net: torch.nn.Module, batch: dict[str, torch.Tensor], time_loss_weight: float
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The training loss of `net` on a batch (mean over fields of the per-field cross-entropy, plus
-    `time_loss_weight` x the time head's L1) and what the metrics read (per-field losses, logits, ...)."""
-    logits, time_pred = net(batch["src"], batch["src_len"], batch["tgt_in"])
-    per_field = field_losses(logits, batch["tgt"])
-    out: dict[str, Any] = {
-        "per_field": per_field,
-        "mean": per_field.mean(),
-        "sum": per_field.sum(),
-        "logits": logits,
-    }
-    loss = out["mean"]
-    if time_pred is not None:
-        t_loss, err_days, _ = time_loss(time_pred, batch["dt"])
-        out["time_loss"], out["err_days"] = t_loss, err_days
-        loss = loss + time_loss_weight * t_loss
-    return loss, out
 
 
 class EventModule(pl.LightningModule):

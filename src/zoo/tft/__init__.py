@@ -1,6 +1,6 @@
 """TFT family: multi-target server-metrics forecasting with pytorch-forecasting's Temporal Fusion Transformer."""
 
-from zoo.tft.data import MetricsDataModule
+from zoo.tft.datamodule import MetricsDataModule
 from zoo.tft.module import TFTModule
 
 __all__ = ["MetricsDataModule", "TFTModule"]

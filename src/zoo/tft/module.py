@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
@@ -26,63 +24,9 @@ from torchmetrics import MeanMetric
 from zoo.core.callbacks import log_grad_norm
 from zoo.core.errors import ZooError
 from zoo.tft import params as P
+from zoo.tft.model import NET_KEYS, OPTIM_KEYS, mask_bias_for, skeleton_dataset
 
 log = logging.getLogger(__name__)
-
-# float16's largest magnitude is 65504: pytorch-forecasting's -1e9 mask fill overflows it (inf/NaN
-# after softmax, or a hard error in masked_fill). -1e4 still gives exp(-1e4) == 0 after softmax.
-FP16_MASK_BIAS = -1.0e4
-DEFAULT_MASK_BIAS = -1.0e9
-
-NET_KEYS = {"hidden_size", "lstm_layers", "dropout", "attention_head_size", "hidden_continuous_size",
-            "share_single_variable_networks", "causal_attention"}  # fmt: skip
-OPTIM_KEYS = {"lr", "weight_decay", "reduce_on_plateau_patience", "reduce_on_plateau_factor", "min_lr"}
-
-
-def mask_bias_for(precision: str, override: float | None = None) -> float:
-    if override is not None:
-        return float(override)
-    return FP16_MASK_BIAS if str(precision).startswith("16") else DEFAULT_MASK_BIAS
-
-
-def skeleton_dataset(parameters: dict[str, Any]) -> Any:
-    """A `TimeSeriesDataSet` with the stored (fitted) parameters over one dummy window: what
-    ``TemporalFusionTransformer.from_dataset`` reads (variable lists, encoders, normalizers) without
-    the training data. The fitted encoders/normalizers are reused as-is, not refitted."""
-    from pytorch_forecasting import TimeSeriesDataSet
-
-    p = dict(parameters)
-    length = int(p["max_encoder_length"]) + int(p["max_prediction_length"])
-    encoders = p.get("categorical_encoders") or {}
-
-    def known_class(name: str) -> str:
-        for enc in (encoders.get(name), encoders.get(f"__group_id__{name}")):
-            if enc is not None and getattr(enc, "classes_", None):
-                return next(k for k in enc.classes_ if isinstance(k, str) and k != "nan")
-        return "0"
-
-    frame: dict[str, Any] = {p["time_idx"]: np.arange(length, dtype=np.int64)}
-    for g in p["group_ids"]:
-        frame[g] = known_class(g)
-    cats = [
-        *(p.get("static_categoricals") or []),
-        *(p.get("time_varying_known_categoricals") or []),
-        *(p.get("time_varying_unknown_categoricals") or []),
-    ]
-    for c in cats:
-        frame[c] = known_class(c)
-    targets = p["target"] if isinstance(p["target"], list) else [p["target"]]
-    reals = [
-        *targets,
-        *(p.get("static_reals") or []),
-        *(p.get("time_varying_known_reals") or []),
-        *(p.get("time_varying_unknown_reals") or []),
-    ]
-    for r in reals:
-        frame.setdefault(r, np.linspace(0.0, 1.0, length))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return TimeSeriesDataSet.from_parameters(p, pd.DataFrame(frame), stop_randomization=True)
 
 
 class TFTModule(pl.LightningModule):
@@ -402,6 +346,15 @@ class TFTModule(pl.LightningModule):
             log.warning("[zoo] TFT figures failed: %s", err)
 
     # -- persistence / evaluation ----------------------------------------------------------------------
+    @classmethod
+    def from_export(cls, export_dir: str | Path, map_location: str = "cpu") -> TFTModule:
+        """The module of an export folder (config.json + model.safetensors), in eval mode."""
+        from zoo.tft.export import load_weights, read_config
+
+        module = cls(**read_config(export_dir)["hparams"])
+        load_weights(module.net, export_dir, map_location)
+        return module.eval()
+
     def export(self, out_dir: str | Path, datamodule: Any = None) -> Path:
         """model.safetensors + config.json (dataset parameters, normalizers, preprocessing): enough to
         predict with `zoo.tft.export.load` without the training data."""

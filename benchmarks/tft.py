@@ -1,4 +1,4 @@
-"""`python -m zoo.tft.bench`: the TFT family's benchmark, written to docs/benchmarks/tft.md.
+"""`python -m benchmarks.tft`: the TFT family's benchmark, written to docs/benchmarks/tft.md.
 
 Parts (``--parts``, comma-separated):
   loader    samples/s of the stock TimeSeriesDataSet dataloader vs the zoo's precomputed loader on the
@@ -29,13 +29,13 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ZOO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 RESULTS_TAG = "zoo-tft-bench-results"
 
 
 def alibaba_dm(shared: Path, cache: Path, loader: str = "fast", **kw: Any) -> Any:
-    from zoo.tft.data import MetricsDataModule
+    from zoo.tft.datamodule import MetricsDataModule
 
     args = dict(source="alibaba", path=str(shared / "metrics/alibaba2018_sample/machine_usage.csv"),
                 targets=["cpu_percent", "memory_percent", "disk_percent"], static_categoricals=["host"],
@@ -50,7 +50,7 @@ def alibaba_dm(shared: Path, cache: Path, loader: str = "fast", **kw: Any) -> An
 
 
 def etth1_dm(shared: Path, cache: Path, layout: str = "channels", **kw: Any) -> Any:
-    from zoo.tft.data import MetricsDataModule
+    from zoo.tft.datamodule import MetricsDataModule
 
     args = dict(source="ett", path=str(shared / "metrics/ett/ETTh1.csv"), targets=["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"],
                 static_categoricals=[], calendar=["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"], step="1h", max_gap="1h",
@@ -222,7 +222,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# TFT benchmark",
         "",
-        "Written by `python -m zoo.tft.bench` (see its docstring); every number below was measured by it.",
+        "Written by `python -m benchmarks.tft` (see its docstring); every number below was measured by it.",
         "",
     ]
     for key, res in results.items():
@@ -324,7 +324,7 @@ def previous_results(md: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m zoo.tft.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.tft", description=__doc__.split("\n\n")[0])
     # Training to convergence on 2 CPU cores takes hours: without a GPU the default is the throughput parts.
     p.add_argument(
         "--parts", default="loader,train,alibaba,etth1" if torch.cuda.is_available() else "loader,train"
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cpu":
             torch.set_num_threads(1)  # see TFTModule.cpu_threads
         env = {"machine": f"{platform.machine()} {os.cpu_count()} cpus" + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
-               "torch": torch.__version__, "device": args.device, "command": "python -m zoo.tft.bench " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
+               "torch": torch.__version__, "device": args.device, "command": "python -m benchmarks.tft " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
         results = {}
         parts = args.parts.split(",")
         for part in parts:

@@ -1,4 +1,4 @@
-"""GPT benchmarks: `python -m zoo.gpt.bench [--only cpu|recipes|gpu] [--steps N]`.
+"""GPT benchmarks: `python -m benchmarks.gpt [--only cpu|recipes|gpu] [--steps N]`.
 
 cpu      training throughput of the default small GPT (tokens/s, achieved FLOP/s / measured matmul peak),
          and Lightning (the zoo module + Trainer) vs a plain PyTorch loop over the same model, data,
@@ -7,7 +7,7 @@ recipes  shakespeare_char and shakespeare_char_plus trained to the end: final va
          (needs tinyshakespeare: ../shared/data/text or --shakespeare PATH).
 gpu      bf16 MFU of a 124M GPT and of gpt_300m on the visible GPU (skipped without CUDA).
 
-Each part writes docs/benchmarks/gpt-<part>.md; `python -m zoo.core.bench_report` joins the parts into
+Each part writes docs/benchmarks/gpt-<part>.md; `python -m benchmarks.report` joins the parts into
 docs/benchmarks.md.
 """
 
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from zoo.core.callbacks import GPU_PEAK_FLOPS, measured_cpu_peak
 from zoo.gpt.module import GPTModule, lr_factor
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks"
 
 
@@ -50,7 +50,7 @@ def machine() -> str:
 
 
 def header(title: str) -> str:
-    cmd = "python -m zoo.gpt.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    cmd = "python -m benchmarks.gpt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return f"## {title}\n\n- command: `{cmd.strip()}`\n- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n\n"
 
 

@@ -1,11 +1,11 @@
-"""`python -m zoo.core.bench_report`: join docs/benchmarks/*.md (one file per family and part, each
+"""`python -m benchmarks.report`: join docs/benchmarks/*.md (one file per family and part, each
 written by that family's `python -m zoo.<family>.bench`) into docs/benchmarks.md."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""`python -m zoo.events.bench`: the event predictor's numbers, written to docs/benchmarks/events.md.
+"""`python -m benchmarks.events`: the event predictor's numbers, written to docs/benchmarks/events.md.
 
 Parts (``--parts``, comma-separated; each keeps the others' last results in docs/benchmarks/events.json):
 
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "benchmarks" / "events.json"
 REPORT = ROOT / "docs" / "benchmarks" / "events.md"
 
@@ -361,7 +361,7 @@ def render_backtest(accuracy: dict[str, Any]) -> list[str]:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = ["# Event predictor benchmarks", "", "Written by `python -m zoo.events.bench` (src/zoo/events/bench.py); raw numbers in",
+    lines = ["# Event predictor benchmarks", "", "Written by `python -m benchmarks.events` (src/zoo/events/bench.py); raw numbers in",
              "`events.json` beside this file. Each section names the command and the machine that produced it.", ""]  # fmt: skip
     t = results.get("throughput")
     if t:
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    command = "python -m zoo.events.bench " + " ".join(
+    command = "python -m benchmarks.events " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     out = Path(args.out)
