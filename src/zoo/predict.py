@@ -1,185 +1,32 @@
-"""`python -m zoo.predict ckpt_path=... input=history.csv [k=5]`: the next K events of every case.
+"""`python -m zoo.predict ckpt_path=<checkpoint | run folder | export folder> ...`: predictions of any family.
 
-Reads an event history (CSV / Parquet / XES) with the training run's column mapping, encodes it with the
-checkpoint's vocabulary (values never seen in training become ``<unk>``; how many is printed and written
-to ``predict_summary.json``), and decodes K events autoregressively (greedy, or sampled with
-``sampling=sample temperature=...``). One output row per case and step: every field's predicted value
-and its probability (``<field>_p``), and with a time head the predicted days to the event and its time.
-A case whose predicted next activity is ``<eoc>`` (end of case) gets no further rows.
+The run is loaded by `zoo.core.family.load_run`; the request keys (conf/predict.yaml) are the family's:
+
+    python -m zoo.predict ckpt_path=run/ prompt="To be" max_new_tokens=100       # GPT continuations
+    python -m zoo.predict ckpt_path=run/ input=history.csv k=5                    # next K events
+    python -m zoo.predict ckpt_path=run/export input=recent.csv backend=onnx     # TFT quantile forecast
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from zoo.core.cli import hydra_entry
 from zoo.core.errors import ZooError
-from zoo.core.run import write_json
+
+BACKENDS = ("torch", "onnx")
 
 
-def load_model(ckpt_path: str | Path) -> tuple[Any, DictConfig]:
-    from zoo.eval import load_checkpoint, module_class, saved_config
+def predict(cfg: DictConfig) -> Any:
+    from zoo.core.family import load_run
 
-    checkpoint = load_checkpoint(ckpt_path)
-    saved = saved_config(checkpoint, ckpt_path)
-    target = str(saved.model.get("_target_", ""))
-    if not target.startswith("zoo.events."):
-        raise ZooError(
-            f"ckpt_path={ckpt_path}: a {target or 'non-zoo'} checkpoint; zoo.predict needs an event predictor (model=event_predictor)"
-        )
-    model = module_class(target).load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    model.on_load_checkpoint(checkpoint)
-    return model.eval(), saved
-
-
-def check_vocab_file(model: Any, path: Path) -> None:
-    from zoo.events.schema import Vocab
-
-    try:
-        vocab = Vocab.from_json(path.read_text())
-    except (OSError, json.JSONDecodeError, ValueError) as err:
-        raise ZooError(f"vocab={path}: not a readable vocab.json ({err})") from err
-    model.check_vocab(vocab, f"vocab={path}")
-
-
-def encode_history(
-    model: Any, frame: pd.DataFrame, columns: dict[str, str], where: str
-) -> tuple[list[str], torch.Tensor, torch.Tensor, pd.Series, dict[str, int]]:
-    """(case ids, source windows [C, S, F], lengths [C], last timestamp per case, unknown counts)."""
-    from zoo.events.schema import field_tokens
-    from zoo.events.sources import normalize
-
-    schema, S = model.schema, model.hparams.src_seq_len
-    time_cols = tuple(dict.fromkeys(f.source for f in schema.fields if f.derive))
-    df = normalize(frame, columns, [c for c in schema.raw_columns() if c != "case_id"], where, time_cols)
-    ids, unknown = model.vocab.encode(field_tokens(df, schema), schema.names)
-    cases = pd.unique(df["case_id"])
-    codes = pd.factorize(df["case_id"])[0]
-    src = torch.zeros(len(cases), S, len(schema.names), dtype=torch.long)
-    lengths = torch.zeros(len(cases), dtype=torch.long)
-    bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True])
-    for c, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        window = ids[max(a, b - S) : b]
-        src[c, : len(window)] = torch.from_numpy(window)
-        lengths[c] = len(window)
-    last_time = df.groupby("case_id", sort=False)["timestamp"].max()
-    return [str(c) for c in cases], src, lengths, last_time, unknown
-
-
-@torch.no_grad()
-def predict_next(
-    model: Any,
-    src: torch.Tensor,
-    lengths: torch.Tensor,
-    k: int,
-    sampling: str = "greedy",
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> dict[str, torch.Tensor]:
-    """Autoregressive decoding: ids [C, k, F], probabilities [C, k, F], days to each event [C, k] (NaN
-    without a time head). Each step feeds the chosen event back as the next decoder input."""
-    from zoo.events.schema import BOS, PAD
-
-    net = model.net
-    if k > net.tgt_len:
-        raise ZooError(f"k={k} is more than the model's target window (data.tgt_seq_len={net.tgt_len})")
-    memory, mask = net.encode(src, lengths)
-    tgt_in = torch.full((src.shape[0], 1, src.shape[2]), BOS, dtype=torch.long)
-    ids, probs, days = [], [], []
-    for _ in range(k):
-        logits, time = net.heads_out(net.decode(memory, mask, tgt_in)[:, -1:])
-        step_ids, step_p = [], []
-        for lg in logits:
-            lg = lg[:, 0].float()
-            lg[:, [PAD, BOS]] = float("-inf")  # never a real next value
-            p = torch.softmax(lg, -1)
-            if sampling == "sample":
-                choice = torch.multinomial(
-                    torch.softmax(lg / max(temperature, 1e-6), -1), 1, generator=generator
-                ).squeeze(1)
-            else:
-                choice = p.argmax(-1)
-            step_ids.append(choice)
-            step_p.append(p.gather(1, choice[:, None]).squeeze(1))
-        chosen = torch.stack(step_ids, 1)
-        ids.append(chosen)
-        probs.append(torch.stack(step_p, 1))
-        days.append(
-            torch.expm1(time[:, 0].float().clamp(max=20))
-            if time is not None
-            else torch.full((src.shape[0],), float("nan"))
-        )
-        tgt_in = torch.cat([tgt_in, chosen[:, None]], 1)
-    return {"ids": torch.stack(ids, 1), "probs": torch.stack(probs, 1), "days": torch.stack(days, 1)}
-
-
-def predict(cfg: DictConfig) -> pd.DataFrame:
-    from zoo.events.schema import EOC
-    from zoo.events.sources import read_table
-
-    if cfg.sampling not in ("greedy", "sample"):
-        raise ZooError(f"sampling={cfg.sampling}: expected greedy or sample")
-    if int(cfg.k) <= 0:
-        raise ZooError(f"k={cfg.k} must be a positive integer")
-    model, saved = load_model(cfg.ckpt_path)
-    vocab_file = Path(cfg.vocab) if cfg.get("vocab") else Path(cfg.ckpt_path).parent / "vocab.json"
-    if cfg.get("vocab") and not vocab_file.is_file():
-        raise ZooError(f"vocab={vocab_file}: no such file")
-    if vocab_file.is_file():
-        check_vocab_file(model, vocab_file)
-    columns = (
-        OmegaConf.to_container(cfg.columns)
-        if cfg.get("columns")
-        else OmegaConf.to_container(saved.data.get("columns") or {})
-    )
-    frame = read_table(cfg.input, key="input")
-    cases, src, lengths, last_time, unknown = encode_history(model, frame, columns, f"input={cfg.input}")
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    out = predict_next(model, src, lengths, int(cfg.k), cfg.sampling, float(cfg.temperature), gen)
-    names, vocab = model.schema.names, model.vocab
-    target = names.index(model.schema.target)
-    rows = []
-    for c, case in enumerate(cases):
-        when = last_time[case]
-        for step in range(int(cfg.k)):
-            row: dict[str, Any] = {"case_id": case, "step": step + 1}
-            for f, name in enumerate(names):
-                row[name] = vocab.decode(name, int(out["ids"][c, step, f]))
-                row[f"{name}_p"] = round(float(out["probs"][c, step, f]), 6)
-            ended = int(out["ids"][c, step, target]) == EOC
-            if model.net.time_head is not None and not ended:
-                d = float(out["days"][c, step])
-                when = when + pd.Timedelta(days=d)
-                row["days_to_event"] = round(d, 6)
-                row["predicted_time"] = when.isoformat()
-            rows.append(row)
-            if ended:
-                break
-    result = pd.DataFrame(rows)
-    output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "predictions.csv"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix == ".parquet":
-        result.to_parquet(output, index=False)
-    else:
-        result.to_csv(output, index=False)
-    summary = {"cases": len(cases), "rows": len(result), "k": int(cfg.k), "sampling": cfg.sampling,
-               "unknown_values": {k: v for k, v in unknown.items() if v}, "output": str(output)}  # fmt: skip
-    write_json(Path(cfg.paths.output_dir) / "predict_summary.json", summary)
-    print(f"[zoo] predicted {len(result)} events for {len(cases)} cases -> {output}")
-    n_unknown = sum(unknown.values())
-    if n_unknown:
-        detail = ", ".join(f"{k}: {v}" for k, v in unknown.items() if v)
-        print(f"[zoo] {n_unknown} input values never seen in training were read as <unk> ({detail})")
-    else:
-        print("[zoo] unknown input values: 0")
-    return result
+    if cfg.get("backend", "torch") not in BACKENDS:
+        raise ZooError(f"backend={cfg.backend}: expected one of {', '.join(BACKENDS)}")
+    run = load_run(cfg.ckpt_path)
+    return run.module.predict(cfg, Path(cfg.paths.output_dir), run)
 
 
 main = hydra_entry("predict", predict)

@@ -93,6 +93,20 @@ def checkpoints_in(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"))
 
 
+def best_checkpoint_of_run(run_dir: Path) -> Path | None:
+    """A run folder's best checkpoint (metrics.json's ``best_model_path``), else its newest one."""
+    import json
+
+    try:
+        best = json.loads((run_dir / "metrics.json").read_text()).get("best_model_path")
+    except (OSError, ValueError, AttributeError):
+        best = None
+    if best and Path(best).is_file():
+        return Path(best)
+    found = checkpoints_in(run_dir / "checkpoints")
+    return found[-1] if found else None
+
+
 def resolve_ckpt_path(value: Any, output_dir: Path, runs_root: Path | None) -> str | None:
     """`ckpt_path=last` (or `auto`): the newest checkpoint of this run folder, else of the newest earlier run
     under `runs_root` that has one. A folder means its newest checkpoint. `auto` with none found starts fresh;

@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.core.errors import ZooError
+from zoo.core.family import ZooModule
 from zoo.events.model import EventPredictor, NetConfig, objective
 from zoo.events.schema import PAD, SPECIALS, UNK, Schema, Vocab
 
@@ -38,11 +39,12 @@ class OptimConfig:
     """ReduceLROnPlateau: validations without improvement before the LR drops."""
 
 
-class EventModule(pl.LightningModule):
+class EventModule(ZooModule):
     """Trains `zoo.events.model.EventPredictor`. Logs ``{train,val}/loss/mean`` (mean over fields of the
     per-field cross-entropy: the training objective), ``loss/sum`` (= n_fields x mean, the source report's
     number), ``loss/<field>``, ``acc/<field>`` and, with the time head, ``time_mae_days``."""
 
+    family = "events"
     monitor = "val/loss/mean"
 
     def __init__(
@@ -297,14 +299,14 @@ class EventModule(pl.LightningModule):
                 f"{where}: the vocabulary does not match the checkpoint (tokens differ for fields {differ[:5]})"
             )
 
-    def export(self, out_dir: str | Path, datamodule: Any = None) -> Path:
+    def export(self, out_dir: str | Path, datamodule: Any = None, format: str = "safetensors") -> Path:
         """model.safetensors + config.json + vocab.json + schema.json: loadable with `zoo.events.export.load`."""
         from zoo.events.export import save
 
         return save(self.net, self.vocab, self.schema, out_dir)
 
     # -- the family's evaluation (python -m zoo.eval) ------------------------------------------------
-    def zoo_evaluate(
+    def evaluate(
         self, datamodule: Any, trainer: pl.Trainer, cfg: Any, output_dir: Path
     ) -> dict[str, float]:
         from zoo.events.backtest import walk_forward

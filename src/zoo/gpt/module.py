@@ -7,13 +7,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
 from zoo.core.callbacks import log_grad_norm
 from zoo.core.errors import ZooError
+from zoo.core.family import ZooModule
 from zoo.gpt.model import GPT, GPTConfig
 
 
@@ -55,10 +55,11 @@ def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class GPTModule(pl.LightningModule):
+class GPTModule(ZooModule):
     """Trains `zoo.gpt.model.GPT`. Logs train/val loss, perplexity, bits per byte, loss per character,
     gradient norm; the LR comes from LearningRateMonitor and tokens/s from the Throughput callback."""
 
+    family = "gpt"
     monitor = "val/loss"
 
     def __init__(
@@ -209,7 +210,7 @@ class GPTModule(pl.LightningModule):
                 "training (leave data= out, or set data.tokenizer to match)"
             )
 
-    def export(self, out_dir: str | Path, datamodule: Any = None) -> Path:
+    def export(self, out_dir: str | Path, datamodule: Any = None, format: str = "safetensors") -> Path:
         """Write model.safetensors, config.json and tokenizer.json: loadable with `zoo.gpt.export.load`."""
         from zoo.gpt.export import save
 

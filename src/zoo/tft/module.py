@@ -16,20 +16,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
 from zoo.core.callbacks import log_grad_norm
 from zoo.core.errors import ZooError
+from zoo.core.family import ZooModule
 from zoo.tft import params as P
 from zoo.tft.model import NET_KEYS, OPTIM_KEYS, mask_bias_for, skeleton_dataset
 
 log = logging.getLogger(__name__)
 
 
-class TFTModule(pl.LightningModule):
+class TFTModule(ZooModule):
     """Trains a multi-target (or single-target) TFT with quantile losses.
 
     Args:
@@ -57,6 +57,7 @@ class TFTModule(pl.LightningModule):
             0 (default) trains the quantile loss alone.
     """
 
+    family = "tft"
     monitor = "val/loss"
 
     def __init__(
@@ -355,14 +356,14 @@ class TFTModule(pl.LightningModule):
         load_weights(module.net, export_dir, map_location)
         return module.eval()
 
-    def export(self, out_dir: str | Path, datamodule: Any = None) -> Path:
+    def export(self, out_dir: str | Path, datamodule: Any = None, format: str = "safetensors") -> Path:
         """model.safetensors + config.json (dataset parameters, normalizers, preprocessing): enough to
         predict with `zoo.tft.export.load` without the training data."""
         from zoo.tft.export import save
 
         return save(self, out_dir)
 
-    def zoo_evaluate(
+    def evaluate(
         self, datamodule: Any, trainer: Any, cfg: Any, output_dir: str | Path
     ) -> dict[str, float]:
         from zoo.tft.evaluate import evaluate_module

@@ -1,0 +1,128 @@
+"""Export folders: the family writes its files (`ZooModule.export`), the core adds the model card
+(README.md) and, last, the ``zoo.json`` marker (family, formats, the run's full config) that
+`zoo.core.family.load_run` recognizes an export by. A folder without the marker is an unfinished export."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from zoo.core.family import EXPORT_MARKER, ZooModule, check_export_format
+
+HOW_TO_PREDICT = {
+    "gpt": 'python -m zoo.predict ckpt_path={folder} prompt="Once upon a time" max_new_tokens=100',
+    "events": "python -m zoo.predict ckpt_path={folder} input=history.csv k=5",
+    "tft": "python -m zoo.predict ckpt_path={folder} input=recent.csv",
+}
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(config, DictConfig):
+        return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+    return dict(config or {})
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def model_card(family: str, folder: Path, config: dict[str, Any], formats: list[str], run_dir: Path | None) -> str:
+    """README.md of an export: what it is, how it was trained, how well it does, how to use it."""
+    import yaml
+
+    info = config.get("zoo_run") or {}
+    train = _read_json(run_dir / "metrics.json") if run_dir else {}
+    evaluation = _read_json(run_dir / "eval_metrics.json") if run_dir else {}
+    metrics = train.get("metrics") or {}
+    lines = [
+        f"# zoo {family} model",
+        "",
+        f"- family: `{family}`; formats: {', '.join(f'`{f}`' for f in formats)}",
+        f"- recipe: `{info.get('choices', {}).get('experiment') or 'defaults'}` "
+        f"(model `{info.get('choices', {}).get('model', '?')}`, data `{info.get('choices', {}).get('data', '?')}`)",
+        f"- data fingerprint: `{train.get('data_fingerprint') or info.get('data_fingerprint') or 'unknown'}`",
+        f"- trained: {train.get('global_step', '?')} steps, {train.get('wall_seconds', '?')} s",
+        "",
+        "## Metrics",
+        "",
+    ]
+    quality = {k: v for k, v in sorted(metrics.items()) if not k.startswith("throughput/")}
+    speed = {k: v for k, v in sorted(metrics.items()) if k.startswith("throughput/")}
+    if quality:
+        lines += ["At the end of training:", "", "| metric | value |", "|---|---|"]
+        lines += [f"| `{k}` | {v:.6g} |" for k, v in quality.items()]
+        lines.append("")
+    if evaluation.get("metrics"):
+        lines += [f"`python -m zoo.eval` on the {evaluation.get('split', '?')} split (model and baselines):", "",
+                  "| metric | value |", "|---|---|"]  # fmt: skip
+        lines += [f"| `{k}` | {v:.6g} |" for k, v in sorted(evaluation["metrics"].items())]
+        lines.append("")
+    if not quality and not evaluation.get("metrics"):
+        lines += ["No metrics were recorded with this run.", ""]
+    if speed:
+        lines += ["Throughput (last logged window):", ""] + [f"- `{k}`: {v:.6g}" for k, v in speed.items()] + [""]
+    overrides = " ".join(info.get("overrides") or [])
+    lines += [
+        "## Use",
+        "",
+        "```bash",
+        HOW_TO_PREDICT.get(family, "python -m zoo.predict ckpt_path={folder}").format(folder=folder),
+        *([f"python -m zoo.predict ckpt_path={folder} backend=onnx ..."] if "onnx" in formats else []),
+        "```",
+        "",
+        "```python",
+        "from zoo.core.family import load_run",
+        "",
+        f'run = load_run("{folder}")   # run.module: the {family} LightningModule, in eval mode',
+        "```",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        f"python -m zoo.train {overrides}".rstrip(),
+        "```",
+        "",
+        "## Full config",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def export_run(
+    module: ZooModule,
+    out_dir: str | Path,
+    config: Any,
+    fmt: str = "safetensors",
+    datamodule: Any = None,
+    run_dir: Path | None = None,
+) -> Path:
+    """Export `module` into `out_dir` in format `fmt`, with its model card and marker; returns the folder."""
+    check_export_format(fmt)
+    out = Path(out_dir)
+    marker = out / EXPORT_MARKER
+    if marker.exists():  # re-exporting: the folder is unfinished until the new marker is written
+        marker.unlink()
+    folder = Path(module.export(out, datamodule, format=fmt))
+    plain = _plain(config)
+    formats = ["safetensors"] + (["onnx"] if (folder / "model.onnx").is_file() else [])
+    _write(folder / "README.md", model_card(module.family, folder, plain, formats, run_dir))
+    payload = {"family": module.family, "formats": formats, "config": plain}
+    _write(marker, json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    return folder
