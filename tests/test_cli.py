@@ -64,7 +64,7 @@ def test_empty_corpus_is_one_line_error(tmp_path):
 
 
 def test_model_data_family_mismatch_names_both(tmp_path):
-    from zoo.core.run import available
+    from zoo.core.cli import available
 
     foreign = [d for d in available("data") if not d.startswith("gpt/")]
     if not foreign:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from zoo.core.run import available, family_of
+from zoo.core.cli import available
+from zoo.core.family import family, family_of_config, registry
 
 MODELS = available("model")
 EXPERIMENTS = available("experiment")
@@ -18,8 +19,9 @@ EXPERIMENTS = available("experiment")
 )
 def test_config_composes_and_instantiates(compose, overrides):
     cfg = compose(*overrides)
-    model_family = family_of(cfg.model._target_)
-    assert model_family and model_family == family_of(cfg.data._target_)
+    model_family = family_of_config(cfg.model, "model")
+    assert model_family in registry() and model_family == family_of_config(cfg.data, "data")
+    assert family(model_family).__name__ == cfg.model._target_.rsplit(".", 1)[-1]
     for name, node in cfg.callbacks.items():
         if node is not None:
             assert instantiate(node) is not None, name
@@ -68,3 +70,30 @@ def test_fsdp_trainer_config_builds_a_wrapping_strategy(compose):
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
     with pytest.raises(ZooError, match="trainer.strategy.wrap: cannot import zoo.gpt.model.Nope"):
         fsdp(wrap=["zoo.gpt.model.Nope"])
+
+
+@pytest.mark.parametrize(
+    ("model", "section", "settings"),
+    [
+        ("gpt", "optim", "zoo.gpt.module:OptimConfig"),
+        ("gpt", "net", "zoo.gpt.model:GPTConfig"),
+        ("event_predictor", "optim", "zoo.events.module:OptimConfig"),
+        ("event_predictor", "net", "zoo.events.model:NetConfig"),
+    ],
+)
+def test_model_yaml_states_the_typed_settings_defaults(compose, model, section, settings):
+    """One source for each default: the typed settings (dataclass) define it; conf/model/<model>.yaml
+    states the same value, never another one."""
+    import dataclasses
+    import importlib
+
+    module, _, name = settings.partition(":")
+    defaults = {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    stated = compose(f"model={model}").model[section]
+    assert stated, f"conf/model/{model}.yaml states no {section}"
+    for key, value in stated.items():
+        expected = defaults[key]
+        expected = list(expected) if isinstance(expected, tuple) else expected
+        assert value == expected, (
+            f"conf/model/{model}.yaml {section}.{key}={value}, {name} default {expected}"
+        )

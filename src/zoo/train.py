@@ -33,12 +33,20 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
 
     pl.seed_everything(cfg.seed, workers=True)
     start = time.time()
+    cfg.zoo_run = run_info()
     datamodule, model, trainer = build(cfg)
     output_dir = Path(cfg.paths.output_dir)
 
     if cfg.get("train", True):
         ckpt_path = resume_checkpoint(cfg)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if cfg.monitor not in trainer.callback_metrics and trainer.global_step > 0:
+            # The step limit came before the first validation: validate the final weights once, so the
+            # run still reports (and a sweep still reads) its monitored metric.
+            print(
+                f"[zoo] no validation ran before the step limit: validating once at step {trainer.global_step}"
+            )
+            trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = metric_values(trainer.callback_metrics)
     if cfg.get("test", False):
         trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
@@ -52,6 +60,19 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
     _report(cfg, trainer, model, datamodule, metrics, output_dir, time.time() - start)
     teardown_distributed()
     return (metrics.get(optimized) if optimized else None), metrics
+
+
+def run_info() -> dict[str, Any]:
+    """How this run was asked for (config choices and command-line overrides), kept with its config so a
+    model card can say which recipe it is and how to reproduce it."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra") and v is not None}
+        return {"choices": dict(choices), "overrides": list(hc.overrides.task)}
+    except ValueError:  # not under Hydra
+        return {"choices": {}, "overrides": []}
 
 
 def _report(
@@ -77,10 +98,18 @@ def _report(
         "best_model_path": getattr(ckpt, "best_model_path", "") or None,
         "last_model_path": getattr(ckpt, "last_model_path", "") or None,
         "monitor": cfg.get("monitor"),
+        "data_fingerprint": datamodule.fingerprint(),
     }
-    if hasattr(model, "export") and cfg.get("export", True):
-        payload["export_dir"] = str(model.export(output_dir / "export", datamodule))
-    write_json(output_dir / "metrics.json", payload)
+    write_json(output_dir / "metrics.json", payload)  # before the export: its model card reads it
+    if cfg.get("export", True):
+        from zoo.core.export import export_run
+
+        try:
+            payload["export_dir"] = str(export_run(model, output_dir / "export", cfg, datamodule=datamodule,
+                                                   run_dir=output_dir))  # fmt: skip
+        except ZooError as err:  # a family without an export still trained fine
+            print(f"[zoo] no export: {err}")
+        write_json(output_dir / "metrics.json", payload)
     logdirs = [lg.log_dir for lg in trainer.loggers if getattr(lg, "log_dir", None)]
     print(f"[zoo] run directory: {output_dir}")
     if ckpt is not None:

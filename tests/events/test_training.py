@@ -140,7 +140,7 @@ def test_vocab_round_trip_through_a_checkpoint(compose, tmp_path):
     ckpt = run / "checkpoints" / "last.ckpt"
     beside = Vocab.from_json((run / "checkpoints" / "vocab.json").read_text())
     model = EventModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    from zoo.eval import load_checkpoint
+    from zoo.core.checkpoint import load_checkpoint
 
     raw = load_checkpoint(ckpt)
     model.on_load_checkpoint(raw)

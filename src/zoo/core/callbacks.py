@@ -7,8 +7,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
+
+from zoo.core.family import ZooModule
 
 # Dense peak FLOP/s per device for the dtype mixed precision computes in (no sparsity). Matched by
 # substring of torch.cuda.get_device_name(); the first match wins, so more specific names come first.
@@ -81,8 +83,8 @@ def log_grad_norm(module: pl.LightningModule) -> None:
 class Throughput(Callback):
     """Logs samples/s, tokens/s and MFU over windows of `log_every_n_steps` training batches.
 
-    The LightningModule describes its batches with ``batch_stats(batch) -> (samples, tokens)`` and may
-    give ``flops_per_token`` (forward + backward); without them tokens == samples and MFU is not logged.
+    A `ZooModule` describes its batches with ``batch_stats(batch) -> (samples, tokens)`` and may give
+    ``flops_per_token`` (forward + backward); without them tokens == samples and MFU is not logged.
     Rates are global: per-rank rates times the world size.
     """
 
@@ -116,8 +118,9 @@ class Throughput(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        stats = getattr(pl_module, "batch_stats", None)
-        samples, tokens = stats(batch) if stats else (len(batch), len(batch))
+        samples, tokens = (
+            pl_module.batch_stats(batch) if isinstance(pl_module, ZooModule) else (len(batch),) * 2
+        )
         self._samples += samples
         self._tokens += tokens
         if (batch_idx + 1) % self.log_every_n_steps or self._window_start is None:
@@ -129,7 +132,7 @@ class Throughput(Callback):
             "throughput/samples_per_sec": self._samples * world / elapsed,
             "throughput/tokens_per_sec": self._tokens * world / elapsed,
         }
-        flops_per_token = getattr(pl_module, "flops_per_token", None)
+        flops_per_token = pl_module.flops_per_token if isinstance(pl_module, ZooModule) else None
         if flops_per_token and self._peak:
             achieved = flops_per_token * self._tokens / elapsed  # per device
             metrics["throughput/flops_per_sec"] = achieved
@@ -317,3 +320,22 @@ class StepCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         return
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, with an epoch count that is right for step-limited runs: Lightning
+    prints ``Epoch 0/-2`` when ``max_epochs=-1``; here the last epoch is the one ``max_steps`` ends in."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        trainer = self.trainer
+        text = f"Epoch {current_epoch}"
+        per_epoch = trainer.num_training_batches
+        if trainer.max_epochs not in (None, -1):
+            text += f"/{trainer.max_epochs - 1}"
+        elif trainer.max_steps and trainer.max_steps > 0 and isinstance(per_epoch, int) and per_epoch > 0:
+            accumulate = max(1, trainer.accumulate_grad_batches)
+            steps_per_epoch = max(1, per_epoch // accumulate)
+            text += f"/{-(-trainer.max_steps // steps_per_epoch) - 1}"
+        if len(self.validation_description) > len(text):
+            text = f"{text:{len(self.validation_description)}}"
+        return text

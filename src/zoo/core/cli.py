@@ -10,17 +10,55 @@ from typing import Any
 
 from zoo.core.errors import ZooError
 
-CONFIG_DIR = Path(os.environ.get("ZOO_CONFIG_DIR", Path(__file__).resolve().parents[3] / "conf"))
+# The configs ship inside the package (src/zoo/conf is a symlink to the repository's conf/ in a checkout,
+# a real folder in a wheel), so an installed zoo finds them from any directory.
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+# A user's own config folders (same layout: experiment/, model/, data/...), searched after the zoo's.
+USER_CONFIG_ENV = "ZOO_CONFIG_DIR"
 
 # Config groups a user picks on the command line; an unknown choice is refused before Hydra runs.
 GROUPS = ("model", "data", "trainer", "callbacks", "logger", "paths", "experiment", "hparams_search", "debug")
 
 
-def available(group: str) -> list[str]:
-    root = CONFIG_DIR / group
-    return sorted(
-        str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_")
-    )
+def user_config_dirs(argv: list[str] | None = None) -> list[Path]:
+    """Extra config folders: ``$ZOO_CONFIG_DIR`` (os.pathsep-separated) and ``hydra.searchpath=[file://...]``
+    given on the command line."""
+    dirs = [Path(d).expanduser() for d in os.environ.get(USER_CONFIG_ENV, "").split(os.pathsep) if d]
+    for arg in argv or []:
+        if arg.lstrip("+").startswith("hydra.searchpath="):
+            for item in arg.split("=", 1)[1].strip("[]").split(","):
+                item = item.strip().strip("'\"")
+                if item.startswith("file://"):
+                    dirs.append(Path(item[len("file://") :]).expanduser())
+    return dirs
+
+
+def config_dirs(argv: list[str] | None = None) -> list[Path]:
+    return [CONFIG_DIR, *user_config_dirs(argv)]
+
+
+def searchpath_override(argv: list[str]) -> list[str]:
+    """``$ZOO_CONFIG_DIR`` as a Hydra searchpath override (none when unset or already given)."""
+    extra = [d for d in os.environ.get(USER_CONFIG_ENV, "").split(os.pathsep) if d]
+    if not extra or any(a.lstrip("+").startswith("hydra.searchpath=") for a in argv):
+        return []
+    for d in extra:
+        if not Path(d).expanduser().is_dir():
+            raise ZooError(f"{USER_CONFIG_ENV}={d}: no such folder (expected a config folder like conf/)")
+    return ["hydra.searchpath=[" + ",".join(f"file://{Path(d).expanduser().resolve()}" for d in extra) + "]"]
+
+
+def available(group: str, argv: list[str] | None = None) -> list[str]:
+    names: set[str] = set()
+    for base in config_dirs(argv):
+        root = base / group
+        if root.is_dir():
+            names.update(
+                str(p.relative_to(root).with_suffix(""))
+                for p in root.rglob("*.yaml")
+                if not p.name.startswith("_")
+            )
+    return sorted(names)
 
 
 def check_cli_overrides(argv: list[str]) -> None:
@@ -36,16 +74,10 @@ def check_cli_overrides(argv: list[str]) -> None:
         if value.startswith(("choice(", "range(", "interval(", "glob(")):
             continue
         for name in names:
-            if not (CONFIG_DIR / key / f"{name.strip()}.yaml").is_file():
+            if not any((base / key / f"{name.strip()}.yaml").is_file() for base in config_dirs(argv)):
                 raise ZooError(
-                    f"unknown {key}={name.strip()}: expected one of {', '.join(available(key))} (conf/{key}/)"
+                    f"unknown {key}={name.strip()}: expected one of {', '.join(available(key, argv))} (conf/{key}/)"
                 )
-
-
-def family_of(target: str) -> str:
-    """`zoo.gpt.module.GPTModule` -> `gpt`: a family is the zoo subpackage its classes live in."""
-    parts = str(target).split(".")
-    return parts[1] if len(parts) > 2 and parts[0] == "zoo" else ""
 
 
 def check_positive(cfg: Any, keys: list[str]) -> None:
@@ -63,6 +95,7 @@ def check_positive(cfg: Any, keys: list[str]) -> None:
 
 def cli_guard() -> None:
     check_cli_overrides(sys.argv[1:])
+    sys.argv[1:] = [*sys.argv[1:], *searchpath_override(sys.argv[1:])]
 
 
 def hydra_entry(config_name: str, task: Callable[[Any], Any]) -> Callable[[], Any]:
@@ -77,6 +110,9 @@ def hydra_entry(config_name: str, task: Callable[[Any], Any]) -> Callable[[], An
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
     @exit_on_user_error
     def run(cfg: Any) -> Any:
+        from zoo.core import logs
+
+        logs.configure()
         OmegaConf.set_struct(cfg, False)
         return task(cfg)
 

@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from zoo.core.run import CONFIG_DIR, check_cli_overrides
+from zoo.core.cli import CONFIG_DIR, check_cli_overrides, searchpath_override
 
 
 def compose_config(
@@ -22,6 +22,7 @@ def compose_config(
     run folder (and so `${paths.output_dir}`)."""
     overrides = list(overrides or [])
     check_cli_overrides(overrides)
+    overrides += searchpath_override(overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)

@@ -170,6 +170,8 @@ class ZooDataModule(pl.LightningDataModule):
     # -- the prepared cache ----------------------------------------------------------------------------
     #: Where `prepare_data` puts this data: ``cache_dir/<family>/<name>-<fingerprint>`` (None: no cache).
     folder: Path | None = None
+    #: True: `build_cache` resumes what an interrupted build left in the `.tmp` folder (it must check it).
+    resumable_cache: ClassVar[bool] = False
 
     def prepare_data(self) -> None:
         """Build `folder` once with `build_cache`, in a `.tmp` sibling renamed into place under a file
@@ -180,8 +182,9 @@ class ZooDataModule(pl.LightningDataModule):
             if (self.folder / "manifest.json").is_file():  # another process finished it meanwhile
                 return
             tmp = self.folder.with_name(self.folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            if not self.resumable_cache:
+                shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True, exist_ok=True)
             self.build_cache(tmp)
             shutil.rmtree(self.folder, ignore_errors=True)
             tmp.rename(self.folder)

@@ -21,8 +21,9 @@ HOW_TO_PREDICT = {
 def _plain(config: Any) -> dict[str, Any]:
     from omegaconf import DictConfig, OmegaConf
 
-    if isinstance(config, DictConfig):
-        return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+    if isinstance(config, DictConfig):  # composed from Python, a config carries Hydra's own section too
+        keys = [k for k in config if k != "hydra"]
+        return OmegaConf.to_container(OmegaConf.masked_copy(config, keys), resolve=True)  # type: ignore[return-value]
     return dict(config or {})
 
 
@@ -33,7 +34,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def model_card(family: str, folder: Path, config: dict[str, Any], formats: list[str], run_dir: Path | None) -> str:
+def model_card(
+    family: str, folder: Path, config: dict[str, Any], formats: list[str], run_dir: Path | None
+) -> str:
     """README.md of an export: what it is, how it was trained, how well it does, how to use it."""
     import yaml
 
@@ -67,7 +70,9 @@ def model_card(family: str, folder: Path, config: dict[str, Any], formats: list[
     if not quality and not evaluation.get("metrics"):
         lines += ["No metrics were recorded with this run.", ""]
     if speed:
-        lines += ["Throughput (last logged window):", ""] + [f"- `{k}`: {v:.6g}" for k, v in speed.items()] + [""]
+        lines += (
+            ["Throughput (last logged window):", ""] + [f"- `{k}`: {v:.6g}" for k, v in speed.items()] + [""]
+        )
     overrides = " ".join(info.get("overrides") or [])
     lines += [
         "## Use",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning.pytorch as pl
+import torch
 
 from zoo.core.errors import ZooError
 
@@ -48,11 +49,11 @@ class ZooModule(pl.LightningModule):
         """Refuse, in one line naming `where`, data this trained module cannot read (other tokenizer, other
         vocabulary, other columns). Called by ``zoo.eval`` before evaluating; default: accept."""
 
-    def evaluate(self, datamodule: Any, trainer: pl.Trainer, cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    def evaluate(
+        self, datamodule: Any, trainer: pl.Trainer, cfg: DictConfig, output_dir: Path
+    ) -> dict[str, float]:
         """``python -m zoo.eval``: metrics of the split ``cfg.split`` (baselines, backtests and plots where the
         family has them). Default: Lightning's validate/test loop and the metrics it logs."""
-        from zoo.core.run import metric_values
-
         run = trainer.test if cfg.get("split") == "test" else trainer.validate
         results = run(self, datamodule=datamodule)
         return metric_values(results[0] if results else {})
@@ -71,6 +72,14 @@ class ZooModule(pl.LightningModule):
         """``python -m zoo.predict``: predictions for the request in `cfg` (the predict config's keys:
         ``prompt``/``input``/``output``/``backend``...), written where `cfg` says or under `output_dir`."""
         raise ZooError(f"the {self.family or type(self).__name__} family has no predict command")
+
+
+def metric_values(metrics: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float | torch.Tensor) and torch.as_tensor(v).numel() == 1
+    }
 
 
 @dataclass
@@ -210,7 +219,9 @@ def load_run(path: str | Path, key: str = "ckpt_path") -> Run:
             )
         return _load_checkpoint_run(ckpt)
     if not p.is_file():
-        raise ZooError(f"{key}={p}: no such file or folder (expected a .ckpt, a run folder or an export folder)")
+        raise ZooError(
+            f"{key}={p}: no such file or folder (expected a .ckpt, a run folder or an export folder)"
+        )
     return _load_checkpoint_run(p)
 
 

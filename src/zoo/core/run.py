@@ -13,8 +13,8 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.core.cli import CONFIG_DIR, available, check_cli_overrides, check_positive, family_of  # noqa: F401  (re-exported)
 from zoo.core.errors import ZooError
+from zoo.core.family import family_of_config, metric_values  # noqa: F401  (re-exported)
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 
@@ -30,8 +30,8 @@ def choice(group: str) -> str:
 
 
 def check_family(cfg: DictConfig) -> None:
-    model_family = family_of(cfg.model.get("_target_", ""))
-    data_family = family_of(cfg.data.get("_target_", ""))
+    model_family = family_of_config(cfg.get("model"), "model")
+    data_family = family_of_config(cfg.get("data"), "data")
     if model_family != data_family:
         raise ZooError(
             f"model={choice('model')} (family '{model_family}') cannot train on data={choice('data')} "
@@ -67,7 +67,23 @@ def check_precision(cfg: DictConfig) -> None:
         )
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _raised_in_zoo(err: BaseException) -> bool:
+    """Whether `err` was raised by the zoo's own code (a bug to show in full), not by Hydra or a library
+    refusing the config (an unknown key, a missing argument: the user's to fix)."""
+    tb = err.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return last is not None and Path(last).resolve().is_relative_to(PACKAGE_DIR)
+
+
 def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate with one-line errors for config mistakes. A ZooError from the constructor
+    passes through; any other exception raised inside the zoo's own code is a bug and keeps its traceback."""
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except ZooError:
@@ -77,6 +93,8 @@ def _instantiate(node: Any, what: str, **kwargs: Any) -> Any:
         while cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, ZooError):
+            raise cause from None
+        if _raised_in_zoo(cause):
             raise cause from None
         message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
         raise ZooError(f"{what}: {message}") from err
@@ -102,7 +120,7 @@ def build(cfg: DictConfig) -> tuple[Any, pl.LightningModule, pl.Trainer]:
     # Plain containers, not DictConfigs: hyperparameters must load with torch.load(weights_only=True).
     model = _instantiate(cfg.model, "model", _convert_="all", **datamodule.model_kwargs())
     if cfg.get("monitor") is None:
-        cfg.monitor = getattr(model, "monitor", "val/loss")
+        cfg.monitor = model.monitor
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     from zoo.core.callbacks import RNGState, StoreConfig
     from zoo.core.checkpoint import AtomicCheckpointIO
@@ -142,14 +160,6 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     check_resume_compatible(checkpoint.get("zoo_config", ""), current, path)
     print(f"[zoo] resuming from {path} (step {checkpoint.get('global_step')})", flush=True)
     return path
-
-
-def metric_values(metrics: dict[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in metrics.items()
-        if isinstance(v, int | float | torch.Tensor) and torch.as_tensor(v).numel() == 1
-    }
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
