@@ -144,7 +144,7 @@ def test_wheel_installs_outside_the_checkout_and_trains_from_any_directory(tmp_p
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [str(env_dir / "bin" / "zoo-train"), "experiment=tiny", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]",
-         "trainer.max_steps=4", "data.max_bytes=50000", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
+         "trainer.max_steps=4", "data.max_bytes=400000", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
          f"hydra.run.dir={run_dir}"],
         cwd=elsewhere, capture_output=True, text=True, env=clean_env, timeout=600,
     )  # fmt: skip
