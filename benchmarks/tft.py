@@ -4,12 +4,23 @@ Parts (``--parts``, comma-separated):
   loader    samples/s of the stock TimeSeriesDataSet dataloader vs the zoo's precomputed loader on the
             Alibaba sample (5 min, cpu/memory/disk, encoder 96, prediction 24, batch 128);
   train     training samples/s (forward+backward+step) with each loader;
+  speed     per recipe (tft_alibaba, tft_etth1): end-to-end training samples/s of the stock loop vs the
+            zoo loop (same network, weights and batches), and the compute-only limit on cached batches
+            (goal: zoo >= 1.6x stock on CPU);
+  fleet     a generated 500-host x 30-day x 5-min fleet (4.3M rows): peak RSS, bytes per row and
+            seconds to the first training step, in a fresh process (goals: <= 2 GB, <= 30 s);
   alibaba   train the tft_alibaba recipe, then MAE/MASE of the TFT vs seasonal-naive on the validation
             windows (goal: MAE ratio <= 0.85 on cpu, memory, disk);
   etth1     train on ETTh1 (7 targets, 12/4/4-month split, z-normalized, history -> 96) and report test
             MSE (goal <= 0.40; published: DLinear 0.375, PatchTST 0.370). ``--etth1-layout channels``
             (default) trains one univariate TFT shared by the 7 channels (data.channel_independent),
             ``joint`` one TFT with 7 targets.
+  calibration
+            the band calibration (zoo.tft.calibrate) of trained checkpoints, ``--calibration-ckpts
+            name=path ...`` (a .ckpt or run folder of ``python -m zoo.train``): P10-P90 and P2-P98 coverage
+            and pinball loss per target on the test split, before and after (goal: within 3 points of 80 %
+            and 96 %, pinball no worse). Each name is its own row group; running it for one name keeps the
+            others.
 
 Every number in the Markdown comes from the run that wrote it; results are also kept as JSON
 (``--json``) and several JSON files can be merged into one page (``--merge a.json b.json``), e.g. the
@@ -56,7 +67,7 @@ def etth1_dm(shared: Path, cache: Path, layout: str = "channels", **kw: Any) -> 
                 static_categoricals=[], calendar=["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"], step="1h", max_gap="1h",
                 encoder_length=336, prediction_length=96, split_rows=[8640, 2880, 2880], standardize=True,
                 batch_size=128 if layout == "channels" else 64, channel_independent=layout == "channels",
-                target_normalizer="encoder", loader="stock",
+                target_normalizer="encoder", loader="fast",
                 num_workers=0, cache_dir=str(cache), name="etth1")  # fmt: skip
     args.update(kw)
     dm = MetricsDataModule(**args)
@@ -139,6 +150,133 @@ def bench_train(shared: Path, cache: Path, device: str, steps: int = 20) -> dict
     return out
 
 
+SPEED_RECIPES = {
+    # experiment=tft_alibaba / tft_etth1: their data settings and networks (conf/experiment/*.yaml).
+    "alibaba": {"net": {"hidden_size": 32, "attention_head_size": 4, "hidden_continuous_size": 16, "dropout": 0.1}, "lr": 3e-3},
+    "etth1": {"net": {"hidden_size": 16, "attention_head_size": 4, "hidden_continuous_size": 8, "dropout": 0.1}, "lr": 3e-3},
+}  # fmt: skip
+
+
+def recipe_dm(recipe: str, shared: Path, cache: Path, loader: str) -> Any:
+    if recipe == "alibaba":
+        return alibaba_dm(shared, cache, loader=loader, eval_stride=6)
+    return etth1_dm(shared, cache, "channels", encoder_length=96, loader=loader)
+
+
+def bench_speed(shared: Path, cache: Path, device: str, steps: int = 30, recipes: tuple[str, ...] = ("alibaba", "etth1"),
+                compile_net: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Per recipe, training samples/s of: the stock loop (the stock `TimeSeriesDataSet` loader, i.e.
+    ``__getitem__`` + ``_collate_fn``, feeding the network), the zoo loop (the precomputed loader feeding
+    the same network through `TFTModule._loss`), and the compute-only limit (forward/backward/Adam on
+    batches fetched beforehand). Same weights, same sampler order, so the same batches; run one after
+    the other in one process."""
+    from zoo.tft.module import TFTModule
+
+    out: dict[str, Any] = {"device": device, "steps": steps, "compile": compile_net}
+    for recipe in recipes:
+        r = SPEED_RECIPES[recipe]
+        loops: dict[str, float] = {}
+        batches: list[Any] = []
+        for loader in ("stock", "fast"):
+            dm = recipe_dm(recipe, shared, cache, loader)
+            torch.manual_seed(0)
+            model = TFTModule(**dm.model_kwargs(), net=r["net"], optim={"lr": r["lr"]}, plots=False).to(
+                device
+            )
+            net = torch.compile(model.net) if compile_net and loader == "fast" else model.net
+            opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
+
+            def step(batch: Any, model: Any = model, net: Any = net, opt: Any = opt) -> int:
+                x, y = batch
+                x = {
+                    k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device))
+                    for k, v in x.items()
+                }
+                y = ([t.to(device) for t in y[0]] if isinstance(y[0], list) else y[0].to(device), None)
+                loss = model._loss(x, y, net(x))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return len(x["encoder_lengths"])
+
+            loader_iter = iter(dm.train_dataloader())
+            for _ in range(3):  # warm-up (and compilation)
+                step(next(loader_iter))
+            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+            sync()
+            start, n = time.perf_counter(), 0
+            for _ in range(steps):
+                batch = next(loader_iter)
+                if loader == "fast" and len(batches) < steps:
+                    batches.append(batch)
+                n += step(batch)
+            sync()
+            loops[loader] = n / (time.perf_counter() - start)
+            if loader == "fast":
+                sync()
+                start, n = time.perf_counter(), 0
+                for batch in batches:
+                    n += step(batch)
+                sync()
+                loops["compute_only"] = n / (time.perf_counter() - start)
+        out[recipe] = {"stock_samples_per_s": loops["stock"], "zoo_samples_per_s": loops["fast"],
+                       "compute_only_samples_per_s": loops["compute_only"], "speedup": loops["fast"] / loops["stock"],
+                       "batch_size": dm.batch_size, "train_windows": len(dm.datasets["train"])}  # fmt: skip
+    return out
+
+
+def bench_fleet(
+    hosts: int = 500, days: float = 30.0, step_minutes: int = 5, cache: Path | None = None
+) -> dict[str, Any]:
+    """`model=tft` data on a generated fleet (hosts x days at step_minutes): peak RSS and seconds from
+    process start to the first finished training step, measured in a fresh child process (the
+    parent's imports and caches would otherwise count)."""
+    import subprocess
+    import tempfile
+
+    cache = Path(cache or tempfile.mkdtemp(prefix="zoo-fleet-"))
+    code = f"""
+import json, resource, time, warnings
+t0 = time.perf_counter()
+warnings.simplefilter("ignore")
+import torch
+torch.set_num_threads(1)
+from zoo.tft.datamodule import MetricsDataModule
+from zoo.tft.module import TFTModule
+dm = MetricsDataModule(source="synthetic", synthetic={{"n_hosts": {hosts}, "days": {days}, "step_minutes": {step_minutes}}},
+    step="{step_minutes}min", max_gap="1h", encoder_length=48, prediction_length=12, static_categoricals=["host"],
+    calendar=["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"], num_workers=0, batch_size=64,
+    cache_dir={str(cache)!r}, name="fleet")
+dm.prepare_data()
+t_prepared = time.perf_counter() - t0
+dm.setup()
+t_setup = time.perf_counter() - t0
+model = TFTModule(**dm.model_kwargs(), plots=False)
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+x, y = next(iter(dm.train_dataloader()))
+loss = model._loss(x, y, model(x))
+loss.backward()
+opt.step()
+print(json.dumps({{"rows": int(dm.manifest["rows"]), "train_windows": len(dm.datasets["train"]),
+    "val_windows": len(dm.datasets["val"]), "prepare_seconds": t_prepared, "setup_seconds": t_setup,
+    "first_step_seconds": time.perf_counter() - t0,
+    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+"""
+    # Imports alone (torch, Lightning, pytorch-forecasting) are a fixed cost, not a per-row one.
+    base = subprocess.run([sys.executable, "-c", "import resource, torch, zoo.tft.module, zoo.tft.datamodule; "
+                           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    res = json.loads(run.stdout.strip().splitlines()[-1])
+    res.update(hosts=hosts, days=days, step_minutes=step_minutes, import_rss_bytes=int(base.stdout.strip()))
+    per_row = (res["peak_rss_bytes"] - res["import_rss_bytes"]) / res["rows"]
+    res["bytes_per_row"] = per_row
+    # The largest fleet of this shape whose peak fits in 24 GB, at the measured bytes per row.
+    rows_per_host = res["rows"] / hosts
+    res["hosts_in_24gb"] = int((24 * 2**30 - res["import_rss_bytes"]) / per_row / rows_per_host)
+    return res
+
+
 def fit_and_score(dm: Any, split: str, device: str, max_steps: int, epoch_batches: int, net: dict[str, Any], lr: float, out_dir: Path,
                   precision: str = "32-true", **module_kw: Any) -> dict[str, Any]:  # fmt: skip
     import lightning.pytorch as pl
@@ -159,8 +297,9 @@ def fit_and_score(dm: Any, split: str, device: str, max_steps: int, epoch_batche
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     seconds = time.perf_counter() - start
-    state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict(state)
+    best = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(best["state_dict"])
+    model.on_load_checkpoint(best)  # the band calibration of these weights, written there at the end of fit
     model.to(device)
     metrics = evaluate_module(model, dm, split, out_dir, backtest_cutoffs=4)
     res = {"metrics": metrics, "fit_seconds": seconds, "steps": trainer.global_step, "epochs": trainer.current_epoch,
@@ -211,6 +350,40 @@ def bench_etth1(
     return res
 
 
+def bench_calibration(ckpts: dict[str, str], cache: Path | None, split: str = "test") -> dict[str, Any]:
+    """Coverage and pinball of each checkpoint's raw and calibrated bands on `split` (the calibration the
+    checkpoint carries, else one fitted on its validation split here, as zoo.eval does)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from zoo.core.family import load_run
+    from zoo.tft.calibrate import fit_module
+    from zoo.tft.evaluate import score
+
+    runs: dict[str, Any] = {}
+    for name, path in ckpts.items():
+        run = load_run(path)
+        module = run.module
+        data = OmegaConf.merge(
+            run.config.data, {"num_workers": 0} | ({"cache_dir": str(cache)} if cache else {})
+        )
+        dm = instantiate(data)
+        dm.prepare_data()
+        dm.setup()
+        stored = module.calibration is not None
+        if not stored:
+            module.calibration = fit_module(module, dm, "val")
+        m = score(module, dm, split)["metrics"]
+        names = list(dm.targets) if getattr(dm, "channel_independent", False) else list(module.target_names)
+        keys = ("coverage_p10_p90", "coverage_p2_p98", "pinball")
+        runs[name] = {"checkpoint": str(run.path), "stored_calibration": stored, "split": split, "targets": names,
+                      "val_windows": module.calibration.windows, "test_windows": int(m["windows"]),
+                      "overrides": list((run.config.get("zoo_run") or {}).get("overrides") or []),
+                      "metrics": {f"{t}/{k}{s}": m[f"{t}/tft/{k}{s}"] for t in names for k in keys for s in ("", "_raw")
+                                  if f"{t}/tft/{k}{s}" in m}}  # fmt: skip
+    return {"runs": runs}
+
+
 # -- report -------------------------------------------------------------------------------------------
 LAYOUTS = {
     "joint": "one TFT forecasting the 7 targets jointly",
@@ -230,7 +403,9 @@ def markdown(results: dict[str, Any]) -> str:
             continue
         env = res.get("_env", {})
         lines.append(
-            f"Environment of `{key}`: {env.get('machine', '?')}, torch {env.get('torch', '?')}, device {env.get('device', '?')}; command: `{env.get('command', '?')}`"
+            f"Environment of `{key}`: {env.get('machine', '?')}, torch {env.get('torch', '?')}, device {env.get('device', '?')}"
+            + (f", {env['date']}" if env.get("date") else "")
+            + f"; command: `{env.get('command', '?')}`"
         )
         lines.append("")
     if "loader" in results:
@@ -251,6 +426,29 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {r['_env']['machine']} ({r['device']}) | {r['fast_train_samples_per_s']:,.0f} samples/s | {r['stock_train_samples_per_s']:,.0f} samples/s |"
             )
         lines.append("")
+    if "speed" in results:
+        r = results["speed"]
+        lines += [f"## End-to-end training vs the stock loop ({r['device']}, {r['steps']} steps each, torch.compile {'on' if r.get('compile') else 'off'})", "",
+                  "Same network, weights and batches; the stock loop feeds it from `TimeSeriesDataSet.__getitem__` + `_collate_fn`, "
+                  "the zoo loop from the precomputed loader; compute-only is forward/backward/Adam on batches fetched beforehand "
+                  "(the limit any loader can reach).", "",
+                  "| recipe | stock loop | zoo loop | **zoo / stock** (goal >= 1.6x) | compute-only limit | batch |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for recipe in ("alibaba", "etth1"):
+            if recipe in r:
+                q = r[recipe]
+                lines.append(f"| tft_{recipe} | {q['stock_samples_per_s']:,.0f} samples/s | {q['zoo_samples_per_s']:,.0f} samples/s | "
+                             f"**{q['speedup']:.2f}x** | {q['compute_only_samples_per_s']:,.0f} samples/s | {q['batch_size']} |")  # fmt: skip
+        lines.append("")
+    if "fleet" in results:
+        r = results["fleet"]
+        lines += [f"## Fleet memory ({r['hosts']} generated hosts x {r['days']:g} days x {r['step_minutes']}-min steps, `model=tft` data settings)", "",
+                  "| rows | train / val windows | peak RSS | of which imports | bytes per row (peak over imports) | prepare | setup done | first step done |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| {r['rows']:,} | {r['train_windows']:,} / {r['val_windows']:,} | {r['peak_rss_bytes'] / 2**30:.2f} GiB | "
+                  f"{r['import_rss_bytes'] / 2**30:.2f} GiB | {r['bytes_per_row']:.0f} | {r['prepare_seconds']:.0f} s | {r['setup_seconds']:.0f} s | "
+                  f"{r['first_step_seconds']:.0f} s |", "",
+                  f"Goals: peak RSS <= 2 GB and first step <= 30 s on 2 cores. At this many bytes per row, the largest fleet of this "
+                  f"shape that fits in 24 GB is about **{r['hosts_in_24gb']:,} hosts** (x {r['days']:g} days at {r['step_minutes']} min).", ""]  # fmt: skip
     if "alibaba" in results:
         r = results["alibaba"]
         m = r["metrics"]
@@ -297,6 +495,8 @@ def markdown(results: dict[str, Any]) -> str:
                   "| DLinear (published) | 0.375 | 0.399 | |", "| PatchTST/64 (published) | 0.370 | 0.400 | |", "",
                   f"Goal MSE <= 0.40 (bold: the point forecast with the lower validation MSE, where measured): **{'met' if mse <= 0.40 else 'NOT met'}** ({mse:.3f}). Per target MSE of that point: "
                   + ", ".join(f"{t} {m[f'{t}/{chosen}/mse']:.3f}" for t in targets), ""]  # fmt: skip
+    if "calibration" in results:
+        lines += calibration_markdown(results["calibration"])
     lines += ["## Notes", "",
               "- MAE ratio = TFT MAE / seasonal-naive MAE on the same windows (the goal's 'MASE vs seasonal-naive'); "
               "MASE columns use the M4 definition (errors over each series' in-sample seasonal-naive MAE).",
@@ -307,6 +507,38 @@ def markdown(results: dict[str, Any]) -> str:
               "the test split is scored once per run. `conf/experiment/tft_etth1.yaml` holds the run with the lowest validation MSE.", ""]  # fmt: skip
     blob = json.dumps(results, default=float, sort_keys=True)
     return "\n".join(lines) + f"\n<!-- {RESULTS_TAG}\n{blob}\n-->\n"
+
+
+def calibration_markdown(res: dict[str, Any]) -> list[str]:
+    lines = ["## Band calibration (zoo.tft.calibrate): coverage and pinball loss before -> after", "",
+             "Calibration fitted on the validation split after training (a scaled split-conformal shift per target, "
+             "horizon and quantile level; docs/tft.md), scored on the test split. Goal: P10-P90 within 3 points of "
+             "80 %, P2-P98 within 3 points of 96 %, pinball loss no worse.", ""]  # fmt: skip
+    for name, r in res.get("runs", {}).items():
+        m = r["metrics"]
+        how = (
+            "stored in the checkpoint"
+            if r.get("stored_calibration")
+            else "fitted on validation at evaluation"
+        )
+        lines += [f"### {name}", "", f"`{r['checkpoint']}` (training overrides: `{' '.join(r.get('overrides') or []) or '-'}`); "
+                  f"calibration {how} over {r['val_windows']} validation windows; {r['test_windows']} {r['split']} windows.", "",
+                  "| target | P10-P90 raw | P10-P90 calibrated | P2-P98 raw | P2-P98 calibrated | pinball raw | pinball calibrated |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        ok = []
+        for t in r["targets"]:
+            c80, c96 = m.get(f"{t}/coverage_p10_p90"), m.get(f"{t}/coverage_p2_p98")
+            pb, pb_raw = m[f"{t}/pinball"], m[f"{t}/pinball_raw"]
+            ok += [abs(c80 - 0.80) <= 0.03, c96 is not None and abs(c96 - 0.96) <= 0.03, pb <= pb_raw]
+            pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+            lines.append(f"| {t} | {pct(m.get(f'{t}/coverage_p10_p90_raw'))} | **{pct(c80)}** | {pct(m.get(f'{t}/coverage_p2_p98_raw'))} | "
+                         f"**{pct(c96)}** | {pb_raw:.4g} | {pb:.4g} |")  # fmt: skip
+        lines += [
+            "",
+            f"Goal met on {sum(ok)} of {len(ok)} checks (two coverages and pinball per target).",
+            "",
+        ]
+    return lines
 
 
 def previous_results(md: Path) -> dict[str, Any]:
@@ -327,7 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tft", description=__doc__.split("\n\n")[0])
     # Training to convergence on 2 CPU cores takes hours: without a GPU the default is the throughput parts.
     p.add_argument(
-        "--parts", default="loader,train,alibaba,etth1" if torch.cuda.is_available() else "loader,train"
+        "--parts",
+        default="loader,train,speed,fleet,alibaba,etth1"
+        if torch.cuda.is_available()
+        else "loader,train,speed,fleet",
     )
     p.add_argument("--shared", default=str(SHARED), help="folder holding metrics/ (../shared/data)")
     p.add_argument("--cache", default=str(ROOT / "data" / "cache"))
@@ -346,6 +581,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--etth1-key", default="etth1", help="name of this ETTh1 run's section (keeps earlier runs)"
     )
+    p.add_argument("--calibration-ckpts", nargs="*", default=[], metavar="NAME=PATH",
+                   help="calibration part: checkpoints (or run folders) to score, e.g. alibaba=logs/train/runs/<run>")  # fmt: skip
+    p.add_argument(
+        "--calibration-cache", default=None, help="calibration part: data cache (default: the run's)"
+    )
+    p.add_argument("--speed-steps", type=int, default=30, help="timed steps per loop in the speed part")
+    p.add_argument("--speed-recipes", default="alibaba,etth1")
+    p.add_argument("--speed-compile", action="store_true", help="torch.compile the network in the zoo loop")
+    p.add_argument("--fleet-hosts", type=int, default=500)
+    p.add_argument("--fleet-days", type=float, default=30.0)
+    p.add_argument("--fleet-step-minutes", type=int, default=5)
     p.add_argument("--out-dir", default=str(ROOT / "logs" / "bench" / "tft"))
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--md", default=str(ROOT / "docs" / "benchmarks" / "tft.md"))
@@ -366,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cpu":
             torch.set_num_threads(1)  # see TFTModule.cpu_threads
         env = {"machine": f"{platform.machine()} {os.cpu_count()} cpus" + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
-               "torch": torch.__version__, "device": args.device, "command": "python -m benchmarks.tft " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
+               "torch": torch.__version__, "device": args.device, "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": "python -m benchmarks.tft " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
         results = {}
         parts = args.parts.split(",")
         for part in parts:
@@ -375,6 +621,11 @@ def main(argv: list[str] | None = None) -> int:
                 res = bench_loader(shared, cache)
             elif part == "train":
                 res = bench_train(shared, cache, args.device)
+            elif part == "speed":
+                res = bench_speed(shared, cache, args.device, args.speed_steps, tuple(args.speed_recipes.split(",")),
+                                  args.speed_compile)  # fmt: skip
+            elif part == "fleet":
+                res = bench_fleet(args.fleet_hosts, args.fleet_days, args.fleet_step_minutes)
             elif part == "alibaba":
                 res = bench_alibaba(shared, cache, args.device, args.alibaba_steps, out_dir)
             elif part == "etth1":
@@ -392,6 +643,18 @@ def main(argv: list[str] | None = None) -> int:
                     args.etth1_point,
                     args.etth1_point_loss_weight,
                 )
+            elif part == "calibration":
+                pairs = [a.partition("=") for a in args.calibration_ckpts]
+                if not pairs or any(not n or not v for n, _, v in pairs):
+                    print(
+                        "zoo: error: --parts calibration needs --calibration-ckpts NAME=PATH ...",
+                        file=sys.stderr,
+                    )
+                    return 2
+                cache_arg = Path(args.calibration_cache) if args.calibration_cache else None
+                res = bench_calibration({n: v for n, _, v in pairs}, cache_arg)
+                earlier = previous_results(Path(args.md)).get("calibration", {}).get("runs", {})
+                res["runs"] = earlier | res["runs"]  # one name re-measured keeps the others
             else:
                 print(f"zoo: error: unknown part {part}")
                 return 2

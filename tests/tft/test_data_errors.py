@@ -122,12 +122,54 @@ def test_duplicated_timestamps_message_and_mean_option(tmp_path):
     df.to_parquet(path)
     with pytest.raises(
         ZooError,
-        match=r"duplicated timestamp 2024-01-01 00:15:00 in series 'a' \(2 rows\): set data.duplicates=mean",
+        match=r"duplicated timestamp 2024-01-01 00:15:00 in series 'a' \(2 rows with a repeated timestamp in that series\): set data.duplicates=mean",
     ):
         file_dm(path, tmp_path)
     dm = file_dm(path, tmp_path, duplicates="mean")
     dm.setup()
     assert dm.frame["cpu_percent"].iloc[3] == pytest.approx((df["cpu"].iloc[3] + 99.0) / 2)
+
+
+def test_duplicate_count_is_the_named_series(tmp_path):
+    """Series 'a' has 6 repeated timestamps (12 rows), 'b' 12 (24 rows): the count is a's, the total aside."""
+    df = table()
+    a, b = df.index[df["machine"] == "a"], df.index[df["machine"] == "b"]
+    df = pd.concat([df, df.loc[a[:6]], df.loc[b[:12]]], ignore_index=True)
+    path = tmp_path / "m.parquet"
+    df.to_parquet(path)
+    with pytest.raises(
+        ZooError,
+        match=r"in series 'a' \(12 rows with a repeated timestamp in that series; 36 in 2 series\): set data.duplicates=mean",
+    ):
+        file_dm(path, tmp_path)
+
+
+def test_drop_short_series_names_what_it_dropped(tmp_path, caplog):
+    df = pd.concat([table(n=60, hosts=("a",)), table(n=10, hosts=("tiny",)), table(n=12, hosts=("small",))])
+    path = tmp_path / "m.parquet"
+    df.to_parquet(path)
+    dm = file_dm(path, tmp_path, drop_short_series=True)
+    with caplog.at_level("WARNING", logger="zoo.tft.datamodule"):
+        dm.setup()
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert (
+        "data.drop_short_series=true dropped 2 series without 16 gap-free steps (encoder_length+prediction_length): "
+        "'small' (12 rows, 0 windows), 'tiny' (10 rows, 0 windows); 22 rows and 0 training/evaluation windows lost"
+    ) in text
+    # With lags, a series long enough before the warm-up ('mid', 20 steps: 5 windows) loses real windows.
+    path = tmp_path / "m2.parquet"
+    pd.concat([df, table(n=20, hosts=("mid",))]).to_parquet(path)
+    dm = file_dm(path, tmp_path, drop_short_series=True, lags=[6])
+    with caplog.at_level("WARNING", logger="zoo.tft.datamodule"):
+        caplog.clear()
+        dm.setup()
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert (
+        "dropped 3 series without 16 gap-free steps (encoder_length+prediction_length) after the 6-step"
+        in text
+    )
+    assert "'mid' (20 rows, 5 windows); 42 rows and 5 training/evaluation windows lost" in text
+    assert list(dm.frame["series"].unique()) == ["a"]
 
 
 def test_too_short_series_message(tmp_path):

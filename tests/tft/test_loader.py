@@ -90,16 +90,74 @@ def test_train_loader_uses_resumable_sampler(multi_dm):
     assert x["encoder_cont"].shape[0] == multi_dm.batch_size and w is None
 
 
-def test_encoder_normalizer_uses_the_stock_path(cache_dir):
+@pytest.fixture(scope="module")
+def encoder_dms(cache_dir):
+    """The ETTh1 recipe's settings on small synthetic data: EncoderNormalizer targets, standardized,
+    channel-independent (one target) and joint (a MultiNormalizer of two)."""
     from tests.tft.conftest import small_dm
+
+    out = {}
+    for layout in ("channels", "joint"):
+        dm = small_dm(cache_dir, target_normalizer="encoder", standardize=True, name=f"enc-{layout}",
+                      targets=["cpu_percent", "memory_percent"], channel_independent=layout == "channels",
+                      static_categoricals=[] if layout == "channels" else ["host"])  # fmt: skip
+        dm.prepare_data()
+        dm.setup()
+        out[layout] = dm
+    return out
+
+
+@pytest.mark.parametrize("layout", ["channels", "joint"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_encoder_normalizer_fast_batches_equal_stock(encoder_dms, layout, split):
+    import warnings
+
+    dm = encoder_dms[layout]
+    stock = dm.datasets[split]
+    fast = dm.batches(split)
+    assert isinstance(fast, WindowBatches) and len(fast) == len(stock)
+    g = torch.Generator().manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the stock path's per-window sklearn feature-name warnings
+        for idx in (list(range(len(stock))), torch.randint(0, len(stock), (16,), generator=g).tolist()):
+            want = stock_collate([stock[i] for i in idx])
+            assert_same(want, fast.__getitems__(idx))
+    # Per-window scales really differ (the test would pass vacuously with one shared scale).
+    scale = want[0]["target_scale"]
+    assert len({round(float(v), 4) for v in (scale[0] if isinstance(scale, list) else scale)[:, 1]}) > 1
+
+
+def test_encoder_scale_is_bitwise_torch_per_row():
+    from zoo.tft.datamodule import encoder_scale
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 97, generator=g) * 50 + 30
+    center, scale = encoder_scale(x)
+    want_c = torch.stack([torch.mean(r.clone(), dim=-1) for r in x])
+    want_s = torch.stack([torch.std(r.clone(), dim=-1) + torch.finfo(r.dtype).eps for r in x])
+    assert torch.equal(center, want_c) and torch.equal(scale, want_s)
+
+
+def test_encoder_normalizer_refuses_other_options(encoder_dms):
+    from pytorch_forecasting import TimeSeriesDataSet
+    from pytorch_forecasting.data import EncoderNormalizer
+
     from zoo.core.errors import ZooError
     from zoo.tft.datamodule import StockBatches
 
-    with pytest.raises(ZooError, match="data.target_normalizer=encoder needs data.loader=stock"):
-        small_dm(cache_dir, target_normalizer="encoder")
-    dm = small_dm(cache_dir, target_normalizer="encoder", loader="stock", name="enc")
-    dm.setup()
-    batches = dm.batches("val")
-    assert isinstance(batches, StockBatches)
-    x, _ = batches.__getitems__([0, 1])
-    assert_same(x, stock_collate([dm.datasets["val"][0], dm.datasets["val"][1]])[0])
+    dm = encoder_dms["channels"]
+    params = dm.datasets["train"].get_parameters()
+    params["target_normalizer"] = EncoderNormalizer(method="robust", max_length=12)
+    ds = TimeSeriesDataSet.from_parameters(params, dm.frame)
+    with pytest.raises(
+        ZooError,
+        match=r"data.loader=fast does not support EncoderNormalizer\(method='robust', max_length=12\): use data.loader=stock",
+    ):
+        WindowBatches(ds)
+    dm.fast.pop("test", None)
+    dm.datasets["test"] = ds
+    try:
+        assert isinstance(dm.batches("test"), StockBatches)
+    finally:
+        del dm.datasets["test"]
+        dm.fast.pop("test", None)

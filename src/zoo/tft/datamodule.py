@@ -10,11 +10,13 @@ Batches come from `WindowBatches` by default: the stock dataset's tensors and sa
 into gather indices once, and a batch is a handful of tensor indexing operations instead of
 ``batch_size`` calls of ``TimeSeriesDataSet.__getitem__`` plus ``_collate_fn`` (pytorch-forecasting
 issues #715, #1426, #1849). The batches are identical to the stock ones (tests/tft/test_loader.py);
-``data.loader=stock`` switches back.
+``data.loader=stock`` switches back. EncoderNormalizer targets (ETTh1) are scaled per window inside
+the batch, vectorized, instead of the stock path's fit + sklearn transform per window.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import warnings
@@ -51,8 +53,14 @@ class WindowBatches(Dataset):
     """Fixed-length windows of a `TimeSeriesDataSet`, batched by tensor indexing.
 
     Only the settings the zoo uses are supported (fixed encoder/prediction lengths, no length
-    randomization, no weights, no EncoderNormalizer, no missing steps inside a window); anything else is
-    refused rather than batched differently from the stock loader.
+    randomization, no weights, no missing steps inside a window; target normalizers GroupNormalizer or
+    EncoderNormalizer(method="standard", no transformation or max_length)); anything else is refused
+    rather than batched differently from the stock loader.
+
+    An EncoderNormalizer target is scaled per window from the batch's own encoder rows, as the stock
+    ``__getitem__`` does one window at a time (and with one sklearn call per window for the
+    ``<target>_center``/``<target>_scale`` inputs); the arithmetic below follows torch's and sklearn's
+    order of operations, so the values are bitwise the same (tests/tft/test_loader.py).
     """
 
     def __init__(self, ds: Any):
@@ -67,8 +75,13 @@ class WindowBatches(Dataset):
             problems.append("randomize_length")
         if ds.data["weight"] is not None:
             problems.append("weights")
-        if any(isinstance(n, EncoderNormalizer) for n in [*ds.target_normalizers, *ds._scalers.values()]):
-            problems.append("EncoderNormalizer")
+        if any(isinstance(n, EncoderNormalizer) for n in ds._scalers.values()):
+            problems.append("EncoderNormalizer on covariates")
+        problems += [
+            why
+            for n in ds.target_normalizers
+            if isinstance(n, EncoderNormalizer) and (why := unsupported_encoder_normalizer(n))
+        ]
         index = ds.index
         if len(index) and not (
             (index.index_end - index.index_start + 1 == L).all() and (index.sequence_length == L).all()
@@ -103,13 +116,29 @@ class WindowBatches(Dataset):
         )
         n_targets = len(self.targets)
         table = np.zeros((len(uniq), n_targets, 2), dtype=np.float32)
-        for row, g in enumerate(uniq):
-            scale = ds.target_normalizer.get_parameters(g, ds.group_ids)
-            scale = scale if isinstance(scale, list) else [scale]
-            for t, s in enumerate(scale):
-                table[row, t] = np.asarray(s, dtype=np.float32)
+        self.encoder_norm: list[dict[str, Any] | None] = [
+            self._encoder_spec(ds, name, n) if isinstance(n, EncoderNormalizer) else None
+            for name, n in zip(ds.target_names, ds.target_normalizers)
+        ]
+        for t, norm in enumerate(ds.target_normalizers):
+            if self.encoder_norm[t] is None:
+                table[:, t] = group_scales(norm, uniq, ds.group_ids)
         self.scale_table = torch.from_numpy(table)
         self.scale_row = inverse.long()
+
+    @staticmethod
+    def _encoder_spec(ds: Any, name: str, norm: Any) -> dict[str, Any]:
+        """Where the stock `__getitem__` writes an EncoderNormalizer target's per-window values."""
+        cols = []
+        if ds.add_target_scales:
+            for k, suffix in enumerate(("center", "scale")):
+                col = f"{name}_{suffix}"
+                cols.append((ds.reals.index(col), k, scaler_affine(ds.get_transformer(col), col)))
+        return {
+            "center": bool(norm.center),
+            "pos": ds.reals.index(name) if name in ds.reals else None,
+            "scale_cols": cols,
+        }
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -131,6 +160,18 @@ class WindowBatches(Dataset):
         dec_target = [t[rows_dec] for t in self.targets]
         scales = self.scale_table[self.scale_row[ii]]
         target_scale: Any = [scales[:, t].contiguous() for t in range(len(self.targets))]
+        for t, spec in enumerate(self.encoder_norm):
+            if spec is None:
+                continue
+            center, scale = encoder_scale(enc_target[t], spec["center"])
+            target_scale[t] = torch.stack([center, scale], dim=-1)
+            if spec["pos"] is not None:
+                enc_cont[:, :, spec["pos"]] = (enc_target[t] - center[:, None]) / scale[:, None]
+                dec_cont[:, :, spec["pos"]] = (dec_target[t] - center[:, None]) / scale[:, None]
+            for col, k, (shift, div) in spec["scale_cols"]:
+                value = ((target_scale[t][:, k].double() - shift) / div).float()[:, None]
+                enc_cont[:, :, col] = value
+                dec_cont[:, :, col] = value
         if not self.multi_target:
             enc_target, dec_target, target_scale = enc_target[0], dec_target[0], target_scale[0]
         B = len(ii)
@@ -153,9 +194,64 @@ class WindowBatches(Dataset):
         return self.__getitems__([i])
 
 
+def unsupported_encoder_normalizer(norm: Any) -> str | None:
+    """Why the fast loader cannot reproduce this EncoderNormalizer's batches, or None."""
+    bad = []
+    if norm.method != "standard":
+        bad.append(f"method={norm.method!r}")
+    if norm.transformation is not None:
+        bad.append(f"transformation={norm.transformation!r}")
+    if norm.max_length is not None:
+        bad.append(f"max_length={norm.max_length!r}")
+    return f"EncoderNormalizer({', '.join(bad)})" if bad else None
+
+
+def encoder_scale(enc: torch.Tensor, center: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window (center, scale) of an EncoderNormalizer(method="standard") fitted on each row of `enc`
+    (windows x encoder steps, float32), bitwise as ``torch.mean(row)``, ``torch.std(row) + eps``.
+
+    torch reduces a whole 1-D tensor's std with one float64 pass over ``x - mean`` in order (the
+    all-dims path of std_var), so the squares are summed sequentially in float64 here too (a cumulative
+    sum's last column is that sequential sum); pairwise summation would differ in the last bit now and
+    then. The row means of a contiguous (windows, steps) tensor are the 1-D means (checked in the test).
+    """
+    enc = enc.contiguous()
+    mean = enc.mean(dim=1)
+    dx = enc.double().numpy() - mean.double().numpy()[:, None]
+    var = np.cumsum(dx * dx, axis=1)[:, -1] / max(enc.shape[1] - 1, 0)
+    std = torch.from_numpy(np.sqrt(var).astype(np.float32))
+    scale = std + torch.finfo(enc.dtype).eps
+    return (mean if center else torch.zeros_like(mean)), scale
+
+
+def scaler_affine(scaler: Any, column: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shift, divisor) in float64 of the covariate scaler the stock dataset applies to `column`: the
+    stock path hands sklearn a 0-d torch tensor, which it converts to float64, so ``(x - mean) / scale``
+    runs in float64 and is rounded to float32 when written into the batch."""
+    from sklearn.preprocessing import StandardScaler
+
+    if scaler is None:
+        return torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    if not isinstance(scaler, StandardScaler):
+        raise ZooError(
+            f"data.loader=fast does not support a {type(scaler).__name__} scaler for {column}: use data.loader=stock"
+        )
+    shift = float(np.asarray(scaler.mean_).reshape(-1)[0]) if scaler.with_mean else 0.0
+    div = float(np.asarray(scaler.scale_).reshape(-1)[0]) if scaler.with_std else 1.0
+    return torch.tensor(shift, dtype=torch.float64), torch.tensor(div, dtype=torch.float64)
+
+
+def group_scales(norm: Any, groups: torch.Tensor, group_ids: list[str]) -> np.ndarray:
+    """(len(groups), 2) target scales of a fitted normalizer, one `get_parameters` call per group."""
+    out = np.zeros((len(groups), 2), dtype=np.float32)
+    for row, g in enumerate(groups):
+        out[row] = np.asarray(norm.get_parameters(g, group_ids), dtype=np.float32)
+    return out
+
+
 class StockBatches(Dataset):
     """The `WindowBatches` interface over the stock ``__getitem__`` + collate, for settings the fast path
-    does not reproduce (EncoderNormalizer): evaluation and prediction use either."""
+    does not reproduce (e.g. a robust EncoderNormalizer): evaluation and prediction use either."""
 
     def __init__(self, ds: Any):
         self.ds = ds
@@ -170,6 +266,40 @@ class StockBatches(Dataset):
 
     def __getitem__(self, i: int) -> Any:
         return self.__getitems__([i])
+
+
+def window_series(ds: Any) -> np.ndarray:
+    """The series id of each window of `ds`, decoding each distinct group once."""
+    codes = ds.data["groups"][ds.index["index_start"].to_numpy(), 0].numpy()
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    name = ds.group_ids[0]
+    names = ds.transform_values(name=name, values=pd.Series(uniq, name=name), group_id=True, inverse=True)
+    return np.asarray(names, dtype=object)[inverse]
+
+
+def read_frame(path: Path) -> pd.DataFrame:
+    """The cached frame, without keeping a second (Arrow) copy of it: the table's buffers are released
+    while pandas takes the columns over, and Arrow's pool hands freed memory back to the system."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    frame = table.to_pandas(self_destruct=True, split_blocks=True)
+    del table
+    pa.default_memory_pool().release_unused()
+    return frame
+
+
+def dropped_message(where: str, lost: dict[str, tuple[int, int]], min_length: int, warmup: int) -> str:
+    """One line naming what data.drop_short_series=true dropped: each series, its rows, the windows lost."""
+    shown = ", ".join(f"'{k}' ({rows} rows, {wins} windows)" for k, (rows, wins) in list(lost.items())[:10])
+    more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
+    why = f" after the {warmup}-step lag/rolling warm-up" if warmup else ""
+    return (
+        f"{where}: data.drop_short_series=true dropped {len(lost)} series without {min_length} gap-free steps "
+        f"(encoder_length+prediction_length){why}: {shown}{more}; "
+        f"{sum(r for r, _ in lost.values())} rows and {sum(w for _, w in lost.values())} training/evaluation windows lost"
+    )
 
 
 class MetricsDataModule(ZooDataModule):
@@ -196,7 +326,7 @@ class MetricsDataModule(ZooDataModule):
             metrics are then on that scale).
         target_normalizer: ``group`` (per-series GroupNormalizer fitted on the training split) or
             ``encoder`` (EncoderNormalizer: every window scaled by its own history, which follows level
-            shifts such as ETT's; needs ``loader=stock``).
+            shifts such as ETT's; both loaders reproduce it).
         target_transformation: normalizer transformation (null, softplus, log1p, relu).
         channel_independent: forecast every target as its own series (``<series>/<target>``, one
             univariate model shared by all channels, the channel a static categorical) instead of all
@@ -257,10 +387,6 @@ class MetricsDataModule(ZooDataModule):
             raise ZooError(f"data.duplicates={duplicates}: expected error or mean")
         if target_normalizer not in ("group", "encoder"):
             raise ZooError(f"data.target_normalizer={target_normalizer}: expected group or encoder")
-        if target_normalizer == "encoder" and loader == "fast":
-            raise ZooError(
-                "data.target_normalizer=encoder needs data.loader=stock (the fast loader reproduces GroupNormalizer batches only)"
-            )
         if channel_independent and (lags or rolling):
             raise ZooError(
                 "data.channel_independent=true forecasts each target alone: drop data.lags and data.rolling "
@@ -322,8 +448,12 @@ class MetricsDataModule(ZooDataModule):
     # -- prepare ---------------------------------------------------------------------------------------
 
     def build_cache(self, out: Path) -> None:
+        import pyarrow as pa
+
         frame, manifest = self.build_frame()
         frame.to_parquet(out / "frame.parquet", index=False)
+        del frame
+        pa.default_memory_pool().release_unused()
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
 
     def raw_frame(self) -> pd.DataFrame:
@@ -365,27 +495,39 @@ class MetricsDataModule(ZooDataModule):
             keep = sorted(df["series"].unique())[: int(s["max_series"])]
             df = df[df["series"].isin(keep)]
         max_gap_steps = int(pd.Timedelta(s["max_gap"]) // pd.Timedelta(s["step"])) if s["max_gap"] else 0
+        raw_rows = df.groupby("series", sort=True).size()
         frame = S.regularize(df, s["step"], [*s["targets"], *covariates, *extra], max_gap_steps, where)
+        del df  # the raw table is a second copy of the fleet while the features are added
         frame = S.check_lengths(
             frame, s["min_length"], where, drop_short=True
         )  # short gap segments are dropped
         frame, origin = S.add_time_index(frame, s["step"])
-        dropped = sorted(set(df["series"]) - set(frame["host"]))
+        dropped = sorted(set(raw_rows.index) - set(frame["host"]))
         if dropped and not s["drop_short_series"]:
-            n = int(df[df["series"] == dropped[0]].shape[0])
             raise ZooError(
                 f"{where}: series '{dropped[0]}' has no stretch of {s['min_length']} steps "
-                f"(encoder_length+prediction_length) without gaps ({n} raw rows): lower the lengths, raise data.max_gap, or set data.drop_short_series=true"
+                f"(encoder_length+prediction_length) without gaps ({int(raw_rows[dropped[0]])} raw rows): lower the lengths, raise data.max_gap, or set data.drop_short_series=true"
             )
+        # series -> (raw rows, windows it would have given): what data.drop_short_series=true removed.
+        lost = {name: (int(raw_rows[name]), 0) for name in dropped}
         calendar = S.add_calendar(frame, s["calendar"])
         lag_cols, warmup = S.add_lags(frame, s["targets"], s["lags"], s["rolling"])
         if warmup:
+            before = frame.groupby("series", sort=True).size()
             frame = frame[frame.groupby("series").cumcount() >= warmup]
             frame = S.check_lengths(frame, s["min_length"], where, drop_short=bool(s["drop_short_series"]))
-        frame = frame.sort_values(["series", "time_idx"]).reset_index(drop=True)
+            for name in sorted(set(before.index) - set(frame["series"])):
+                lost[name] = (int(before[name]), max(0, int(before[name]) - s["min_length"] + 1))
+        ordered = (
+            frame["series"].is_monotonic_increasing
+            and (frame.groupby("series", sort=False)["time_idx"].diff().dropna() > 0).all()
+        )
+        frame = (frame if ordered else frame.sort_values(["series", "time_idx"])).reset_index(drop=True)
         manifest = {
             "rows": len(frame), "series": sorted(frame["series"].unique().tolist()), "origin": str(origin),
             "calendar": calendar, "lag_features": lag_cols, "extra": extra, "step": s["step"],
+            "dropped_series": {k: {"rows": v[0], "windows_lost": v[1]} for k, v in lost.items()},
+            "warmup": warmup,
         }  # fmt: skip
         return frame, manifest
 
@@ -396,7 +538,17 @@ class MetricsDataModule(ZooDataModule):
         if not (self.folder / "manifest.json").is_file():
             self.prepare_data()
         self.manifest = json.loads((self.folder / "manifest.json").read_text())
-        self.frame = pd.read_parquet(self.folder / "frame.parquet")
+        dropped = self.manifest.get("dropped_series")
+        if dropped:  # said on every load, not only when the cache was built
+            where = f"data ({self.name}{', ' + str(self.settings['path']) if self.settings['path'] else ''})"
+            lost = {k: (int(v["rows"]), int(v["windows_lost"])) for k, v in dropped.items()}
+            log.warning(
+                "[zoo] %s",
+                dropped_message(
+                    where, lost, self.settings["min_length"], int(self.manifest.get("warmup", 0))
+                ),
+            )
+        self.frame = read_frame(self.folder / "frame.parquet")
         self.frame["host"] = self.frame["host"].astype(str)
         self.frame["series"] = self.frame["series"].astype(str)
 
@@ -454,7 +606,9 @@ class MetricsDataModule(ZooDataModule):
         self.cutoffs = self.split_points()
         frame = self.frame
         cut = frame["series"].map(self.cutoffs["train"])
-        train = frame[frame["time_idx"] <= cut]
+        # Only the columns the datasets read: pytorch-forecasting copies what it is given several times over,
+        # which on a fleet (millions of rows) was most of the peak memory.
+        train = frame.loc[frame["time_idx"] <= cut, self.dataset_columns(frame)]
         if self.standardize:
             cols = [
                 *self.targets,
@@ -468,7 +622,7 @@ class MetricsDataModule(ZooDataModule):
             for c, (mu, sd) in self.scaler.items():
                 frame[c] = (frame[c] - mu) / sd
             self.frame = frame
-            train = frame[frame["time_idx"] <= cut]
+            train = frame.loc[frame["time_idx"] <= cut, self.dataset_columns(frame)]
         static_categoricals = list(self.static_categoricals)
         if self.channel_independent:
             clash = [c for c in (S.CHANNEL_VALUE, S.CHANNEL) if c in frame.columns]
@@ -479,7 +633,9 @@ class MetricsDataModule(ZooDataModule):
             frame = S.melt_channels(frame, self.targets)
             self.frame = frame
             self.cutoffs = self.split_points()
-            train = frame[frame["time_idx"] <= frame["series"].map(self.cutoffs["train"])]
+            train = frame.loc[
+                frame["time_idx"] <= frame["series"].map(self.cutoffs["train"]), self.dataset_columns(frame)
+            ]
             static_categoricals = [*static_categoricals, S.CHANNEL]
         min_len = self.encoder_length + self.prediction_length
         sizes = train.groupby("series").size()
@@ -545,18 +701,20 @@ class MetricsDataModule(ZooDataModule):
         assert self.frame is not None
         prev = self.cutoffs["train" if split == "val" else "val"]
         end = self.cutoffs[split]
-        trained = set(self.datasets["train"].decoded_index["series"].unique())
-        frame = self.frame[self.frame["series"].isin(trained)]
-        frame = frame[frame["time_idx"] <= frame["series"].map(end)]
+        trained = set(window_series(self.datasets["train"]))
+        frame = self.frame
+        series = frame["series"]
+        # Rows before the previous cutoff matter only as encoder history, or as the seasonal-naive
+        # baseline's source (zoo.tft.evaluate checks that it lies in the same series): building the
+        # dataset over every series' whole past cost a full copy of the fleet per split.
+        lookback = max(self.encoder_length, S.seasonal_lag(self.prediction_length, self.season_steps))
+        t = frame["time_idx"]
+        keep_rows = series.isin(trained) & (t <= series.map(end)) & (t > series.map(prev) - lookback)
+        frame = frame.loc[keep_rows, self.dataset_columns(frame)]
         has_rows = frame["time_idx"] > frame["series"].map(prev)
         if not has_rows.any():
             return None
         stride = self.eval_stride
-
-        def keep(index: pd.DataFrame) -> np.ndarray:
-            first = index["time_idx_first_prediction"].to_numpy()
-            origin = index["series"].map(prev).to_numpy()
-            return (first > origin) & ((first - origin - 1) % stride == 0)
 
         ds = TimeSeriesDataSet.from_dataset(
             self.datasets["train"],
@@ -566,10 +724,24 @@ class MetricsDataModule(ZooDataModule):
         )
         if not len(ds):
             return None
-        mask = keep(ds.decoded_index)
+        # What `ds.filter` over `decoded_index` keeps, without decoding the series name of every window
+        # (minutes on a fleet): fixed lengths, so a window's first prediction is its last step - P + 1.
+        first = ds.data["time"][ds.index["index_end"].to_numpy()].numpy() - self.prediction_length + 1
+        origin = pd.Series(window_series(ds)).map(prev).to_numpy()
+        mask = (first > origin) & ((first - origin - 1) % stride == 0)
         if not mask.any():
             return None
-        return ds.filter(lambda _: mask)
+        out = copy.copy(ds)  # as ds.filter(copy=True) does: a shallow copy with its own index
+        out.index = ds.index[mask]
+        return out
+
+    def dataset_columns(self, frame: pd.DataFrame) -> list[str]:
+        """The frame's columns a `TimeSeriesDataSet` of these settings reads."""
+        wanted = ["time_idx", "series", *self.static_categoricals, *self.settings["static_reals"],
+                  *self.known_reals, *self.unknown_reals, *self.targets]  # fmt: skip
+        if self.channel_independent:
+            wanted.append(S.CHANNEL)
+        return [c for c in dict.fromkeys(wanted) if c in frame.columns]
 
     # -- what the model reads --------------------------------------------------------------------------
     def model_kwargs(self) -> dict[str, Any]:

@@ -272,9 +272,12 @@ def validate(df: pd.DataFrame, targets: list[str], covariates: list[str], where:
     dup = df.duplicated(["series", "timestamp"], keep=False)
     if dup.any():
         row = df[dup].iloc[0]
+        named = int((dup & (df["series"] == row["series"])).sum())
+        n_series = int(df.loc[dup, "series"].nunique())
+        others = f"; {int(dup.sum())} in {n_series} series" if n_series > 1 else ""
         raise ZooError(
-            f"{where}: duplicated timestamp {row['timestamp']} in series '{row['series']}' ({int(dup.sum())} rows): "
-            "set data.duplicates=mean to average them"
+            f"{where}: duplicated timestamp {row['timestamp']} in series '{row['series']}' ({named} rows with a "
+            f"repeated timestamp in that series{others}): set data.duplicates=mean to average them"
         )
     return df
 
@@ -399,6 +402,8 @@ def check_lengths(df: pd.DataFrame, min_length: int, where: str, drop_short: boo
             f"{where}: series '{name}' has {n} steps, shorter than encoder_length+prediction_length={min_length} "
             f"({len(short)} such series): lower the lengths or set data.drop_short_series=true"
         )
+    if not len(short):
+        return df  # a fleet-sized copy for nothing otherwise
     kept = df[df["series"].isin(lengths.index[lengths >= min_length])]
     if kept.empty:
         raise ZooError(f"{where}: every series is shorter than encoder_length+prediction_length={min_length}")
