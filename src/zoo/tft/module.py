@@ -55,6 +55,9 @@ class TFTModule(ZooModule):
             over targets like the quantile losses) to the quantile loss, in training and in ``val/loss``:
             for an MSE-scored benchmark. The quantiles are still trained (bands and coverage keep working);
             0 (default) trains the quantile loss alone.
+        calibrate: when training ends, fit the band calibration (`zoo.tft.calibrate`) on the validation
+            windows and store it in the best/last checkpoints and the export; evaluation, ``forecast()``,
+            the figures and ``zoo.monitor`` then use calibrated quantiles.
     """
 
     family = "tft"
@@ -73,6 +76,7 @@ class TFTModule(ZooModule):
         cpu_threads: int | None = 1,
         point: str = "median",
         point_loss_weight: float = 0.0,
+        calibrate: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -144,6 +148,7 @@ class TFTModule(ZooModule):
         # come from user data and may contain dots.
         self.eval_loss = MeanMetric()
         self.eval_mae = nn.ModuleList([MeanMetric() for _ in self.target_names])
+        self.calibration: Any = None  # zoo.tft.calibrate.Calibration of the current weights, or None
 
     # -- steps -----------------------------------------------------------------------------------------
     def forward(self, x: dict[str, Any]) -> dict[str, Any]:
@@ -231,6 +236,13 @@ class TFTModule(ZooModule):
         """(batch, prediction_length) per target: the median or the quantiles' mean (``point``)."""
         return [self.point_of(q) for q in self.quantile_forecast(out)]
 
+    def calibrated(self, qs: list[torch.Tensor], channels: list[str] | None = None) -> list[torch.Tensor]:
+        """Quantiles [N, P, L] per target with the band calibration applied (unchanged without one);
+        `channels`: each window's channel, for channel-independent models."""
+        if self.calibration is None:
+            return qs
+        return [self.calibration.apply(q, name, channels) for q, name in zip(qs, self.target_names)]
+
     def point_of(self, q: torch.Tensor) -> torch.Tensor:
         """The point forecast from quantile forecasts [..., n_quantiles]."""
         if self.point == "mean":
@@ -304,6 +316,8 @@ class TFTModule(ZooModule):
 
     def on_fit_start(self) -> None:
         self._cpu_threads()
+        # A table fitted for other weights (a resumed checkpoint's) must not ride into new checkpoints.
+        self.calibration = None
 
     def on_validation_start(self) -> None:
         self._cpu_threads()
@@ -317,9 +331,80 @@ class TFTModule(ZooModule):
     # -- end of training: figures ----------------------------------------------------------------------
     def on_fit_end(self) -> None:
         try:
+            self._fit_calibration()
             self._write_figures()
         finally:
             self._restore_threads()
+
+    # -- end of training: band calibration -----------------------------------------------------------------
+    def _calibration_data(self) -> Any:
+        trainer = self.trainer
+        if not self.hparams.get("calibrate", True) or trainer is None or trainer.sanity_checking:
+            return None
+        dm = getattr(trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "batches") or getattr(trainer, "fast_dev_run", False):
+            return None
+        return dm
+
+    def _fit_calibration(self) -> None:
+        """Fit the calibration of the final weights on the validation windows (every rank: each holds the
+        whole table, so an export or a test from any rank agrees), then rewrite the best and last
+        checkpoints with the table of their own weights (rank 0), atomically."""
+        from zoo.tft.calibrate import fit_module
+
+        dm = self._calibration_data()
+        if dm is None:
+            return
+        try:
+            self.calibration = fit_module(self, dm, "val")
+        except Exception as err:  # a calibration must never lose a finished training run
+            log.warning("[zoo] TFT band calibration failed, bands stay uncalibrated: %s", err)
+            return
+        if self.trainer.global_rank == 0:
+            self._calibrate_checkpoints(dm)
+
+    def _calibrate_checkpoints(self, dm: Any) -> None:
+        from zoo.core.checkpoint import atomic_torch_save, load_checkpoint
+        from zoo.tft.calibrate import fit_module
+
+        paths: list[Path] = []
+        for cb in self.trainer.checkpoint_callbacks:
+            for p in [*getattr(cb, "best_k_models", {}), getattr(cb, "last_model_path", "")]:
+                if p and "://" not in str(p) and Path(p).is_file() and Path(p).resolve() not in paths:
+                    paths.append(Path(p).resolve())
+        current = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        final = self.calibration
+        try:
+            for path in paths:
+                ckpt = load_checkpoint(path)
+                state = ckpt["state_dict"]
+                same = state.keys() <= current.keys() and all(
+                    torch.equal(v.cpu(), current[k].cpu()) for k, v in state.items()
+                )
+                if same:
+                    table = final
+                else:  # the best checkpoint's weights are older than the final ones: their own table
+                    self.load_state_dict(state, strict=False)
+                    table = fit_module(self, dm, "val")
+                ckpt["tft_calibration"] = table.to_state()
+                atomic_torch_save(ckpt, path)
+        except Exception as err:
+            log.warning("[zoo] TFT calibration could not be written into the checkpoints: %s", err)
+        finally:
+            self.load_state_dict(current, strict=False)
+            self.calibration = final
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.calibration is not None:
+            checkpoint["tft_calibration"] = self.calibration.to_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from zoo.tft.calibrate import Calibration
+
+        state = checkpoint.get("tft_calibration")
+        self.calibration = Calibration.from_state(state, "checkpoint tft_calibration") if state else None
+        if self.calibration is not None:
+            self.calibration.check(self.quantiles, self.target_names, self.prediction_length, "checkpoint")
 
     def _write_figures(self) -> None:
         if (
@@ -350,22 +435,45 @@ class TFTModule(ZooModule):
     @classmethod
     def from_export(cls, export_dir: str | Path, map_location: str = "cpu") -> TFTModule:
         """The module of an export folder (config.json + model.safetensors), in eval mode."""
+        from zoo.tft.calibrate import Calibration
         from zoo.tft.export import load_weights, read_config
 
         module = cls(**read_config(export_dir)["hparams"])
         load_weights(module.net, export_dir, map_location)
+        module.calibration = Calibration.load_json(export_dir)
+        if module.calibration is not None:
+            module.calibration.check(
+                module.quantiles, module.target_names, module.prediction_length, str(export_dir)
+            )
         return module.eval()
 
     def export(self, out_dir: str | Path, datamodule: Any = None, format: str = "safetensors") -> Path:
         """model.safetensors + config.json (dataset parameters, normalizers, preprocessing): enough to
-        predict with `zoo.tft.export.load` without the training data."""
-        from zoo.tft.export import save
+        predict with `TFTModule.from_export` + `zoo.tft.predict.forecast` without the training data.
+        ``format=onnx`` adds model.onnx (`zoo.tft.export.save_onnx`), checked against this network."""
+        from zoo.core.family import check_export_format
+        from zoo.tft.calibrate import FILE
+        from zoo.tft.export import ONNX_FILE, save, save_onnx
 
-        return save(self, out_dir)
+        check_export_format(format)
+        folder = Path(save(self, out_dir))
+        if self.calibration is not None:
+            self.calibration.save_json(folder)
+        else:  # re-exporting an uncalibrated module over an export must not keep the old table
+            (folder / FILE).unlink(missing_ok=True)
+        if format == "onnx":
+            save_onnx(self, folder)
+        else:  # a model.onnx left by an earlier export would no longer match these weights
+            (folder / ONNX_FILE).unlink(missing_ok=True)
+        return folder
 
-    def evaluate(
-        self, datamodule: Any, trainer: Any, cfg: Any, output_dir: str | Path
-    ) -> dict[str, float]:
+    def predict(self, cfg: Any, output_dir: Path, run: Any) -> Any:
+        """``python -m zoo.predict input=recent.csv``: forecast.csv (+ forecast.png), see `zoo.tft.predict`."""
+        from zoo.tft.predict import predict_command
+
+        return predict_command(self, cfg, Path(output_dir), run)
+
+    def evaluate(self, datamodule: Any, trainer: Any, cfg: Any, output_dir: str | Path) -> dict[str, float]:
         from zoo.tft.evaluate import evaluate_module
 
         self._cpu_threads()
