@@ -248,7 +248,10 @@ def _(tmp, t, cache):
     return lambda: raises(entry("eval", tmp / "eval", cache, f"ckpt_path={bad}")), [bad.parent]
 
 
-@case("missing-checkpoint-cli", r"^ckpt_path=.*nope.ckpt: no such file$")
+@case(
+    "missing-checkpoint-cli",
+    r"^ckpt_path=.*nope.ckpt: no such file or folder \(expected a .ckpt, a run folder or an export folder\)$",
+)
 def _(tmp, t, cache):
     return lambda: cli("zoo.generate", f"ckpt_path={tmp / 'nope.ckpt'}", f"hydra.run.dir={tmp / 'gen'}"), []
 
@@ -326,7 +329,8 @@ def _(tmp, t, cache):
 
 @case(
     "generate-events-checkpoint",
-    r"ckpt_path=.*last.ckpt: a zoo.events.EventModule checkpoint; zoo.generate samples GPT checkpoints only$",
+    r"ckpt_path=.*last.ckpt: a model of the events family \(zoo.events.module.EventModule\); zoo.generate samples "
+    r"GPT models only \(python -m zoo.predict takes every family\)$",
 )
 def _(tmp, t, cache):
     attempt = entry("generate", tmp / "gen", cache, f"ckpt_path={t['events_ckpt']}", "max_new_tokens=3")
@@ -445,8 +449,17 @@ def _(tmp, t, cache):
 
 
 @case(
-    "predict-gpt-checkpoint",
-    r"ckpt_path=.*last.ckpt: a zoo.gpt.GPTModule checkpoint; zoo.predict needs an event predictor \(model=event_predictor\)$",
+    "predict-gpt-without-prompt",
+    r"^prompt= or input= is required: prompt=\"...\" for one prompt, input=prompts.txt for one per line$",
+)
+def _(tmp, t, cache):
+    attempt = entry("predict", tmp / "pred", cache, f"ckpt_path={t['gpt_ckpt']}")
+    return lambda: raises(attempt), [t["gpt_run"]]
+
+
+@case(
+    "predict-gpt-event-log-as-prompts",
+    r"^input=.*log.csv line 1: character 'C' is not in the character vocabulary of this model",
 )
 def _(tmp, t, cache):
     attempt = entry("predict", tmp / "pred", cache, f"ckpt_path={t['gpt_ckpt']}", f"input={t['log']}")

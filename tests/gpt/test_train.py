@@ -176,7 +176,7 @@ def test_eval_and_generate_from_a_trained_checkpoint(tmp_path, cache_dir):
     result = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     trained = json.loads((run_dir / "metrics.json").read_text())
     assert result["metrics"]["val/loss"] == pytest.approx(trained["metrics"]["val/loss"], rel=0.2)
-    for source in (ckpt, run_dir / "export"):
+    for source in (ckpt, run_dir):  # a checkpoint, or the run folder (its best checkpoint)
         gen = run_cli(
             "zoo.generate",
             f"ckpt_path={source}",
@@ -188,10 +188,12 @@ def test_eval_and_generate_from_a_trained_checkpoint(tmp_path, cache_dir):
         assert gen.returncode == 0, gen.stderr[-2000:]
         sample = gen.stdout.split("--- sample 0 ---\n", 1)[1].rstrip("\n")
         assert sample.startswith("abc") and len(sample) == 15 and set(sample) <= set("abcdefghijklmnop")
-    # Export and checkpoint hold the same weights: greedy samples agree.
-    from zoo.generate import load_for_sampling
+    # The run's export and its checkpoint hold the same weights and tokenizer: the same logits.
+    from zoo.core.family import load_run
+    from zoo.gpt.module import GPTModule
 
-    a, _ = load_for_sampling(ckpt)
-    b, _ = load_for_sampling(run_dir / "export")
+    a = load_run(ckpt).module
+    b = GPTModule.from_export(run_dir / "export")
+    assert a.tokenizer_json == b.tokenizer_json
     x = torch.randint(0, 16, (1, 10))
     torch.testing.assert_close(a(x), b(x))

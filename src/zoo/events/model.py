@@ -227,3 +227,15 @@ def objective(
         out["time_loss"], out["err_days"] = t_loss, err_days
         loss = loss + time_loss_weight * t_loss
     return loss, out
+
+
+def distributions(logits: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each field's probabilities over the values an event can have: softmax of its logits with <pad>
+    and <bos> ruled out (never a real next value). What model.onnx outputs, and what decoding reads."""
+    out = []
+    for lg in logits:
+        values = torch.arange(lg.shape[-1], device=lg.device)
+        out.append(
+            torch.softmax(lg.float().masked_fill((values == PAD) | (values == BOS), float("-inf")), -1)
+        )
+    return out

@@ -300,15 +300,42 @@ class EventModule(ZooModule):
             )
 
     def export(self, out_dir: str | Path, datamodule: Any = None, format: str = "safetensors") -> Path:
-        """model.safetensors + config.json + vocab.json + schema.json: loadable with `zoo.events.export.load`."""
-        from zoo.events.export import save
+        """model.safetensors + config.json + vocab.json + schema.json (loadable with `zoo.events.export.load`
+        or `from_export`); ``format=onnx`` adds model.onnx, checked against this network."""
+        from zoo.events.export import ONNX_FILE, save, save_onnx
 
-        return save(self.net, self.vocab, self.schema, out_dir)
+        folder = save(self.net, self.vocab, self.schema, out_dir)
+        if format == "onnx":
+            save_onnx(self.net, self.names, folder)
+        else:  # a model.onnx of an earlier export would no longer match these weights
+            (folder / ONNX_FILE).unlink(missing_ok=True)
+        return folder
+
+    @classmethod
+    def from_export(cls, folder: str | Path, map_location: str = "cpu") -> EventModule:
+        """The module of an export folder (model.safetensors + config.json + vocab.json + schema.json), in
+        eval mode; optimizer and loss settings from the run's config in zoo.json where there is one."""
+        from zoo.core.family import EXPORT_MARKER, read_export_marker
+        from zoo.events.export import load_weights, read_export
+
+        folder = Path(folder)
+        cfg, vocab, schema = read_export(folder)
+        marker = read_export_marker(folder) if (folder / EXPORT_MARKER).is_file() else {}
+        model_cfg = (marker.get("config") or {}).get("model") or {}
+        extra = {k: model_cfg[k] for k in ("time_loss_weight", "id_unk_rate") if model_cfg.get(k) is not None}
+        module = cls(net=cfg["net"], optim=dict(model_cfg.get("optim") or {}), schema=schema.to_dict(),
+                     vocab=vocab.tokens, src_seq_len=cfg["src_len"], tgt_seq_len=cfg["tgt_len"], **extra)  # fmt: skip
+        load_weights(module.net, folder)
+        return module.to(map_location).eval()
+
+    def predict(self, cfg: Any, output_dir: Path, run: Any) -> Any:
+        """``python -m zoo.predict input=history.csv k=5``: see `zoo.events.predict.predict`."""
+        from zoo.events.predict import predict
+
+        return predict(self, cfg, output_dir, run)
 
     # -- the family's evaluation (python -m zoo.eval) ------------------------------------------------
-    def evaluate(
-        self, datamodule: Any, trainer: pl.Trainer, cfg: Any, output_dir: Path
-    ) -> dict[str, float]:
+    def evaluate(self, datamodule: Any, trainer: pl.Trainer, cfg: Any, output_dir: Path) -> dict[str, float]:
         from zoo.events.backtest import walk_forward
         from zoo.events.evaluate import evaluate_module
 

@@ -1,11 +1,14 @@
-"""`python -m zoo.predict ckpt_path=... input=history.csv [k=5]`: the next K events of every case.
+"""`python -m zoo.predict ckpt_path=<ckpt | run | export> input=history.csv [k=5] [backend=onnx]`: the next
+K events of every case (`EventModule.predict`).
 
 Reads an event history (CSV / Parquet / XES) with the training run's column mapping, encodes it with the
 checkpoint's vocabulary (values never seen in training become ``<unk>``; how many is printed and written
 to ``predict_summary.json``), and decodes K events autoregressively (greedy, or sampled with
 ``sampling=sample temperature=...``). One output row per case and step: every field's predicted value
 and its probability (``<field>_p``), and with a time head the predicted days to the event and its time.
-A case whose predicted next activity is ``<eoc>`` (end of case) gets no further rows.
+A case whose predicted next activity is ``<eoc>`` (end of case) gets no further rows. ``backend=onnx``
+decodes over the probabilities of an export folder's ``model.onnx`` in onnxruntime instead of the
+PyTorch network: the same choices, step by step.
 """
 
 from __future__ import annotations
@@ -19,24 +22,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.core.cli import hydra_entry
 from zoo.core.errors import ZooError
 from zoo.core.run import write_json
-
-
-def load_model(ckpt_path: str | Path) -> tuple[Any, DictConfig]:
-    from zoo.eval import load_checkpoint, module_class, saved_config
-
-    checkpoint = load_checkpoint(ckpt_path)
-    saved = saved_config(checkpoint, ckpt_path)
-    target = str(saved.model.get("_target_", ""))
-    if not target.startswith("zoo.events."):
-        raise ZooError(
-            f"ckpt_path={ckpt_path}: a {target or 'non-zoo'} checkpoint; zoo.predict needs an event predictor (model=event_predictor)"
-        )
-    model = module_class(target).load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
-    model.on_load_checkpoint(checkpoint)
-    return model.eval(), saved
+from zoo.events.model import distributions
 
 
 def check_vocab_file(model: Any, path: Path) -> None:
@@ -73,6 +61,17 @@ def encode_history(
     return [str(c) for c in cases], src, lengths, last_time, unknown
 
 
+def choose(
+    p: torch.Tensor, sampling: str, temperature: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A value per row of probabilities p [C, V]: the likeliest, or one drawn from softmax(logits / T)
+    (= softmax(log p / T): the logits' constant offset cancels)."""
+    if sampling == "sample":
+        weights = torch.softmax(torch.log(p) / max(temperature, 1e-6), -1)
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    return p.argmax(-1)
+
+
 @torch.no_grad()
 def predict_next(
     model: Any,
@@ -82,37 +81,41 @@ def predict_next(
     sampling: str = "greedy",
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    onnx: Any = None,
 ) -> dict[str, torch.Tensor]:
     """Autoregressive decoding: ids [C, k, F], probabilities [C, k, F], days to each event [C, k] (NaN
-    without a time head). Each step feeds the chosen event back as the next decoder input."""
-    from zoo.events.schema import BOS, PAD
+    without a time head). Each step feeds the chosen event back as the next decoder input. The
+    probabilities come from the PyTorch network (its encoder run once), or from `onnx`, a
+    `zoo.events.export.OnnxEvents` (the whole graph run every step)."""
+    from zoo.events.schema import BOS
 
     net = model.net
     if k > net.tgt_len:
         raise ZooError(f"k={k} is more than the model's target window (data.tgt_seq_len={net.tgt_len})")
-    memory, mask = net.encode(src, lengths)
-    tgt_in = torch.full((src.shape[0], 1, src.shape[2]), BOS, dtype=torch.long)
+    if onnx is None:
+        memory, mask = net.encode(src, lengths)
+
+        def step(tgt_in: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+            logits, time = net.heads_out(net.decode(memory, mask, tgt_in)[:, -1])
+            return distributions(logits), time
+    else:
+
+        def step(tgt_in: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+            probs, time = onnx(src, lengths, tgt_in)
+            return [p[:, -1] for p in probs], (time[:, -1] if time is not None else None)
+
+    tgt_in = torch.full((src.shape[0], 1, src.shape[2]), BOS, dtype=torch.long, device=src.device)
     ids, probs, days = [], [], []
     for _ in range(k):
-        logits, time = net.heads_out(net.decode(memory, mask, tgt_in)[:, -1:])
-        step_ids, step_p = [], []
-        for lg in logits:
-            lg = lg[:, 0].float()
-            lg[:, [PAD, BOS]] = float("-inf")  # never a real next value
-            p = torch.softmax(lg, -1)
-            if sampling == "sample":
-                choice = torch.multinomial(
-                    torch.softmax(lg / max(temperature, 1e-6), -1), 1, generator=generator
-                ).squeeze(1)
-            else:
-                choice = p.argmax(-1)
-            step_ids.append(choice)
-            step_p.append(p.gather(1, choice[:, None]).squeeze(1))
+        field_probs, time = step(tgt_in)
+        step_ids = [choose(p, sampling, temperature, generator) for p in field_probs]
         chosen = torch.stack(step_ids, 1)
         ids.append(chosen)
-        probs.append(torch.stack(step_p, 1))
+        probs.append(
+            torch.stack([p.gather(1, c[:, None]).squeeze(1) for p, c in zip(field_probs, step_ids)], 1)
+        )
         days.append(
-            torch.expm1(time[:, 0].float().clamp(max=20))
+            torch.expm1(time.float().clamp(max=20))
             if time is not None
             else torch.full((src.shape[0],), float("nan"))
         )
@@ -120,35 +123,48 @@ def predict_next(
     return {"ids": torch.stack(ids, 1), "probs": torch.stack(probs, 1), "days": torch.stack(days, 1)}
 
 
-def predict(cfg: DictConfig) -> pd.DataFrame:
+def predict(model: Any, cfg: DictConfig, output_dir: Path, run: Any) -> pd.DataFrame:
+    """``python -m zoo.predict`` for an event predictor: predictions.csv (or ``output=``) and
+    predict_summary.json in `output_dir`. `run` is what ckpt_path= loaded (`zoo.core.family.Run`)."""
     from zoo.events.schema import EOC
     from zoo.events.sources import read_table
 
     if cfg.sampling not in ("greedy", "sample"):
         raise ZooError(f"sampling={cfg.sampling}: expected greedy or sample")
-    if int(cfg.k) <= 0:
-        raise ZooError(f"k={cfg.k} must be a positive integer")
-    model, saved = load_model(cfg.ckpt_path)
-    vocab_file = Path(cfg.vocab) if cfg.get("vocab") else Path(cfg.ckpt_path).parent / "vocab.json"
+    k = cfg.get("k")
+    if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+        raise ZooError(f"k={k} must be a positive integer")
+    if not cfg.get("input"):
+        raise ZooError(
+            "input= is required: an event history (.csv, .parquet or .xes) with the training run's columns"
+        )
+    backend = str(cfg.get("backend", "torch"))
+    onnx = None
+    if backend == "onnx":
+        from zoo.core.onnx import export_onnx_file
+        from zoo.events.export import ONNX_FILE, OnnxEvents
+
+        onnx = OnnxEvents(export_onnx_file(run, ONNX_FILE), model.schema.names)
+    # The vocab.json written beside the checkpoints (or in the export folder) unless vocab= names another.
+    beside = run.path if run.kind == "export" else Path(run.path).parent
+    vocab_file = Path(cfg.vocab) if cfg.get("vocab") else beside / "vocab.json"
     if cfg.get("vocab") and not vocab_file.is_file():
         raise ZooError(f"vocab={vocab_file}: no such file")
     if vocab_file.is_file():
         check_vocab_file(model, vocab_file)
-    columns = (
-        OmegaConf.to_container(cfg.columns)
-        if cfg.get("columns")
-        else OmegaConf.to_container(saved.data.get("columns") or {})
-    )
+    data_cfg = run.config.get("data") if run.config is not None else None
+    columns = cfg.get("columns") or (data_cfg.get("columns") if data_cfg is not None else None) or {}
+    columns = OmegaConf.to_container(columns) if OmegaConf.is_config(columns) else dict(columns)
     frame = read_table(cfg.input, key="input")
     cases, src, lengths, last_time, unknown = encode_history(model, frame, columns, f"input={cfg.input}")
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    out = predict_next(model, src, lengths, int(cfg.k), cfg.sampling, float(cfg.temperature), gen)
+    gen = torch.Generator().manual_seed(int(cfg.get("seed", 1337)))
+    out = predict_next(model, src, lengths, k, cfg.sampling, float(cfg.temperature), gen, onnx=onnx)
     names, vocab = model.schema.names, model.vocab
     target = names.index(model.schema.target)
     rows = []
     for c, case in enumerate(cases):
         when = last_time[case]
-        for step in range(int(cfg.k)):
+        for step in range(k):
             row: dict[str, Any] = {"case_id": case, "step": step + 1}
             for f, name in enumerate(names):
                 row[name] = vocab.decode(name, int(out["ids"][c, step, f]))
@@ -163,16 +179,16 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
             if ended:
                 break
     result = pd.DataFrame(rows)
-    output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "predictions.csv"
+    output = Path(cfg.output) if cfg.get("output") else Path(output_dir) / "predictions.csv"
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".parquet":
         result.to_parquet(output, index=False)
     else:
         result.to_csv(output, index=False)
-    summary = {"cases": len(cases), "rows": len(result), "k": int(cfg.k), "sampling": cfg.sampling,
-               "unknown_values": {k: v for k, v in unknown.items() if v}, "output": str(output)}  # fmt: skip
-    write_json(Path(cfg.paths.output_dir) / "predict_summary.json", summary)
-    print(f"[zoo] predicted {len(result)} events for {len(cases)} cases -> {output}")
+    summary = {"cases": len(cases), "rows": len(result), "k": k, "sampling": cfg.sampling, "backend": backend,
+               "unknown_values": {n: v for n, v in unknown.items() if v}, "output": str(output)}  # fmt: skip
+    write_json(Path(output_dir) / "predict_summary.json", summary)
+    print(f"[zoo] predicted {len(result)} events for {len(cases)} cases ({backend}) -> {output}")
     n_unknown = sum(unknown.values())
     if n_unknown:
         detail = ", ".join(f"{k}: {v}" for k, v in unknown.items() if v)
@@ -180,10 +196,3 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     else:
         print("[zoo] unknown input values: 0")
     return result
-
-
-main = hydra_entry("predict", predict)
-
-
-if __name__ == "__main__":
-    main()
