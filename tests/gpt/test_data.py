@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -87,7 +88,8 @@ def test_table_documents_are_shuffled_split_and_joined_by_eos(tmp_path):
     path = tmp_path / "titles.csv"
     pd.DataFrame({"id": range(200), "title": titles}).to_csv(path, index=False)
     dm = make_dm(tmp_path, source="hf", hf_repo="julien040/hacker-news-posts", path=str(path), column="title",
-                 shuffle_seed=1337, max_documents=150, val_fraction=0.1, tokenizer="bpe", vocab_size=300, block_size=16)  # fmt: skip
+                 shuffle_seed=1337, max_documents=150, val_fraction=0.1, val_split="last", tokenizer="bpe",
+                 vocab_size=300, block_size=16)  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
     order = np.random.default_rng(1337).permutation(200)[:150]
@@ -99,26 +101,40 @@ def test_table_documents_are_shuffled_split_and_joined_by_eos(tmp_path):
     assert dm.model_kwargs()["vocab_size"] == 300
 
 
-def test_hf_source_downloads_through_the_hub_client(tmp_path, monkeypatch):
-    """The hub path, offline: snapshot_download is pointed at a local folder holding a parquet file."""
-    snapshot = tmp_path / "snapshot" / "data"
-    snapshot.mkdir(parents=True)
-    pd.DataFrame({"title": [f"title {i}" for i in range(50)]}).to_parquet(snapshot / "train-0000.parquet")
-    calls = []
+def test_hf_source_lists_and_downloads_file_by_file(tmp_path, monkeypatch):
+    """The hub path, offline: the repo listing and hf_hub_download are pointed at local parquet files;
+    only files matching data.hf_files are fetched, each deleted once read (it was not cached before)."""
+    remote = tmp_path / "remote"
+    for name, first in (
+        ("sample/10BT/000.parquet", 0),
+        ("sample/10BT/001.parquet", 30),
+        ("other/x.parquet", 60),
+    ):
+        (remote / name).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"title": [f"title {i}" for i in range(first, first + 30)]}).to_parquet(remote / name)
+    fetched = []
 
-    def fake_snapshot_download(**kwargs):
-        calls.append(kwargs)
-        return str(snapshot.parent)
+    def fake_download(repo_id, filename, repo_type, revision, cache_dir):
+        assert repo_id == "someone/titles" and repo_type == "dataset"
+        local = Path(cache_dir) / "fetched" / filename
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_bytes((remote / filename).read_bytes())
+        fetched.append(local)
+        return str(local)
 
     import huggingface_hub
 
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    dm = make_dm(
-        tmp_path, source="hf", hf_repo="someone/titles", column="title", tokenizer="byte", block_size=8
-    )
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo, **kw: sorted(
+        str(f.relative_to(remote)) for f in remote.rglob("*.parquet")) + ["README.md"])  # fmt: skip
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    dm = make_dm(tmp_path, source="hf", hf_repo="someone/titles", hf_files="sample/10BT", column="title",
+                 tokenizer="byte", block_size=8)  # fmt: skip
     dm.prepare_data()
-    assert calls and calls[0]["repo_id"] == "someone/titles" and calls[0]["repo_type"] == "dataset"
-    assert json.loads((dm.folder / "manifest.json").read_text())["documents"] == {"train": 45, "val": 5}
+    manifest = json.loads((dm.folder / "manifest.json").read_text())
+    assert [f.name for f in fetched] == ["000.parquet", "001.parquet"]
+    assert not any(f.exists() for f in fetched)  # deleted after tokenizing (data.keep_downloads=false)
+    assert manifest["sources"] == ["sample/10BT/000.parquet", "sample/10BT/001.parquet"]
+    assert sum(manifest["documents"].values()) == 60
 
 
 def test_url_source_is_downloaded_once_into_the_cache(tmp_path):
