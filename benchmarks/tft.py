@@ -521,7 +521,8 @@ def calibration_markdown(res: dict[str, Any]) -> list[str]:
             if r.get("stored_calibration")
             else "fitted on validation at evaluation"
         )
-        lines += [f"### {name}", "", f"`{r['checkpoint']}` (training overrides: `{' '.join(r.get('overrides') or []) or '-'}`); "
+        trained = r.get("trained") or ("python -m zoo.train " + " ".join(r.get("overrides") or [])).strip()
+        lines += [f"### {name}", "", f"Trained with `{trained}`; checkpoint `{r['checkpoint']}`; "
                   f"calibration {how} over {r['val_windows']} validation windows; {r['test_windows']} {r['split']} windows.", "",
                   "| target | P10-P90 raw | P10-P90 calibrated | P2-P98 raw | P2-P98 calibrated | pinball raw | pinball calibrated |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -583,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--calibration-ckpts", nargs="*", default=[], metavar="NAME=PATH",
                    help="calibration part: checkpoints (or run folders) to score, e.g. alibaba=logs/train/runs/<run>")  # fmt: skip
+    p.add_argument("--calibration-trained", nargs="*", default=[], metavar="NAME=COMMAND",
+                   help="calibration part: how each checkpoint was trained (recorded beside its numbers)")  # fmt: skip
     p.add_argument(
         "--calibration-cache", default=None, help="calibration part: data cache (default: the run's)"
     )
@@ -653,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
                 cache_arg = Path(args.calibration_cache) if args.calibration_cache else None
                 res = bench_calibration({n: v for n, _, v in pairs}, cache_arg)
+                for n, _, v in (a.partition("=") for a in args.calibration_trained):
+                    if n in res["runs"]:
+                        res["runs"][n]["trained"] = v
                 earlier = previous_results(Path(args.md)).get("calibration", {}).get("runs", {})
                 res["runs"] = earlier | res["runs"]  # one name re-measured keeps the others
             else:

@@ -31,19 +31,75 @@ from zoo.core.errors import ZooError
 JOURNAL = "pending.jsonl"
 
 
-class Collector:
+class Journal:
+    """A folder of Parquet parts fed through an fsync'ed append-only journal (see the module docstring).
+    Rows are JSON objects; `time_columns` (ISO strings) become datetimes in the parts, and the first of
+    them names each part. `zoo.monitor` keeps its samples, forecasts and flags this way."""
+
+    def __init__(self, out: str | os.PathLike[str], time_columns: tuple[str, ...] = ("timestamp",)):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.journal = self.out / JOURNAL
+        self.time_columns = tuple(time_columns)
+        self.recover()
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.journal, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def pending(self) -> list[dict[str, Any]]:
+        if not self.journal.is_file():
+            return []
+        rows = []
+        for line in self.journal.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash mid-write: the only row that can be lost
+        return rows
+
+    def flush(self) -> Path | None:
+        """Turn the journal into a new Parquet part (atomically), then empty the journal."""
+        import pandas as pd
+
+        rows = self.pending()
+        if not rows:
+            self.journal.unlink(missing_ok=True)
+            return None
+        frame = pd.DataFrame(rows)
+        for col in self.time_columns:
+            if col in frame.columns:
+                frame[col] = pd.to_datetime(frame[col], utc=True).dt.tz_convert(None)
+        stamp = frame[self.time_columns[0]].iloc[0].strftime("%Y%m%dT%H%M%S%f")
+        part = self.out / f"part-{stamp}-{len(frame):06d}.parquet"
+        tmp = part.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, part)
+        # A crash between the rename and here leaves the rows both in the part and the journal; the
+        # part's name is derived from its first row, so recovery overwrites it instead of duplicating.
+        self.journal.unlink(missing_ok=True)
+        return part
+
+    def recover(self) -> None:
+        for tmp in self.out.glob("*.parquet.tmp"):
+            tmp.unlink()
+        self.flush()
+
+
+class Collector(Journal):
+    """Samples this machine with psutil into a `Journal` folder."""
+
     def __init__(self, out: str | os.PathLike[str], host: str | None = None, disk_path: str = "/"):
         import psutil
 
         self.psutil = psutil
-        self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.host = host or socket.gethostname()
         self.disk_path = disk_path
-        self.journal = self.out / JOURNAL
         self._last: tuple[float, Any, Any] | None = None
         psutil.cpu_percent(interval=None)  # the first call only starts psutil's measuring window
-        self.recover()
+        super().__init__(out)
 
     def sample(self) -> dict[str, Any]:
         ps = self.psutil
@@ -79,48 +135,6 @@ class Collector:
         row.update(rates)
         return row
 
-    def append(self, row: dict[str, Any]) -> None:
-        with open(self.journal, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def pending(self) -> list[dict[str, Any]]:
-        if not self.journal.is_file():
-            return []
-        rows = []
-        for line in self.journal.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash mid-write: the only row that can be lost
-        return rows
-
-    def flush(self) -> Path | None:
-        """Turn the journal into a new Parquet part (atomically), then empty the journal."""
-        import pandas as pd
-
-        rows = self.pending()
-        if not rows:
-            self.journal.unlink(missing_ok=True)
-            return None
-        frame = pd.DataFrame(rows)
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True).dt.tz_convert(None)
-        stamp = frame["timestamp"].iloc[0].strftime("%Y%m%dT%H%M%S%f")
-        part = self.out / f"part-{stamp}-{len(frame):06d}.parquet"
-        tmp = part.with_suffix(".parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, part)
-        # A crash between the rename and here leaves the rows both in the part and the journal; the
-        # part's name is derived from its first row, so recovery overwrites it instead of duplicating.
-        self.journal.unlink(missing_ok=True)
-        return part
-
-    def recover(self) -> None:
-        for tmp in self.out.glob("*.parquet.tmp"):
-            tmp.unlink()
-        self.flush()
-
     def run(self, interval: float, samples: int | None = None, flush_every: int = 60) -> int:
         stop = {"now": False}
 
@@ -147,7 +161,7 @@ class Collector:
         return n
 
 
-def read(out: str | os.PathLike[str]) -> Any:
+def read(out: str | os.PathLike[str], time_columns: tuple[str, ...] = ("timestamp",)) -> Any:
     """All collected rows (parts and the not yet flushed journal), sorted by time."""
     import pandas as pd
 
@@ -156,16 +170,19 @@ def read(out: str | os.PathLike[str]) -> Any:
     frames = [pd.read_parquet(p) for p in parts]
     journal = folder / JOURNAL
     if journal.is_file():
-        rows = Collector.__new__(Collector)
-        rows.journal = journal
-        rows = rows.pending()
+        reader = Journal.__new__(Journal)  # no recover(): reading must not write into the folder
+        reader.journal = journal
+        rows = reader.pending()
         if rows:
             j = pd.DataFrame(rows)
-            j["timestamp"] = pd.to_datetime(j["timestamp"], utc=True).dt.tz_convert(None)
+            for col in time_columns:
+                if col in j.columns:
+                    j[col] = pd.to_datetime(j[col], utc=True).dt.tz_convert(None)
             frames.append(j)
     if not frames:
         return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True).sort_values("timestamp").reset_index(drop=True)
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.sort_values(time_columns[0], kind="stable").reset_index(drop=True)
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -1,7 +1,12 @@
-"""Forecast evaluation: per-target MAE, RMSE, MSE, sMAPE, MASE and P10-P90 coverage of the TFT beside
-naive (last value) and seasonal-naive baselines on exactly the same windows, a walk-forward backtest
-over N forecast origins, and figures (forecast vs actual with quantile bands; variable importances and
-attention) written as PNGs and logged to TensorBoard.
+"""Forecast evaluation: per-target MAE, RMSE, MSE, sMAPE, MASE, P10-P90 and P2-P98 coverage and pinball
+loss of the TFT beside naive (last value) and seasonal-naive baselines on exactly the same windows, a
+walk-forward backtest over N forecast origins, and figures (forecast vs actual with the calibrated
+quantile bands; variable importances and attention) written as PNGs and logged to TensorBoard.
+
+Bands are scored with the module's calibration (`zoo.tft.calibrate`; fitted on the validation split here
+when the checkpoint carries none) and without it: ``<target>/tft/coverage_p10_p90``, ``coverage_p2_p98``
+and ``pinball`` are the calibrated bands', the ``*_raw`` keys the network's own. Point forecasts always
+come from the raw quantiles (calibration leaves the median alone; the quantiles' mean would move).
 
 MASE divides each series' absolute errors by that series' in-sample seasonal-naive MAE on its training
 split (the M4 definition). ``rel_mae_vs_snaive`` is the model's MAE over the seasonal-naive MAE on the
@@ -75,6 +80,18 @@ def mase_scales(dm: Any, split: str, series: list[str], season: int) -> dict[str
     return out
 
 
+def _band_metrics(metrics: dict[str, float], name: str, raw: torch.Tensor, cal: torch.Tensor, actual: torch.Tensor,
+                  levels: list[float]) -> None:  # fmt: skip
+    from zoo.tft.calibrate import coverage, pinball
+
+    for suffix, q in (("", cal), ("_raw", raw)):
+        for lo, hi in ((0.1, 0.9), (0.02, 0.98)):
+            c = coverage(q, actual, levels, lo, hi)
+            if c is not None:
+                metrics[f"{name}/tft/coverage_p{lo * 100:g}_p{hi * 100:g}{suffix}"] = c
+        metrics[f"{name}/tft/pinball{suffix}"] = pinball(q, actual, levels)
+
+
 def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[str, Any]:
     """Predictions, baselines and metrics of one split (the windows with a seasonal history)."""
     batches = dm.batches(split)
@@ -92,9 +109,10 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[st
         base["snaive"] = base["naive"]
     ds = dm.datasets[split if split in dm.datasets else "val"]
     series = ds.decoded_index["series"].tolist()[:n]
+    channel_independent = getattr(dm, "channel_independent", False)
+    channels = [str(s).rsplit("/", 1)[-1] for s in series] if channel_independent else None
+    result["calibrated"] = module.calibrated(result["quantiles"], channels)
     scales = mase_scales(dm, split, series, season)
-    lo = module.quantiles.index(next(q for q in module.quantiles if abs(q - 0.1) < 1e-9))
-    hi = module.quantiles.index(next(q for q in module.quantiles if abs(q - 0.9) < 1e-9))
     point = module.point_of  # model.point: the median or the quantiles' mean
     metrics: dict[str, float] = {}
     for t, name in enumerate(module.target_names):
@@ -109,15 +127,14 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[st
         ):
             for k, v in _metrics(pred, actual, scale).items():
                 metrics[f"{name}/{label}/{k}"] = v
-        metrics[f"{name}/tft/coverage_p10_p90"] = float(
-            ((actual >= q[..., lo]) & (actual <= q[..., hi])).float().mean()
-        )
+        _band_metrics(metrics, name, q, result["calibrated"][t][valid], actual, module.quantiles)
         snaive_mae = metrics[f"{name}/snaive/mae"]
         metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
             metrics[f"{name}/tft/mae"] / snaive_mae if snaive_mae > 0 else float("nan")
         )
-    if getattr(dm, "channel_independent", False):  # the one target `value` broken down by channel
-        channel = np.array([str(s).rsplit("/", 1)[-1] for s in series])[valid.numpy()]
+    if channel_independent:  # the one target `value` broken down by channel
+        channel = np.array(channels)[valid.numpy()]
+        cal = result["calibrated"][0][valid]
         q, actual, scale = (
             result["quantiles"][0][valid],
             result["actual"][0][valid],
@@ -138,6 +155,7 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[st
             metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
                 metrics[f"{name}/tft/mae"] / metrics[f"{name}/snaive/mae"]
             )
+            _band_metrics(metrics, name, q[sel], cal[sel], actual[sel], module.quantiles)
     for label in ("tft", "tft_mean", "naive", "snaive"):
         for k in ("mae", "mse", "rmse", "smape", "mase"):
             metrics[f"all/{label}/{k}"] = float(
@@ -146,6 +164,9 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[st
     metrics["all/tft/rel_mae_vs_snaive"] = float(
         np.mean([metrics[f"{t}/tft/rel_mae_vs_snaive"] for t in module.target_names])
     )
+    for key in [k.split("/", 2)[2] for k in metrics if k.startswith(f"{module.target_names[0]}/tft/") and ("coverage" in k or "pinball" in k)]:  # fmt: skip
+        metrics[f"all/tft/{key}"] = float(np.mean([metrics[f"{t}/tft/{key}"] for t in module.target_names]))
+    metrics["calibrated"] = float(module.calibration is not None)
     metrics["windows"] = float(valid.sum())
     return {
         "metrics": metrics,
@@ -202,6 +223,13 @@ def evaluate_module(
     module: Any, dm: Any, split: str, output_dir: Path, backtest_cutoffs: int = 4
 ) -> dict[str, float]:
     dm.setup()
+    if module.calibration is None:  # a checkpoint from before calibration, or one saved mid-training
+        from zoo.tft.calibrate import fit_module
+
+        module.calibration = fit_module(module, dm, "val")
+        print(
+            f"[zoo] band calibration fitted on the validation split ({module.calibration.windows} windows): the checkpoint carried none"
+        )
     scored = score(module, dm, split)
     metrics = dict(scored["metrics"])
     summary, table = backtest(module, dm, split, scored, backtest_cutoffs)
@@ -248,7 +276,12 @@ def write_figures(module: Any, dm: Any, split: str, folder: Path, loggers: Any =
             for k, v in x.items()
         }
         out = module.net(xd)
-    qs = [q.cpu() for q in module.quantile_forecast(out)]
+    channels = (
+        [str(index["series"].iloc[i]).rsplit("/", 1)[-1] for i in picks]
+        if getattr(dm, "channel_independent", False)
+        else None
+    )
+    qs = module.calibrated([q.cpu() for q in module.quantile_forecast(out)], channels)
     enc_t = x["encoder_target"] if module.multi_target else [x["encoder_target"]]
     dec_t = y[0] if module.multi_target else [y[0]]
     T = len(module.target_names)

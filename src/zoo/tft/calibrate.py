@@ -1,0 +1,239 @@
+"""Calibrated quantile bands: a per-target, per-horizon, per-level recalibration of the TFT's quantiles,
+fitted on the validation split after training and applied wherever quantiles leave the model (`zoo.eval`,
+`zoo.tft.predict.forecast`, the figures, `zoo.monitor`).
+
+Method (a scaled, one-sided split-conformal shift per quantile level). For every target ``t``, horizon
+``h`` and quantile level ``tau`` other than the median, the validation windows give scaled residuals
+
+    r = (y - q_tau) / s,   s = max(q_0.9 - q_0.1, floor[t, h])
+
+(``s`` is the model's own P10-P90 width of that window: residuals are measured in units of the band the
+model predicted, so one table serves hosts of very different scales and calm and busy windows alike).
+The shift ``c[t, h, tau]`` is the conformal ``tau``-quantile of ``r`` (the ``ceil((n+1) tau)``-th order
+statistic above the median, the ``floor((n+1) tau)``-th below it) and the calibrated quantile is
+``q_tau + c * s``: on the validation windows a fraction ``tau`` of actuals falls below it, so the
+P10-P90 and P2-P98 bands cover 80 % and 96 %. A shift by the ``tau``-quantile of the residuals is also
+the shift that minimizes that level's pinball loss on those windows (up to the width weighting), so
+calibration does not trade pinball loss for coverage there.
+
+The median is left as the model predicted it, so point forecasts (median or ``model.point=mean``, which
+`zoo.tft.evaluate` and ``forecast()`` read from the raw quantiles) do not change. Calibrated quantiles are
+kept non-crossing and on the right side of the median (a running min below it, a running max above it).
+
+Channel-independent models (``data.channel_independent``, one target ``value`` for every channel) get a
+row per channel besides the pooled row: the channels' errors differ in size (ETTh1's OT vs HUFL).
+
+The table is plain tensors and lists (`to_state`), so it rides in checkpoints loaded with
+``torch.load(weights_only=True)`` and in an export's ``calibration.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.core.errors import ZooError
+
+METHOD = "scaled-conformal-shift"
+VERSION = 1
+FILE = "calibration.json"
+
+
+def _index(levels: list[float], q: float) -> int | None:
+    return next((i for i, v in enumerate(levels) if abs(v - q) < 1e-9), None)
+
+
+def _scale(q: torch.Tensor, levels: list[float], floor: torch.Tensor) -> torch.Tensor:
+    """Per-window scale [..., P]: the raw P10-P90 width, at least `floor` [P]."""
+    lo, hi = _index(levels, 0.1), _index(levels, 0.9)
+    width = q[..., hi] - q[..., lo]
+    return torch.maximum(width, floor.to(q.dtype))
+
+
+def non_crossing(q: torch.Tensor, mid: int) -> torch.Tensor:
+    """Quantiles [..., L] made monotone without moving the median column `mid`."""
+    lower = q[..., : mid + 1].flip(-1).cummin(-1).values.flip(-1)
+    upper = q[..., mid:].cummax(-1).values
+    return torch.cat([lower[..., :mid], q[..., mid : mid + 1], upper[..., 1:]], dim=-1)
+
+
+def _conformal_quantile(r: torch.Tensor, tau: float) -> torch.Tensor:
+    """Per column of r [N, P]: the order statistic a split-conformal bound of level tau uses."""
+    n = r.shape[0]
+    s = r.sort(dim=0).values
+    k = math.ceil((n + 1) * tau) if tau > 0.5 else math.floor((n + 1) * tau)
+    k = min(max(k, 1), n)  # beyond the sample: the extreme residual (too few windows for that level)
+    return s[k - 1]
+
+
+@dataclass
+class Calibration:
+    levels: list[float]
+    """The model's quantile levels, in order."""
+    keys: list[str]
+    """Row names: the targets, then (channel-independent models) the channels."""
+    shift: torch.Tensor
+    """[rows, P, L]: added to each quantile in units of the window's scale; 0 at the median."""
+    floor: torch.Tensor
+    """[rows, P]: smallest scale, so a window the model is sure about still gets a band."""
+    windows: int = 0
+    split: str = "val"
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        """Plain tensors/lists: loadable with torch.load(weights_only=True)."""
+        return {"method": METHOD, "version": VERSION, "levels": list(self.levels), "keys": list(self.keys),
+                "shift": self.shift.detach().cpu().float(), "floor": self.floor.detach().cpu().float(),
+                "windows": int(self.windows), "split": self.split}  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        state = self.to_state()
+        state["shift"], state["floor"] = state["shift"].tolist(), state["floor"].tolist()
+        return state
+
+    @classmethod
+    def from_state(cls, state: Any, where: str = "calibration") -> Calibration:
+        if not isinstance(state, dict) or state.get("method") != METHOD:
+            got = state.get("method") if isinstance(state, dict) else type(state).__name__
+            raise ZooError(f"{where}: not a {METHOD} calibration table (got {got!r})")
+        shift = torch.as_tensor(state["shift"], dtype=torch.float32)
+        floor = torch.as_tensor(state["floor"], dtype=torch.float32)
+        keys, levels = [str(k) for k in state["keys"]], [float(v) for v in state["levels"]]
+        if shift.shape != (len(keys), floor.shape[-1], len(levels)) or floor.shape != shift.shape[:2]:
+            raise ZooError(
+                f"{where}: shift {tuple(shift.shape)} / floor {tuple(floor.shape)} do not match {len(keys)} rows x {len(levels)} levels"
+            )
+        return cls(levels, keys, shift, floor, int(state.get("windows", 0)), str(state.get("split", "val")))
+
+    def save_json(self, folder: str | Path) -> Path:
+        path = Path(folder) / FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json()))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load_json(cls, folder: str | Path) -> Calibration | None:
+        path = Path(folder) / FILE
+        if not path.is_file():
+            return None
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ZooError(f"{path}: not a readable calibration table ({type(err).__name__})") from err
+        return cls.from_state(state, str(path))
+
+    def check(self, levels: list[float], targets: list[str], horizon: int, where: str) -> None:
+        """Refuse a table fitted for another model (other quantiles, targets or horizon)."""
+        if [round(v, 9) for v in levels] != [round(v, 9) for v in self.levels]:
+            raise ZooError(
+                f"{where}: calibration levels {self.levels} differ from the model's quantiles {levels}"
+            )
+        if self.keys[: len(targets)] != list(targets):
+            raise ZooError(
+                f"{where}: calibration targets {self.keys[: len(targets)]} differ from the model's {targets}"
+            )
+        if self.shift.shape[1] != horizon:
+            raise ZooError(
+                f"{where}: calibration horizon {self.shift.shape[1]} differs from the model's {horizon}"
+            )
+
+    # -- use -------------------------------------------------------------------------------------------
+    def row(self, key: str) -> int | None:
+        return self.keys.index(key) if key in self.keys else None
+
+    def apply(self, q: torch.Tensor, target: str, channels: list[str] | None = None) -> torch.Tensor:
+        """Calibrated quantiles of `target`: q [N, P, L] (or [P, L]); `channels` names each window's channel
+        (channel-independent models), whose own row is used where the table has one."""
+        single = q.dim() == 2
+        q = q[None] if single else q
+        out = self._apply_row(q, self.keys.index(target))
+        if channels is not None:
+            names = list(channels)
+            for name in set(names):
+                r = self.row(name)
+                if r is None or name == target:
+                    continue
+                sel = torch.tensor([c == name for c in names])
+                out[sel] = self._apply_row(q[sel], r)
+        return out[0] if single else out
+
+    def _apply_row(self, q: torch.Tensor, r: int) -> torch.Tensor:
+        mid = _index(self.levels, 0.5)
+        s = _scale(q, self.levels, self.floor[r].to(q.device))
+        out = q + self.shift[r].to(q.device, q.dtype)[None] * s[..., None]
+        return non_crossing(out, mid)
+
+
+def fit(
+    quantiles: list[torch.Tensor],
+    actual: list[torch.Tensor],
+    levels: list[float],
+    targets: list[str],
+    channels: list[str] | None = None,
+    split: str = "val",
+) -> Calibration:
+    """Fit the table on one split's windows: quantiles[t] [N, P, L] and actual[t] [N, P] (raw, model units);
+    `channels` (channel-independent models, one target) names each window's channel."""
+    mid = _index(levels, 0.5)
+    if mid is None or _index(levels, 0.1) is None or _index(levels, 0.9) is None:
+        raise ZooError(f"model.quantiles={levels}: calibration needs 0.1, 0.5 and 0.9")
+    rows: list[tuple[str, torch.Tensor, torch.Tensor]] = [
+        (name, q.float(), a.float()) for name, q, a in zip(targets, quantiles, actual)
+    ]
+    if channels is not None:
+        names = list(channels)
+        for name in sorted(set(names)):
+            sel = torch.tensor([c == name for c in names])
+            rows.append((name, quantiles[0][sel].float(), actual[0][sel].float()))
+    n = min(int(q.shape[0]) for _, q, _ in rows)
+    if n < 2:
+        raise ZooError(
+            f"calibration needs validation windows: {n} on the {split} split (lower data.val_fraction's share of test or eval_stride)"
+        )
+    P, L = quantiles[0].shape[1], len(levels)
+    shift = torch.zeros(len(rows), P, L)
+    floor = torch.zeros(len(rows), P)
+    for i, (_, q, a) in enumerate(rows):
+        width = q[..., _index(levels, 0.9)] - q[..., _index(levels, 0.1)]
+        # A floor a little above zero: windows the model calls certain (a constant disk) would otherwise
+        # divide a real miss by ~0 and blow up every other window's shift.
+        floor[i] = 0.05 * width.median(dim=0).values.clamp_min(0) + 1e-6
+        s = torch.maximum(width, floor[i])
+        for k, tau in enumerate(levels):
+            if k != mid:
+                shift[i, :, k] = _conformal_quantile((a - q[..., k]) / s, tau)
+    return Calibration(list(levels), [r[0] for r in rows], shift, floor, n, split)
+
+
+def pinball(q: torch.Tensor, actual: torch.Tensor, levels: list[float]) -> float:
+    """Mean pinball (quantile) loss over windows, horizons and levels: q [N, P, L], actual [N, P]."""
+    tau = torch.tensor(levels, dtype=q.dtype)
+    diff = actual[..., None].to(q.dtype) - q
+    return float(torch.maximum(tau * diff, (tau - 1) * diff).mean())
+
+
+def coverage(
+    q: torch.Tensor, actual: torch.Tensor, levels: list[float], lo: float, hi: float
+) -> float | None:
+    """Share of actuals inside the [lo, hi] band; None when the model has no such levels."""
+    i, j = _index(levels, lo), _index(levels, hi)
+    if i is None or j is None:
+        return None
+    return float(((actual >= q[..., i]) & (actual <= q[..., j])).float().mean())
+
+
+def fit_module(module: Any, dm: Any, split: str = "val") -> Calibration:
+    """Fit `module`'s calibration on the datamodule's `split` windows (all of them, eval mode)."""
+    batches = dm.batches(split)
+    result = module.predict_batches(batches)
+    channels = None
+    if getattr(dm, "channel_independent", False):
+        ds = dm.datasets[split if split in dm.datasets else "val"]
+        channels = [str(s).rsplit("/", 1)[-1] for s in ds.decoded_index["series"].tolist()[: result["n"]]]
+    return fit(result["quantiles"], result["actual"], module.quantiles, module.target_names, channels, split)

@@ -1,0 +1,179 @@
+"""Band calibration (zoo.tft.calibrate): it brings an overconfident model's coverage to nominal without
+raising pinball loss, keeps quantiles monotone and the median fixed, and rides in checkpoints (loaded
+with weights_only) and exports into forecast()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo.core.errors import ZooError
+from zoo.tft.calibrate import Calibration, coverage, fit, non_crossing, pinball
+
+LEVELS = [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98]
+
+
+def gaussian_windows(n: int, P: int, true_sd: float, model_sd: float, seed: int, scale_spread: float = 1.0):
+    """Windows whose actual ~ N(mu, (s * true_sd)^2) and a model predicting N(mu, (s * model_sd)^2): each
+    window has its own scale s (hosts of different sizes), the model is only wrong about the spread."""
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(n, P, generator=g) * 10
+    s = torch.exp(torch.rand(n, 1, generator=g) * scale_spread)
+    z = torch.distributions.Normal(0, 1).icdf(torch.tensor(LEVELS))
+    q = mu[..., None] + s[..., None] * model_sd * z
+    y = mu + s * true_sd * torch.randn(n, P, generator=g)
+    return q, y
+
+
+def test_overconfident_bands_reach_nominal_coverage_and_lower_pinball():
+    q_val, y_val = gaussian_windows(4000, 4, true_sd=2.0, model_sd=1.0, seed=0, scale_spread=2.0)
+    q_test, y_test = gaussian_windows(4000, 4, true_sd=2.0, model_sd=1.0, seed=1, scale_spread=2.0)
+    cal = fit([q_val], [y_val], LEVELS, ["cpu"])
+    q_cal = cal.apply(q_test, "cpu")
+    raw80, cal80 = coverage(q_test, y_test, LEVELS, 0.1, 0.9), coverage(q_cal, y_test, LEVELS, 0.1, 0.9)
+    raw96, cal96 = coverage(q_test, y_test, LEVELS, 0.02, 0.98), coverage(q_cal, y_test, LEVELS, 0.02, 0.98)
+    assert raw80 < 0.55 and raw96 < 0.75  # the case is overconfident indeed
+    assert abs(cal80 - 0.80) < 0.02 and abs(cal96 - 0.96) < 0.015, (cal80, cal96)
+    assert pinball(q_cal, y_test, LEVELS) < 0.95 * pinball(q_test, y_test, LEVELS)
+    assert torch.equal(q_cal[..., 3], q_test[..., 3])  # the median (the point forecast) is untouched
+    assert (q_cal.diff(dim=-1) >= 0).all()
+    # Each horizon has its own row: a horizon with wider errors gets a wider band.
+    q2, y2 = q_val.clone(), y_val.clone()
+    y2[:, 3] = q2[:, 3, 3] + 3 * (y2[:, 3] - q2[:, 3, 3])
+    wide = fit([q2], [y2], LEVELS, ["cpu"])
+    assert wide.shift[0, 3, -1] > 2 * wide.shift[0, 0, -1] > 0
+
+
+def test_underconfident_bands_shrink():
+    q_val, y_val = gaussian_windows(3000, 2, true_sd=0.5, model_sd=1.0, seed=2)
+    q_test, y_test = gaussian_windows(3000, 2, true_sd=0.5, model_sd=1.0, seed=3)
+    q_cal = fit([q_val], [y_val], LEVELS, ["cpu"]).apply(q_test, "cpu")
+    assert coverage(q_test, y_test, LEVELS, 0.1, 0.9) > 0.95
+    assert abs(coverage(q_cal, y_test, LEVELS, 0.1, 0.9) - 0.80) < 0.03
+    assert pinball(q_cal, y_test, LEVELS) < pinball(q_test, y_test, LEVELS)
+
+
+def test_non_crossing_keeps_the_median_and_order():
+    q = torch.tensor([[1.0, 3.0, 2.0, 2.5, 2.0, 4.0, 3.5]])
+    out = non_crossing(q, 3)
+    assert out[0, 3] == 2.5 and (out.diff(dim=-1) >= 0).all()
+    assert out.tolist() == [[1.0, 2.0, 2.0, 2.5, 2.5, 4.0, 4.0]]
+    # A table that would push P25 above the median (a huge shift) still yields monotone quantiles.
+    cal = Calibration(LEVELS, ["cpu"], torch.zeros(1, 1, 7), torch.zeros(1, 1))
+    cal.shift[0, 0, 2] = 5.0
+    qq = torch.tensor([[[-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0]]])
+    got = cal.apply(qq, "cpu")
+    assert (got.diff(dim=-1) >= 0).all() and got[0, 0, 3] == 0.0
+
+
+def test_channel_rows_calibrate_each_channel():
+    qa, ya = gaussian_windows(2000, 2, true_sd=1.0, model_sd=1.0, seed=4)
+    qb, yb = gaussian_windows(2000, 2, true_sd=3.0, model_sd=1.0, seed=5)
+    channels = ["a"] * 2000 + ["b"] * 2000
+    cal = fit([torch.cat([qa, qb])], [torch.cat([ya, yb])], LEVELS, ["value"], channels)
+    assert cal.keys == ["value", "a", "b"]
+    qa2, ya2 = gaussian_windows(2000, 2, true_sd=1.0, model_sd=1.0, seed=6)
+    qb2, yb2 = gaussian_windows(2000, 2, true_sd=3.0, model_sd=1.0, seed=7)
+    out = cal.apply(torch.cat([qa2, qb2]), "value", ["a"] * 2000 + ["b"] * 2000)
+    for sl, y in ((slice(0, 2000), ya2), (slice(2000, 4000), yb2)):
+        assert abs(coverage(out[sl], y, LEVELS, 0.1, 0.9) - 0.80) < 0.035
+    # Unknown channel: the pooled row.
+    assert torch.equal(cal.apply(qa2, "value", ["zz"] * 2000), cal.apply(qa2, "value"))
+
+
+def test_state_round_trip_and_mismatch_errors(tmp_path):
+    q, y = gaussian_windows(200, 3, 2.0, 1.0, seed=8)
+    cal = fit([q, q], [y, y], LEVELS, ["cpu", "mem"])
+    path = tmp_path / "c.pt"
+    torch.save({"tft_calibration": cal.to_state()}, path)
+    back = Calibration.from_state(torch.load(path, weights_only=True)["tft_calibration"])
+    assert torch.equal(back.shift, cal.shift) and back.keys == ["cpu", "mem"] and back.windows == 200
+    cal.save_json(tmp_path)
+    again = Calibration.load_json(tmp_path)
+    assert torch.allclose(again.shift, cal.shift) and again.levels == LEVELS
+    with pytest.raises(ZooError, match="horizon 3 differs"):
+        cal.check(LEVELS, ["cpu", "mem"], 6, "x")
+    with pytest.raises(ZooError, match="targets"):
+        cal.check(LEVELS, ["cpu", "disk"], 3, "x")
+    with pytest.raises(ZooError, match="not a scaled-conformal-shift"):
+        Calibration.from_state({"method": "other"})
+
+
+@pytest.mark.slow
+def test_fit_end_calibrates_checkpoints_export_eval_and_forecast(tmp_path, cache_dir):
+    """After fit the module, its best/last checkpoints and its export carry the table; eval reports
+    before/after coverage; forecast() returns calibrated, monotone quantiles and the raw point."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.tft.conftest import small_dm
+    from zoo.core.export import export_run
+    from zoo.core.family import load_run
+    from zoo.tft.evaluate import score
+    from zoo.tft.module import TFTModule
+    from zoo.tft.predict import forecast
+
+    dm = small_dm(cache_dir, name="calib")
+    dm.prepare_data()
+    dm.setup()
+    pl.seed_everything(0)
+    model = TFTModule(**dm.model_kwargs(), net={"hidden_size": 8, "attention_head_size": 1, "hidden_continuous_size": 4},
+                      plots=False)  # fmt: skip
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val/loss", save_top_k=1, save_last=True)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, limit_train_batches=2, limit_val_batches=2, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[ckpt],
+                         num_sanity_val_steps=0, use_distributed_sampler=False)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert model.calibration is not None and model.calibration.keys == model.target_names
+    for path in (ckpt.best_model_path, ckpt.last_model_path):
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        state = raw["tft_calibration"]
+        assert isinstance(state["shift"], torch.Tensor) and state["shift"].shape[1] == model.prediction_length
+    # (zoo.train checkpoints also load through zoo.core.family.load_run, which calls the same hook)
+    loaded = TFTModule.load_from_checkpoint(ckpt.last_model_path, map_location="cpu", weights_only=True)
+    assert torch.equal(loaded.calibration.shift, model.calibration.shift)
+
+    m = score(model, dm, "val")["metrics"]
+    for t in model.target_names:
+        for key in ("coverage_p10_p90", "coverage_p2_p98", "pinball"):
+            assert f"{t}/tft/{key}" in m and f"{t}/tft/{key}_raw" in m
+    assert m["calibrated"] == 1.0
+    # Fitted on these very windows: the calibrated P10-P90 band covers about 80 % of them per target.
+    assert all(abs(m[f"{t}/tft/coverage_p10_p90"] - 0.8) < 0.1 for t in model.target_names), m
+
+    folder = export_run(model, tmp_path / "export", {})
+    assert (folder / "calibration.json").is_file()
+    exported = load_run(folder).module
+    assert torch.allclose(exported.calibration.shift, model.calibration.shift)
+    recent = dm.raw_frame().groupby("series").tail(48)
+    fc = forecast(exported, recent)
+    qcols = [f"q{level:g}" for level in exported.quantiles]
+    assert (fc[qcols].diff(axis=1).iloc[:, 1:] >= -1e-6).all().all()
+    table, exported.calibration = exported.calibration, None
+    plain = forecast(exported, recent)
+    exported.calibration = table
+    assert ((fc["q0.98"] - fc["q0.02"]) != (plain["q0.98"] - plain["q0.02"])).any()
+    assert (fc["q0.5"] - plain["q0.5"]).abs().max() < 1e-5 and (
+        fc["point"] - plain["point"]
+    ).abs().max() < 1e-5
+
+
+def test_bench_calibration_section_renders_and_survives_other_parts(tmp_path):
+    from benchmarks.tft import main, markdown, previous_results
+
+    m = {"cpu/coverage_p10_p90": 0.79, "cpu/coverage_p10_p90_raw": 0.55, "cpu/coverage_p2_p98": 0.95,
+         "cpu/coverage_p2_p98_raw": 0.70, "cpu/pinball": 1.0, "cpu/pinball_raw": 1.5}  # fmt: skip
+    env = {"machine": "m", "torch": "t", "device": "cpu", "command": "c", "date": "2026-12-01"}
+    res = {"calibration": {"runs": {"synthetic": {"checkpoint": "x.ckpt", "stored_calibration": True, "split": "test",
+           "targets": ["cpu"], "val_windows": 10, "test_windows": 12, "overrides": ["a=b"], "metrics": m}}, "_env": env}}  # fmt: skip
+    md = tmp_path / "tft.md"
+    md.write_text(markdown(res))
+    text = md.read_text()
+    assert "| cpu | 55.0 % | **79.0 %** | 70.0 % | **95.0 %** | 1.5 | 1 |" in text
+    assert "Goal met on 3 of 3 checks" in text and "2026-12-01" in text
+    other = tmp_path / "train.json"
+    other.write_text(
+        '{"train": {"device": "cpu", "fast_train_samples_per_s": 5.0, "stock_train_samples_per_s": 4.0, "_env": {"machine": "m"}}}'
+    )
+    assert main(["--merge", str(other), "--md", str(md)]) == 0
+    assert previous_results(md)["calibration"] == res["calibration"] and "**79.0 %**" in md.read_text()
