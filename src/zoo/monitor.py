@@ -159,15 +159,13 @@ class Monitor:
 
     def forecast(self) -> Any:
         """Forecast the next steps from the recent history; a failure is logged once per kind."""
-        from zoo.tft.predict import forecast
-
         try:
             frame = self._frame()
             steps = frame["timestamp"].dt.floor(self.step).nunique() if len(frame) else 0
             if steps < self.needed_steps:  # one message however short, so it is logged once
                 raise ZooError(f"history too short: {steps} complete steps of {self.step_name}, the model needs "
                                f"{self.needed_steps} (encoder_length + lag warm-up; history={self.history} samples)")  # fmt: skip
-            fc = forecast(self.module, frame)
+            fc = self.module.forecast(frame)
             last = self._bin(frame["timestamp"].iloc[-1])
         except Exception as err:  # a failing forecast must never stop the collection
             self.counts["failed"] += 1

@@ -467,6 +467,13 @@ class TFTModule(ZooModule):
             (folder / ONNX_FILE).unlink(missing_ok=True)
         return folder
 
+    def forecast(self, df: Any, **kwargs: Any) -> Any:
+        """Calibrated quantile forecasts of the next steps of every series in `df` (`zoo.tft.predict.forecast`):
+        the Python API the monitor uses, reached through `load_run` like every other entry point."""
+        from zoo.tft.predict import forecast
+
+        return forecast(self, df, **kwargs)
+
     def predict(self, cfg: Any, output_dir: Path, run: Any) -> Any:
         """``python -m zoo.predict input=recent.csv``: forecast.csv (+ forecast.png), see `zoo.tft.predict`."""
         from zoo.tft.predict import predict_command
