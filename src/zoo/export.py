@@ -21,7 +21,9 @@ def export(cfg: DictConfig) -> Path:
     fmt = check_export_format(str(cfg.format))
     run = load_run(cfg.ckpt_path)
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir) / "export"
-    folder = export_run(run.module, out, run.config, fmt, run_dir=run.path.parent.parent if run.kind == "checkpoint" else None)
+    folder = export_run(
+        run.module, out, run.config, fmt, run_dir=run.path.parent.parent if run.kind == "checkpoint" else None
+    )
     print(f"[zoo] export ({fmt}): {folder}")
     return folder
 

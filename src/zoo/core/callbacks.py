@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -39,19 +44,81 @@ def precision_dtype(precision: str) -> str:
     return "fp32"
 
 
-def measured_cpu_peak(dtype: str = "fp32", size: int = 1024, seconds: float = 0.3) -> float:
-    """Matmul FLOP/s this CPU reaches in `dtype`, measured once per process (the "measured CPU peak")."""
-    if dtype not in _measured_cpu_peak:
-        torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-        a = torch.randn(size, size, dtype=torch_dtype)
-        b = torch.randn(size, size, dtype=torch_dtype)
-        a @ b  # warm-up: thread pool and kernel selection
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+def cpu_peak_cache() -> Path:
+    """Where measured CPU peaks are kept: ``$XDG_CACHE_HOME/zoo/cpu_peak.json`` (``~/.cache/zoo/...``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "zoo" / "cpu_peak.json"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def _probe_matmul_flops(torch_dtype: torch.dtype, size: int, seconds: float, rounds: int) -> float:
+    """Best of `rounds` timed rounds of size x size matmuls, after a warm-up."""
+    a = torch.randn(size, size, dtype=torch_dtype)
+    b = torch.randn(size, size, dtype=torch_dtype)
+    start = time.perf_counter()
+    for _ in range(2):  # warm-up: thread pool, kernel selection, caches
+        a @ b
+    one = (time.perf_counter() - start) / 2
+    budget = seconds / rounds
+    if one > budget and size > 128:  # a dtype this CPU has no fast path for (bf16 without AMX/AVX512-BF16)
+        return _probe_matmul_flops(torch_dtype, size // 2, seconds, rounds)
+    reps = max(1, int(budget / max(one, 1e-6)))
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(reps):
             a @ b
-            n += 1
-        _measured_cpu_peak[dtype] = 2 * size**3 * n / (time.perf_counter() - start)
-    return _measured_cpu_peak[dtype]
+        best = max(best, 2 * size**3 * reps / (time.perf_counter() - start))
+    return best
+
+
+def measured_cpu_peak(dtype: str = "fp32", size: int = 1024, seconds: float = 2.0, rounds: int = 5) -> float:
+    """Matmul FLOP/s this CPU reaches in `dtype` with torch's current thread count: the CPU MFU denominator.
+
+    Measured once per machine, not once per run: the best of `rounds` warmed-up rounds of size x size
+    matmuls over `seconds` in all (other processes can only slow a round down, so the best round is the
+    one nearest the machine's peak), then stored in `cpu_peak_cache()` under the CPU model, thread count,
+    dtype and torch version. Every later run on that machine reads the same number, so MFU from two runs
+    divides by the same denominator (a 0.3 s probe per run read 0.05-0.20 TFLOP/s on one busy machine).
+    Delete the file to measure again, e.g. on a quiet machine; `callbacks.throughput.peak_flops` overrides it.
+    """
+    threads = torch.get_num_threads()
+    key = f"{_cpu_model()} | {threads} threads | {dtype} | torch {torch.__version__.split('+')[0]}"
+    if key in _measured_cpu_peak:
+        return _measured_cpu_peak[key]
+    from filelock import FileLock
+
+    path = cpu_peak_cache()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock")
+    except OSError:  # read-only home: measure for this process only
+        lock = None
+    # Under the lock, so concurrent first runs on a machine measure once and all read that one value.
+    with lock if lock is not None else contextlib.nullcontext():
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            table = {}
+        if key not in table:
+            torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+            table[key] = _probe_matmul_flops(torch_dtype, size, seconds, rounds)
+            if lock is not None:
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                try:
+                    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+                    os.replace(tmp, path)
+                except OSError:
+                    pass
+    _measured_cpu_peak[key] = float(table[key])
+    return _measured_cpu_peak[key]
 
 
 def device_peak_flops(device: torch.device, precision: str) -> tuple[float, str]:
@@ -63,17 +130,39 @@ def device_peak_flops(device: torch.device, precision: str) -> tuple[float, str]
             if key in name:
                 return peaks[dtype], f"{name} datasheet ({dtype})"
         return 0.0, f"{name} (not in GPU_PEAK_FLOPS)"
-    return measured_cpu_peak(dtype), f"measured CPU peak ({dtype} matmul)"
+    return measured_cpu_peak(dtype), (
+        f"measured CPU peak ({dtype} matmul, {torch.get_num_threads()} threads; cached in {cpu_peak_cache()})"
+    )
+
+
+def logs_this_step(trainer: pl.Trainer) -> bool:
+    """Whether step-level `self.log(..., on_step=True)` from this training batch reaches the logger: the
+    steps Lightning writes logs at (every `log_every_n_steps`), fast_dev_run, and the last batch of an
+    epoch or of the run, so `callback_metrics` (metrics.json) still end on the final values.
+
+    Each `self.log` call costs Lightning's result collection real host time; gate per-step logging on this.
+    """
+    if trainer.fast_dev_run:
+        return True
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is None or connector.should_update_logs:
+        return True
+    if 0 < trainer.max_steps <= trainer.global_step + 1:
+        return True
+    return bool(trainer.is_last_batch)
 
 
 def log_grad_norm(module: pl.LightningModule) -> None:
-    """Log `train/grad_norm` (global L2 norm) every `log_every_n_steps` optimizer steps.
+    """Log `train/grad_norm` (global L2 norm) on the steps whose logs are written (`logs_this_step`).
 
     Call it from `on_before_optimizer_step`: the gradients are accumulated and not yet clipped there, so
-    this is the norm clipping acts on.
+    this is the norm clipping acts on. Only on those steps does it walk the parameters and compute the
+    norm, and it logs a tensor: nothing here waits for the device.
     """
+    if not logs_this_step(module.trainer):
+        return
     grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if grads and module.global_step % max(1, module.trainer.log_every_n_steps) == 0:
+    if grads:
         norm = torch.linalg.vector_norm(
             torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
         )
@@ -86,6 +175,10 @@ class Throughput(Callback):
     A `ZooModule` describes its batches with ``batch_stats(batch) -> (samples, tokens)`` and may give
     ``flops_per_token`` (forward + backward); without them tokens == samples and MFU is not logged.
     Rates are global: per-rank rates times the world size.
+
+    MFU's denominator (`peak_flops`, else `device_peak_flops`): the datasheet peak for known GPUs; on CPU
+    `measured_cpu_peak`, measured once per machine, thread count and dtype (best of several warmed-up
+    matmul rounds) and cached on disk, so every run on a machine divides by the same number.
     """
 
     def __init__(self, log_every_n_steps: int = 20, peak_flops: float | None = None):

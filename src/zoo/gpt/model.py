@@ -96,8 +96,9 @@ class CausalSelfAttention(nn.Module):
                 v = torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         # With a cache and one new token, that token may attend to everything before it (no mask needed);
-        # a multi-token prompt on an empty cache is an ordinary causal pass.
-        causal = T > 1
+        # a multi-token prompt on an empty cache is an ordinary causal pass. Without a cache the pass is
+        # always causal (one token: the same thing), so tracing for ONNX never turns on the symbolic length.
+        causal = cache is None or T > 1
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )

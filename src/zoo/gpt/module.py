@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
-from zoo.core.callbacks import log_grad_norm
+from zoo.core.callbacks import log_grad_norm, logs_this_step
 from zoo.core.errors import ZooError
 from zoo.core.family import ZooModule
+from zoo.gpt.evaluate import char_metrics
 from zoo.gpt.model import GPT, GPTConfig
 
 
@@ -21,11 +22,11 @@ from zoo.gpt.model import GPT, GPTConfig
 class OptimConfig:
     name: str = "adamw"
     """adamw | sgd."""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """Peak learning rate."""
-    min_lr: float = 1e-4
+    min_lr: float = 2e-4
     """Learning rate at the end of the cosine decay."""
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     """Linear warmup from 0 over this many optimizer steps."""
     decay_steps: int | None = None
     """Steps of the cosine decay (default: the whole run, trainer.max_steps or epochs x batches)."""
@@ -40,7 +41,7 @@ class OptimConfig:
     momentum: float = 0.0
     """SGD momentum."""
     fused: bool | None = None
-    """Fused AdamW kernel (default: on CUDA, except under 16-mixed with gradient clipping)."""
+    """Fused AdamW kernel (default: on CUDA and CPU, except under 16-mixed with gradient clipping)."""
 
 
 def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
@@ -115,8 +116,11 @@ class GPTModule(ZooModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/ppl", torch.exp(loss.detach()), on_step=True, on_epoch=False)
+        # Each self.log runs Lightning's result collection (these two were ~20% of a tiny model's CPU
+        # step): log only on the steps the logger writes, and the last, which is all that reaches the logs.
+        if logs_this_step(self.trainer):
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+            self.log("train/ppl", torch.exp(loss.detach()), on_step=True, on_epoch=False)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -134,12 +138,7 @@ class GPTModule(ZooModule):
             return
         loss = total / tokens
         metrics = {"val/loss": loss, "val/ppl": torch.exp(loss)}
-        stats = getattr(self.trainer.datamodule, "val_stats", None)
-        if stats and stats["chars"]:
-            # Exact with full coverage; with limit_val_batches the covered tokens stand for the split.
-            scale = stats["targets"] / stats["chars"]
-            metrics["val/loss_per_char"] = loss * scale
-            metrics["val/bpb"] = loss * stats["targets"] / stats["bytes"] / math.log(2)
+        metrics |= char_metrics(loss, getattr(self.trainer.datamodule, "val_stats", None))
         self.log_dict(metrics, prog_bar=True, sync_dist=False)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -162,7 +161,9 @@ class GPTModule(ZooModule):
             if fused is None:
                 # A fused step unscales fp16 gradients itself, too late for clipping to see true norms.
                 scaled = str(self.trainer.precision).startswith("16") and self.trainer.gradient_clip_val
-                fused = self.device.type == "cuda" and not scaled
+                # On CPU too: one pass over memory instead of ~10 elementwise ones (shakespeare_char's 0.8M
+                # parameters: 6.4 ms unfused vs 2.2 ms fused on 1 thread, 13 vs 1.4 ms on 2 busy threads).
+                fused = self.device.type in ("cuda", "cpu") and not scaled
             optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
         else:
             optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -210,9 +211,51 @@ class GPTModule(ZooModule):
                 "training (leave data= out, or set data.tokenizer to match)"
             )
 
+    def evaluate(self, datamodule: Any, trainer: Any, cfg: Any, output_dir: Path) -> dict[str, float]:
+        """``python -m zoo.eval``: see `zoo.gpt.evaluate.evaluate_module`."""
+        from zoo.gpt.evaluate import evaluate_module
+
+        return evaluate_module(self, datamodule, trainer, cfg, output_dir)
+
     def export(self, out_dir: str | Path, datamodule: Any = None, format: str = "safetensors") -> Path:
-        """Write model.safetensors, config.json and tokenizer.json: loadable with `zoo.gpt.export.load`."""
-        from zoo.gpt.export import save
+        """Write model.safetensors, config.json and tokenizer.json (loadable with `zoo.gpt.export.load` or
+        `from_export`); ``format=onnx`` adds model.onnx, checked against this network."""
+        from zoo.gpt.export import ONNX_FILE, save, save_onnx
 
         net = getattr(self.net, "_orig_mod", self.net)
-        return save(net, self.tokenizer_json, out_dir)
+        folder = save(net, self.tokenizer_json, out_dir)
+        if format == "onnx":
+            save_onnx(net, folder)
+        else:  # a model.onnx of an earlier export would no longer match these weights
+            (folder / ONNX_FILE).unlink(missing_ok=True)
+        return folder
+
+    @classmethod
+    def from_export(cls, folder: str | Path, map_location: str = "cpu") -> GPTModule:
+        """The module of an export folder (model.safetensors + config.json + tokenizer.json), in eval mode;
+        the optimizer settings come from the run's config in zoo.json where there is one."""
+        from zoo.core.family import EXPORT_MARKER, read_export_marker
+        from zoo.gpt.export import load_weights, read_config, read_tokenizer
+
+        folder = Path(folder)
+        cfg = read_config(folder)
+        run_config = (
+            read_export_marker(folder).get("config") or {} if (folder / EXPORT_MARKER).is_file() else {}
+        )
+        optim = dict((run_config.get("model") or {}).get("optim") or {})
+        module = cls(
+            net={k: v for k, v in cfg.items() if k not in ("vocab_size", "block_size")},
+            optim=optim,
+            vocab_size=cfg["vocab_size"],
+            block_size=cfg["block_size"],
+            tokenizer_json=read_tokenizer(folder),
+        )
+        load_weights(module.net, folder)
+        return module.to(map_location).eval()
+
+    def predict(self, cfg: Any, output_dir: Path, run: Any) -> list[str]:
+        """``python -m zoo.predict``: continuations of ``prompt=`` or of every line of ``input=``
+        (`zoo.gpt.predict.predict`)."""
+        from zoo.gpt.predict import predict
+
+        return predict(self, cfg, output_dir, run)
