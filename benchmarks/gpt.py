@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -28,25 +27,12 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks.common import machine
 from zoo.core.callbacks import GPU_PEAK_FLOPS, measured_cpu_peak
 from zoo.gpt.module import GPTModule, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    desc = f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        desc += f", {torch.cuda.get_device_name()}"
-    return desc
 
 
 def header(title: str) -> str:

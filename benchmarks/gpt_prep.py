@@ -24,7 +24,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -36,21 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks"
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
 ROWS_PER_GROUP = 10_000
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
 # -- the corpus -----------------------------------------------------------------------------------

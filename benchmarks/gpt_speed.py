@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks"
 SHARED = ROOT.parent / "shared"
@@ -214,13 +216,6 @@ def logged_throughput_ms(run_dir: Path) -> float | None:
         return None
     rates = [e.value for e in acc.Scalars("throughput/tokens_per_sec")]
     return statistics.median(BATCH * BLOCK / r * 1000 for r in rates) if rates else None
-
-
-def machine(threads: int) -> str:
-    from zoo.core.callbacks import _cpu_model
-
-    cpu = _cpu_model()
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {threads} threads, torch {torch.__version__}"
 
 
 def main() -> None:
