@@ -39,7 +39,13 @@ def ignore_noise() -> None:
 def configure() -> None:
     """Call once logging is set up (inside the Hydra task): route Lightning through the root handlers."""
     ignore_noise()
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "pytorch_lightning",
+        "lightning_fabric",
+    ):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             if type(handler) is logging.StreamHandler:  # Lightning's own console handler
