@@ -56,3 +56,57 @@ def test_frame_needs_no_resort_when_built_in_order(multi_dm):
     for _, part in frame.groupby("series"):
         assert np.all(np.diff(part["time_idx"].to_numpy()) > 0)
     assert frame.index.equals(pd.RangeIndex(len(frame)))
+
+
+def test_regular_data_skips_resampling_with_the_same_frame():
+    """Data already on the step grid is taken as it is; the result is what resampling gives."""
+    from zoo.tft import sources as S
+
+    df = S.synthetic_hosts(n_hosts=3, days=2, step_minutes=5, seed=2)
+    cols = [c for c in df.columns if c not in ("timestamp", "series")]
+    step = pd.Timedelta("5min")
+    assert S.already_regular(df, step, cols)
+    fast = S.regularize(df, "5min", cols, 3, "w")
+    slow = S.resample_series(df, step, cols, 3, "w", "5min")
+    assert fast.equals(slow) and list(fast.columns) == list(slow.columns) and fast.index.equals(slow.index)
+    # Off the grid, a missing value, a coarser step or unsorted rows: the per-series resampling.
+    shifted = df.assign(timestamp=df["timestamp"] + pd.Timedelta("1min"))
+    holed = df.copy()
+    holed.loc[5, "cpu_percent"] = np.nan
+    assert not S.already_regular(shifted, step, cols)
+    assert not S.already_regular(holed, step, cols)
+    assert not S.already_regular(df, pd.Timedelta("10min"), cols)
+    assert not S.already_regular(df.iloc[::-1], step, cols)
+    assert S.regularize(holed, "5min", cols, 3, "w").equals(
+        S.resample_series(holed, step, cols, 3, "w", "5min")
+    )
+
+
+def test_duplicate_check_still_fires_on_sorted_data():
+    from zoo.core.errors import ZooError
+    from zoo.tft import sources as S
+
+    df = S.synthetic_hosts(n_hosts=2, days=1, step_minutes=60)
+    assert S.strictly_increasing(df["series"], df["timestamp"])
+    dup = pd.concat([df.iloc[:3], df.iloc[2:3], df.iloc[3:]], ignore_index=True)
+    assert not S.strictly_increasing(dup["series"], dup["timestamp"])
+    import pytest
+
+    with pytest.raises(ZooError, match="duplicated timestamp"):
+        S.validate(dup, ["cpu_percent"], [], "data (t)")
+
+
+def test_cached_frame_round_trips_by_row_group(tmp_path):
+    """write_frame/read_frame (row group by row group) give back the frame `pd.read_parquet` would."""
+    from zoo.tft.datamodule import read_frame, write_frame
+
+    frame = pd.DataFrame({
+        "timestamp": pd.date_range("2024-01-01", periods=2500, freq="5min"),
+        "series": np.repeat(["a", "b", "c", "d", "e"], 500), "x": np.arange(2500.0), "i": np.arange(2500),
+    })  # fmt: skip
+    frame.loc[7, "x"] = np.nan
+    path = tmp_path / "f.parquet"
+    write_frame(frame, path, rows=700)
+    back = read_frame(path)
+    assert back.equals(frame) and back.equals(pd.read_parquet(path)) and (back.dtypes == frame.dtypes).all()
+    assert back["series"].iloc[0] is back["series"].iloc[499]  # one string object per distinct id

@@ -161,3 +161,108 @@ def test_encoder_normalizer_refuses_other_options(encoder_dms):
     finally:
         del dm.datasets["test"]
         dm.fast.pop("test", None)
+
+
+def assert_same_params(a, b, name="params"):
+    """Fitted dataset parameters equal value by value (encoders, normalizers and scalers by their state)."""
+    import numpy as np
+    import pandas as pd
+
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), f"{name}: keys {list(a)} vs {list(b)}"
+        for k in a:
+            assert_same_params(a[k], b[k], f"{name}.{k}")
+    elif isinstance(a, list | tuple):
+        assert type(a) is type(b) and len(a) == len(b), name
+        for k, (u, v) in enumerate(zip(a, b)):
+            assert_same_params(u, v, f"{name}[{k}]")
+    elif isinstance(a, pd.DataFrame | pd.Series):
+        assert a.equals(b) and a.index.equals(b.index), name
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), name
+    elif hasattr(a, "__dict__") and not isinstance(a, type):
+        assert type(a) is type(b), f"{name}: {type(a)} vs {type(b)}"
+        assert_same_params(vars(a), vars(b), name)
+    else:
+        assert type(a) is type(b) and (a == b or (a != a and b != b)), f"{name}: {a!r} vs {b!r}"
+
+
+@pytest.fixture(scope="module")
+def direct_pairs(cache_dir):
+    """The same data built by the stock constructor (data.loader=stock) and directly (data.loader=fast)."""
+    from tests.tft.conftest import small_dm
+
+    layouts = {
+        "multi": {},
+        "single": {"targets": ["cpu_percent"]},
+        "channels": {"channel_independent": True, "static_categoricals": [], "targets": ["cpu_percent", "memory_percent"]},
+        "standardized": {"standardize": True, "test_fraction": 0.1},
+    }  # fmt: skip
+    out = {}
+    for layout, kw in layouts.items():
+        pair = []
+        for loader in ("stock", "fast"):
+            dm = small_dm(cache_dir, loader=loader, name=f"direct-{layout}", **kw)
+            dm.prepare_data()
+            dm.setup()
+            pair.append(dm)
+        out[layout] = pair
+    return out
+
+
+@pytest.mark.parametrize("layout", ["multi", "single", "channels", "standardized"])
+def test_direct_build_equals_stock_build(direct_pairs, layout):
+    """Tensors, sample index, fitted parameters and batches of the directly built datasets are the
+    stock constructor's, split by split."""
+    stock, fast = direct_pairs[layout]
+    assert fast.direct and not stock.direct
+    assert list(stock.datasets) == list(fast.datasets) and "val" in fast.datasets
+    for split, want in stock.datasets.items():
+        got = fast.datasets[split]
+        assert_same(want.data, got.data, f"{split}.data")
+        assert want.index.equals(got.index), split
+        assert want.decoded_index.equals(got.decoded_index), split
+        assert_same_params(want.get_parameters(), got.get_parameters(), f"{split}.params")
+        idx = list(range(0, len(want), 3))
+        assert_same(stock_collate([want[i] for i in idx]), stock_collate([got[i] for i in idx]))
+        assert_same(stock_collate([want[i] for i in idx]), fast.batches(split).__getitems__(idx))
+    # What the model is built from.
+    assert_same_params(stock.model_kwargs(), fast.model_kwargs(), "model_kwargs")
+
+
+def test_direct_build_params_come_from_every_row(direct_pairs):
+    """The fitted scales are the whole training split's, not the first-window template's."""
+    stock, fast = direct_pairs["multi"]
+    norm = fast.datasets["train"].target_normalizer.normalizers[0]
+    ds = stock.datasets["train"]
+    codes = ds.data["groups"][:, 0]
+    first = int(codes[0])
+    y = ds.data["target"][0][codes == first].double()
+    assert abs(float(norm.norm_.loc[first, "center"]) - float(y.mean())) < 1e-4
+    assert len(y) > fast.encoder_length + fast.prediction_length
+
+
+def test_group_norm_is_get_norm(multi_dm):
+    """The positional lookup of row scales equals GroupNormalizer.get_norm, unknown groups and NaN included."""
+    import numpy as np
+    import pandas as pd
+
+    from zoo.tft.datamodule import group_norm
+
+    norm = multi_dm.datasets["train"].target_normalizer.normalizers[1]
+    codes = multi_dm.datasets["val"].data["groups"][:, 0].numpy()
+    X = pd.DataFrame({"series": np.r_[codes, 999, codes[:5]]})
+    assert np.array_equal(group_norm(norm, X), norm.get_norm(X))
+    nan = copy_with_nan_scale(norm, int(codes[0]))
+    assert np.array_equal(group_norm(nan, X), nan.get_norm(X))
+    assert not np.isnan(group_norm(nan, X)).any()
+
+
+def copy_with_nan_scale(norm, code):
+    import copy
+
+    out = copy.deepcopy(norm)
+    out.norm_.loc[code, "scale"] = float("nan")
+    return out

@@ -3,8 +3,10 @@
 `prepare_data` loads, validates, resamples and featurizes once, writing ``frame.parquet`` and
 ``manifest.json`` (last) to ``cache_dir/tft/<name>-<fingerprint>/``. `setup` splits every series at a
 **time** cutoff (train rows end before the validation targets start; the validation encoder may look
-back into the training period, as at prediction time) and builds the stock datasets, whose fitted
-normalizers/encoders are the model's dataset parameters.
+back into the training period, as at prediction time) and builds the datasets, whose fitted
+normalizers/encoders are the model's dataset parameters: with the fast loader and group normalizers,
+`direct_dataset` gives the stock `TimeSeriesDataSet` (same tensors, index and parameters) without
+pytorch-forecasting's frame-wide preprocessing, which held several copies of a fleet's rows.
 
 Batches come from `WindowBatches` by default: the stock dataset's tensors and sample index are turned
 into gather indices once, and a batch is a handful of tensor indexing operations instead of
@@ -110,10 +112,16 @@ class WindowBatches(Dataset):
             )
         # Target scales per group, asked of the stock normalizer once per distinct group.
         groups = ds.data["groups"][self.starts] if len(self.starts) else ds.data["groups"][:0]
-        self.groups = groups
-        uniq, inverse = (
-            torch.unique(groups, dim=0, return_inverse=True) if len(groups) else (groups, groups[:, 0])
-        )
+        self.row_groups = ds.data["groups"]  # a window's groups are its first row's (gathered per batch)
+        if (
+            groups.shape[1] == 1
+        ):  # torch.unique(dim=0) sorts rows in seconds on a fleet; one column: np.unique
+            u, inv = np.unique(groups[:, 0].numpy(), return_inverse=True)
+            uniq, inverse = torch.from_numpy(u[:, None].copy()), torch.from_numpy(inv.astype(np.int64))
+        else:
+            uniq, inverse = (
+                torch.unique(groups, dim=0, return_inverse=True) if len(groups) else (groups, groups[:, 0])
+            )
         n_targets = len(self.targets)
         table = np.zeros((len(uniq), n_targets, 2), dtype=np.float32)
         self.encoder_norm: list[dict[str, Any] | None] = [
@@ -124,7 +132,8 @@ class WindowBatches(Dataset):
             if self.encoder_norm[t] is None:
                 table[:, t] = group_scales(norm, uniq, ds.group_ids)
         self.scale_table = torch.from_numpy(table)
-        self.scale_row = inverse.long()
+        self.scale_row = inverse.to(torch.int32 if len(uniq) < 2**31 else torch.long)
+        del groups
 
     @staticmethod
     def _encoder_spec(ds: Any, name: str, norm: Any) -> dict[str, Any]:
@@ -185,7 +194,7 @@ class WindowBatches(Dataset):
             "decoder_target": dec_target,
             "decoder_lengths": torch.full((B,), self.P, dtype=torch.long),
             "decoder_time_idx": (self.time[start] + self.E)[:, None] + self.dec_steps,
-            "groups": self.groups[ii],
+            "groups": self.row_groups[start],
             "target_scale": target_scale,
         }
         return x, (dec_target, None)
@@ -278,16 +287,71 @@ def window_series(ds: Any) -> np.ndarray:
 
 
 def read_frame(path: Path) -> pd.DataFrame:
-    """The cached frame, without keeping a second (Arrow) copy of it: the table's buffers are released
-    while pandas takes the columns over, and Arrow's pool hands freed memory back to the system."""
+    """The cached frame, one row group at a time into preallocated columns: reading the whole table
+    first held it twice (decompression buffers, then Arrow's copy) on a fleet. String columns become
+    object arrays sharing one Python string per distinct value."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    frame = table.to_pandas(self_destruct=True, split_blocks=True)
-    del table
+    file = pq.ParquetFile(path)
+    schema = file.schema_arrow
+    n = file.metadata.num_rows
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    plain = [f.name for f in schema if f.name not in text]
+
+    def whole() -> pd.DataFrame:  # other types (bool, nested, nullable ints...): Arrow's own conversion
+        table = pq.read_table(path)
+        frame = table.to_pandas(self_destruct=True, split_blocks=True)
+        del table
+        pa.default_memory_pool().release_unused()
+        return frame
+
+    if any(not (pa.types.is_floating(schema.field(c).type) or pa.types.is_integer(schema.field(c).type)
+                or pa.types.is_timestamp(schema.field(c).type)) for c in plain) or file.metadata.num_row_groups == 0:  # fmt: skip
+        return whole()
+    empty = schema.empty_table().to_pandas()
+    if not all(isinstance(empty[c].dtype, np.dtype) for c in plain):
+        return whole()
+    cols: dict[str, np.ndarray] = {c: np.empty(n, dtype=empty[c].dtype) for c in plain}
+    cols.update({c: np.empty(n, dtype=object) for c in text})
+    interned: dict[str, str] = {}
+    start = 0
+    for g in range(file.num_row_groups):
+        part = file.read_row_group(g)
+        stop = start + part.num_rows
+        for c in plain:
+            column = part.column(c)
+            if column.null_count and not pa.types.is_floating(column.type):
+                del cols, part
+                return whole()
+            cols[c][start:stop] = column.to_pandas().to_numpy()
+        for c in text:
+            enc = part.column(c).combine_chunks().dictionary_encode()
+            names = [interned.setdefault(v, v) for v in enc.dictionary.to_pylist()]
+            lut = np.array([*names, None], dtype=object)
+            cols[c][start:stop] = lut[enc.indices.fill_null(len(names)).to_numpy()]
+        del part
+        start = stop
     pa.default_memory_pool().release_unused()
-    return frame
+    return pd.DataFrame({c: cols[c] for c in schema.names}, copy=False)
+
+
+def write_frame(frame: pd.DataFrame, path: Path, rows: int = 500_000) -> None:
+    """``frame.to_parquet(path, index=False)`` a slice of rows at a time: converting the whole frame to
+    Arrow first held a second copy of the fleet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.Schema.from_pandas(frame.iloc[:rows], preserve_index=False)
+    # Dictionary pages pay off for the id columns only (trying them on every float column was most of
+    # the write time).
+    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    with pq.ParquetWriter(path, schema, use_dictionary=text or False) as writer:
+        for start in range(0, max(len(frame), 1), rows):
+            part = pa.Table.from_pandas(frame.iloc[start : start + rows], schema=schema, preserve_index=False)
+            writer.write_table(part)
+            del part
+    pa.default_memory_pool().release_unused()
 
 
 def dropped_message(where: str, lost: dict[str, tuple[int, int]], min_length: int, warmup: int) -> str:
@@ -300,6 +364,225 @@ def dropped_message(where: str, lost: dict[str, tuple[int, int]], min_length: in
         f"(encoder_length+prediction_length){why}: {shown}{more}; "
         f"{sum(r for r, _ in lost.values())} rows and {sum(w for _, w in lost.values())} training/evaluation windows lost"
     )
+
+
+def supports_direct_build(normalizer: Any) -> bool:
+    """Whether `direct_dataset` reproduces the stock preprocessing for this target normalizer: a
+    GroupNormalizer (or a MultiNormalizer of them) without a transformation."""
+    from pytorch_forecasting.data import GroupNormalizer, MultiNormalizer
+
+    norms = normalizer.normalizers if isinstance(normalizer, MultiNormalizer) else [normalizer]
+    return all(
+        type(n) is GroupNormalizer and n.transformation is None and n.method == "standard" for n in norms
+    )
+
+
+def encode_codes(encoder: Any, values: pd.Series) -> np.ndarray:
+    """``NaNLabelEncoder(add_nan=True).transform(values)`` (int64 codes, unknown -> 0), one dict lookup per
+    distinct value instead of one per row."""
+    inverse, uniq = pd.factorize(values, use_na_sentinel=False)
+    lut = np.array([encoder.classes_.get(v, 0) for v in uniq], dtype=np.int64)
+    return lut[inverse]
+
+
+def group_norm(norm: Any, X: pd.DataFrame) -> np.ndarray:
+    """``GroupNormalizer.get_norm(X)``, each row's fitted (center, scale), by a positional lookup instead
+    of pandas' join (seconds and several row-sized copies on a fleet): unknown groups and missing values
+    take ``missing_``, as the stock ``fillna(missing_)`` gives them."""
+    if norm.scale_by_group or len(norm._groups) != 1:
+        return norm.get_norm(X)
+    table = norm.norm_
+    pos = table.index.get_indexer(X[norm._groups[0]].to_numpy())
+    out = table.to_numpy(np.float64)[pos]
+    out[pos < 0] = np.nan
+    for j, name in enumerate(table.columns):
+        col = out[:, j]
+        col[np.isnan(col)] = norm.missing_[name]
+    return out
+
+
+class RowView:
+    """Some rows of a frame, each column copied out only when asked for (instead of a copy of the whole
+    selection): ``view[name]`` is a Series and ``view[[names]]`` a DataFrame on a fresh RangeIndex."""
+
+    def __init__(self, frame: pd.DataFrame, rows: np.ndarray | None = None):
+        self.frame = frame
+        self.rows = (
+            np.arange(len(frame)) if rows is None else np.flatnonzero(rows) if rows.dtype == bool else rows
+        )
+        self.index = pd.RangeIndex(len(self.rows))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, list):
+            return pd.DataFrame({k: self[k] for k in key}, index=self.index)
+        return pd.Series(self.frame[key].to_numpy()[self.rows], index=self.index, name=key)
+
+    def where(self, keep: np.ndarray) -> RowView:
+        return RowView(self.frame, self.rows[np.asarray(keep, dtype=bool)])
+
+    def take(self, keep: np.ndarray, columns: list[str]) -> pd.DataFrame:
+        return self.frame.iloc[self.rows[np.asarray(keep, dtype=bool)]][columns]
+
+
+def direct_dataset(
+    frame: pd.DataFrame | RowView,
+    kwargs: dict[str, Any],
+    fitted: Any = None,
+    min_prediction_idx: int | None = None,
+    columns: list[str] | None = None,
+) -> Any:
+    """The `TimeSeriesDataSet` the stock constructor would build over `frame` (sorted by series and
+    time_idx, gap-free), without running its pandas preprocessing over every row.
+
+    With ``fitted=None`` (training): the categorical encoders, the target normalizer and the covariate
+    scalers are fitted here exactly as the stock ``_preprocess_data`` fits them (the same pytorch-
+    forecasting/sklearn calls on the same values, one column at a time), then a stock dataset is built on
+    the first window of every series with those fitted objects (it fits nothing more), and its tensors
+    and sample index are replaced by the whole frame's, computed column by column with the same
+    transforms. With ``fitted`` (a dataset from this function): an evaluation dataset with its fitted
+    parameters, as ``TimeSeriesDataSet.from_dataset(fitted, frame, min_prediction_idx=...)`` gives.
+    tests/tft/test_loader.py asserts tensors, index, parameters and batches equal the stock build's.
+    """
+    from pytorch_forecasting import TimeSeriesDataSet
+    from pytorch_forecasting.data import MultiNormalizer
+    from pytorch_forecasting.data.timeseries._timeseries import check_for_nonfinite
+    from sklearn.preprocessing import StandardScaler
+
+    if fitted is not None:
+        kwargs = {"target": fitted.target, "max_encoder_length": fitted.max_encoder_length,
+                  "max_prediction_length": fitted.max_prediction_length}  # fmt: skip
+    targets = list(kwargs["target"]) if isinstance(kwargs["target"], list | tuple) else [kwargs["target"]]
+    E, P = int(kwargs["max_encoder_length"]), int(kwargs["max_prediction_length"])
+    frame = frame if isinstance(frame, RowView) else RowView(frame)
+    columns = list(columns or frame.frame.columns)
+    if fitted is not None and min_prediction_idx is not None:
+        frame = frame.where(frame["time_idx"].to_numpy() >= min_prediction_idx - E)
+    series = frame["series"]
+    if fitted is None:
+        encoders = kwargs["categorical_encoders"]
+        for name, enc in encoders.items():  # as the stock fit: np.unique of the column's values
+            source = "series" if name == "__group_id__series" else name
+            enc.fit(pd.Series(pd.unique(frame[source]), name=source))
+    else:
+        encoders = fitted._categorical_encoders
+    X = pd.DataFrame({"series": encode_codes(encoders["series"], series)}, index=frame.index)
+    group_codes = encode_codes(encoders["__group_id__series"], series)
+    del series
+    normalizer = kwargs["target_normalizer"] if fitted is None else fitted.target_normalizer
+    norms = dict(
+        zip(targets, normalizer.normalizers if isinstance(normalizer, MultiNormalizer) else [normalizer])
+    )
+    if fitted is None:  # the stock fit: MultiNormalizer on the (rows, targets) frame, else on the Series
+        normalizer.fit(frame[targets] if len(targets) > 1 else frame[targets[0]], X)
+    scale_cols = {f"{t}_{k}": (t, j) for t in targets for j, k in enumerate(("center", "scale"))}
+    norm_of: dict[str, np.ndarray] = {}
+
+    def row_scales(t: str) -> np.ndarray:
+        """(rows, 2) center and scale of each row's group: what the stock transform uses and returns."""
+        if t not in norm_of:
+            norm_of.clear()  # one target's at a time
+            norm_of[t] = group_norm(norms[t], X)
+        return norm_of[t]
+
+    def column(name: str) -> Any:
+        """One real column before scaling, as the stock preprocessing holds it (float64 where it makes it)."""
+        if name in targets:  # the normalized target: the stock transform, one target at a time
+            y = frame[name] if len(targets) == 1 else frame[name].to_numpy()
+            return np.asarray(norms[name].transform(y, X, target_scale=row_scales(name)), dtype=np.float64)
+        if name in scale_cols:  # <target>_center/_scale: each row's group scale, as the transform returns it
+            t, j = scale_cols[name]
+            return pd.DataFrame({name: row_scales(t)[:, j]}, index=frame.index)
+        if name == "relative_time_idx":
+            return pd.DataFrame({name: np.zeros(len(frame))}, index=frame.index)
+        return frame[[name]]
+
+    if fitted is None:
+        real_names = [*kwargs.get("static_reals", []), *scale_cols, *kwargs.get("time_varying_known_reals", []),
+                      "relative_time_idx", *kwargs.get("time_varying_unknown_reals", [])]  # fmt: skip
+        scalers = {
+            name: StandardScaler().fit(column(name))
+            for name in dict.fromkeys(real_names)
+            if name not in targets
+        }
+        # The first window of every series: all series (so the group-id encoder learns nothing new), the
+        # same first time_idx (min_prediction_idx), one window each.
+        first = frame.take(X.groupby("series", sort=False).cumcount().to_numpy() < E + P, columns)
+        template = TimeSeriesDataSet(first, **{**kwargs, "scalers": scalers})
+        del first
+    else:
+        template = copy.copy(fitted)
+        template.min_prediction_idx = min_prediction_idx
+        template.randomize_length = None
+    ds = copy.copy(template)
+    n = len(frame)
+    reals = np.empty((n, len(ds.reals)), dtype=np.float32)
+    for j, name in enumerate(ds.reals):
+        values = column(name)
+        scaler = None if name in targets else ds._scalers.get(name)
+        if scaler is not None:
+            values = scaler.transform(values)
+        reals[:, j] = np.asarray(values, dtype=np.float64).reshape(-1)
+        del values
+        if not np.isfinite(reals[:, j]).all():  # the stock check, on this column only
+            check_for_nonfinite(torch.from_numpy(reals[:, j].copy()), name)
+    norm_of.clear()
+    cats = np.empty((n, len(ds.flat_categoricals)), dtype=np.int64)
+    for j, name in enumerate(ds.flat_categoricals):
+        cats[:, j] = encode_codes(encoders[name], frame[name])
+    time = frame["time_idx"].to_numpy(np.int64)
+
+    def target_tensor(t: str) -> torch.Tensor:
+        col = frame[t]
+        if col.dtype.kind in "bi":
+            return torch.from_numpy(col.to_numpy(np.int64, copy=True))
+        return torch.from_numpy(col.to_numpy(np.float32))
+
+    ds.data = {
+        "reals": torch.from_numpy(reals),
+        "categoricals": torch.from_numpy(cats),
+        "groups": torch.from_numpy(group_codes[:, None].copy()),
+        "target": [target_tensor(t) for t in targets],
+        "weight": None,
+        "time": torch.from_numpy(time),
+    }
+    for t, target in zip(targets, ds.data["target"]):
+        if target.is_floating_point() and not bool(torch.isfinite(target).all()):
+            check_for_nonfinite(target, t)
+    ds.index = window_index(ds, group_codes, time)
+    return ds
+
+
+def window_index(ds: Any, codes: np.ndarray, time: np.ndarray) -> pd.DataFrame:
+    """``ds._construct_index`` for fixed encoder/prediction lengths over gap-free series stored
+    contiguously in increasing group-code order, vectorized (the stock one walks every row in Python
+    without numba); anything else goes to the stock construction."""
+    L = int(ds.max_encoder_length + ds.max_prediction_length)
+    fixed = (
+        ds.min_encoder_length == ds.max_encoder_length
+        and ds.min_prediction_length == ds.max_prediction_length
+    )
+    n = len(codes)
+    new = np.ones(n, dtype=bool)
+    new[1:] = codes[1:] != codes[:-1]
+    heads = np.flatnonzero(new)
+    gap_free = bool((np.diff(time)[~new[1:]] == 1).all())
+    if not (fixed and n and gap_free and (np.diff(codes[heads]) > 0).all()):
+        frame = pd.DataFrame({"__group_id__series": codes, "__time_idx__": time})
+        return ds._construct_index(frame, predict_mode=False)
+    group = np.cumsum(new) - 1  # = groupby(...).ngroup(): groups in increasing code order
+    last_time = time[np.r_[heads[1:], n] - 1][group]
+    length = np.minimum(L, last_time - time + 1)
+    keep = np.flatnonzero((length >= L) & (length + time >= ds.min_prediction_idx + ds.min_prediction_length))
+    assert len(keep) > 0, (
+        "filters should not remove entries all entries - check encoder/decoder lengths and lags"
+    )
+    return pd.DataFrame({
+        "index_start": keep, "index_end": keep + L - 1, "sequence_length": length[keep],
+        "time": time[keep], "sequence_id": group[keep],
+    }).astype("int32")  # fmt: skip
 
 
 class MetricsDataModule(ZooDataModule):
@@ -444,6 +727,7 @@ class MetricsDataModule(ZooDataModule):
         self.fast: dict[str, WindowBatches] = {}
         self.cutoffs: dict[str, dict[str, int]] = {}
         self.scaler: dict[str, list[float]] = {}
+        self.direct = False
 
     # -- prepare ---------------------------------------------------------------------------------------
 
@@ -451,7 +735,7 @@ class MetricsDataModule(ZooDataModule):
         import pyarrow as pa
 
         frame, manifest = self.build_frame()
-        frame.to_parquet(out / "frame.parquet", index=False)
+        write_frame(frame, out / "frame.parquet")
         del frame
         pa.default_memory_pool().release_unused()
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
@@ -522,7 +806,9 @@ class MetricsDataModule(ZooDataModule):
             frame["series"].is_monotonic_increasing
             and (frame.groupby("series", sort=False)["time_idx"].diff().dropna() > 0).all()
         )
-        frame = (frame if ordered else frame.sort_values(["series", "time_idx"])).reset_index(drop=True)
+        if not ordered:
+            frame = frame.sort_values(["series", "time_idx"])
+        frame.index = pd.RangeIndex(len(frame))  # not reset_index: that copies every column
         manifest = {
             "rows": len(frame), "series": sorted(frame["series"].unique().tolist()), "origin": str(origin),
             "calendar": calendar, "lag_features": lag_cols, "extra": extra, "step": s["step"],
@@ -605,10 +891,9 @@ class MetricsDataModule(ZooDataModule):
         where = f"data ({self.name})"
         self.cutoffs = self.split_points()
         frame = self.frame
-        cut = frame["series"].map(self.cutoffs["train"])
-        # Only the columns the datasets read: pytorch-forecasting copies what it is given several times over,
-        # which on a fleet (millions of rows) was most of the peak memory.
-        train = frame.loc[frame["time_idx"] <= cut, self.dataset_columns(frame)]
+        # The training rows as a mask, their columns copied out one at a time (RowView): pytorch-forecasting
+        # copies what it is given several times over, which on a fleet was most of the peak memory.
+        in_train = (frame["time_idx"] <= frame["series"].map(self.cutoffs["train"])).to_numpy()
         if self.standardize:
             cols = [
                 *self.targets,
@@ -616,13 +901,12 @@ class MetricsDataModule(ZooDataModule):
                 *self.settings["unknown_reals"],
                 *self.settings["static_reals"],
             ]
-            stats = train[cols].agg(["mean", "std"])
+            stats = frame.loc[in_train, cols].agg(["mean", "std"])
             self.scaler = {c: [float(stats.loc["mean", c]), float(stats.loc["std", c]) or 1.0] for c in cols}
             frame = frame.copy()
             for c, (mu, sd) in self.scaler.items():
                 frame[c] = (frame[c] - mu) / sd
             self.frame = frame
-            train = frame.loc[frame["time_idx"] <= cut, self.dataset_columns(frame)]
         static_categoricals = list(self.static_categoricals)
         if self.channel_independent:
             clash = [c for c in (S.CHANNEL_VALUE, S.CHANNEL) if c in frame.columns]
@@ -633,17 +917,17 @@ class MetricsDataModule(ZooDataModule):
             frame = S.melt_channels(frame, self.targets)
             self.frame = frame
             self.cutoffs = self.split_points()
-            train = frame.loc[
-                frame["time_idx"] <= frame["series"].map(self.cutoffs["train"]), self.dataset_columns(frame)
-            ]
+            in_train = (frame["time_idx"] <= frame["series"].map(self.cutoffs["train"])).to_numpy()
             static_categoricals = [*static_categoricals, S.CHANNEL]
         min_len = self.encoder_length + self.prediction_length
-        sizes = train.groupby("series").size()
-        train = train[train["series"].isin(sizes.index[sizes >= min_len])]
-        if train.empty:
+        sizes = frame["series"][in_train].value_counts()
+        in_train &= frame["series"].isin(sizes.index[sizes >= min_len]).to_numpy()
+        if not in_train.any():
             raise ZooError(
                 f"{where}: no series has encoder_length+prediction_length={min_len} steps before its validation cutoff"
             )
+        train_rows, train_columns = RowView(frame, in_train), self.dataset_columns(frame)
+        del in_train
         if self.target_normalizer == "encoder":
             normalizers = [
                 EncoderNormalizer(transformation=self.target_transformation) for _ in self.model_targets
@@ -660,28 +944,38 @@ class MetricsDataModule(ZooDataModule):
         encoders = {
             c: NaNLabelEncoder(add_nan=True) for c in [*static_categoricals, "series", "__group_id__series"]
         }
+        kwargs = dict(
+            time_idx="time_idx",
+            target=targets if multi else targets[0],
+            group_ids=["series"],
+            max_encoder_length=self.encoder_length,
+            min_encoder_length=self.encoder_length,
+            max_prediction_length=self.prediction_length,
+            min_prediction_length=self.prediction_length,
+            static_categoricals=static_categoricals,
+            static_reals=list(self.settings["static_reals"]),
+            time_varying_known_reals=list(self.known_reals),
+            time_varying_unknown_reals=list(self.unknown_reals),
+            target_normalizer=MultiNormalizer(normalizers) if multi else normalizers[0],
+            categorical_encoders=encoders,
+            add_relative_time_idx=True,
+            add_target_scales=True,
+            add_encoder_length=False,
+            allow_missing_timesteps=False,
+        )
+        # The fast loader's datasets skip pytorch-forecasting's frame-wide preprocessing (several copies
+        # of the training rows, most of a fleet's peak memory and setup time): same tensors, index and
+        # fitted parameters (tests/tft/test_loader.py). data.loader=stock keeps the stock build.
+        self.direct = self.loader == "fast" and supports_direct_build(kwargs["target_normalizer"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.datasets["train"] = TimeSeriesDataSet(
-                train,
-                time_idx="time_idx",
-                target=targets if multi else targets[0],
-                group_ids=["series"],
-                max_encoder_length=self.encoder_length,
-                min_encoder_length=self.encoder_length,
-                max_prediction_length=self.prediction_length,
-                min_prediction_length=self.prediction_length,
-                static_categoricals=static_categoricals,
-                static_reals=self.settings["static_reals"],
-                time_varying_known_reals=self.known_reals,
-                time_varying_unknown_reals=self.unknown_reals,
-                target_normalizer=MultiNormalizer(normalizers) if multi else normalizers[0],
-                categorical_encoders=encoders,
-                add_relative_time_idx=True,
-                add_target_scales=True,
-                add_encoder_length=False,
-                allow_missing_timesteps=False,
-            )
+            if self.direct:
+                self.datasets["train"] = direct_dataset(train_rows, kwargs, columns=train_columns)
+            else:
+                self.datasets["train"] = TimeSeriesDataSet(
+                    train_rows.take(np.ones(len(train_rows)), train_columns), **kwargs
+                )
+            del train_rows
             for split in ("val", "test"):
                 ds = self.eval_dataset(split)
                 if ds is not None:
@@ -708,20 +1002,30 @@ class MetricsDataModule(ZooDataModule):
         # baseline's source (zoo.tft.evaluate checks that it lies in the same series): building the
         # dataset over every series' whole past cost a full copy of the fleet per split.
         lookback = max(self.encoder_length, S.seasonal_lag(self.prediction_length, self.season_steps))
-        t = frame["time_idx"]
-        keep_rows = series.isin(trained) & (t <= series.map(end)) & (t > series.map(prev) - lookback)
-        frame = frame.loc[keep_rows, self.dataset_columns(frame)]
-        has_rows = frame["time_idx"] > frame["series"].map(prev)
-        if not has_rows.any():
+        t = frame["time_idx"].to_numpy()
+        # Per-row cutoffs through each series' code (one dict lookup per series, not per row).
+        codes, names = pd.factorize(series)
+        after = pd.Series(names).map(prev).to_numpy(np.float64)[codes]
+        keep_rows = pd.Series(names).isin(trained).to_numpy()[codes]
+        keep_rows &= t <= pd.Series(names).map(end).to_numpy(np.float64)[codes]
+        keep_rows &= t > after - lookback
+        if not (t > after)[keep_rows].any():
             return None
+        del after, codes
         stride = self.eval_stride
 
-        ds = TimeSeriesDataSet.from_dataset(
-            self.datasets["train"],
-            frame,
-            stop_randomization=True,
-            min_prediction_idx=int(min(prev.values())) + 1,
-        )
+        min_prediction_idx = int(min(prev.values())) + 1
+        columns = self.dataset_columns(frame)
+        if getattr(self, "direct", False):
+            ds = direct_dataset(
+                RowView(frame, keep_rows), {}, self.datasets["train"], min_prediction_idx, columns
+            )
+        else:
+            frame = frame.loc[keep_rows, columns]
+            ds = TimeSeriesDataSet.from_dataset(
+                self.datasets["train"], frame, stop_randomization=True, min_prediction_idx=min_prediction_idx
+            )
+        del frame
         if not len(ds):
             return None
         # What `ds.filter` over `decoded_index` keeps, without decoding the series name of every window

@@ -210,8 +210,12 @@ def synthetic_hosts(
     dow = ((t * step_minutes / 60.0) // 24) % 7
     daily = np.sin(2 * np.pi * (hours - 8) / 24)  # busiest in the afternoon
     weekly = np.where(dow >= 5, -1.0, 0.3)  # quieter weekends
-    frames = []
+    names = ["cpu_percent", "memory_percent", "disk_percent", "load_average"]
+    # Filled in place, host by host (the same random draws in the same order as one frame per host
+    # concatenated, without holding the fleet twice).
+    cols = {f"{name}{suffix}": np.empty(n_hosts * n) for name in names for suffix in ("", "_clean")}
     for h in range(n_hosts):
+        rows = slice(h * n, (h + 1) * n)
         base = rng.uniform(20, 50)
         amp = rng.uniform(8, 20)
         trend = rng.uniform(-8, 8) * t / n  # percentage points of drift over the whole span
@@ -231,12 +235,12 @@ def synthetic_hosts(
             "disk_percent": noise,
             "load_average": noise / 25.0,
         }
-        frame = {"timestamp": timestamps, "series": f"host{h:02d}"}
         for name, value in clean.items():
-            frame[name] = value + rng.normal(0, noise_sd[name], n)
-            frame[f"{name}_clean"] = value
-        frames.append(pd.DataFrame(frame))
-    return pd.concat(frames, ignore_index=True)
+            cols[name][rows] = value + rng.normal(0, noise_sd[name], n)
+            cols[f"{name}_clean"][rows] = value
+    series = np.repeat(np.array([f"host{h:02d}" for h in range(n_hosts)], dtype=object), n)
+    frame = {"timestamp": np.tile(timestamps.to_numpy(), n_hosts), "series": series, **cols}
+    return pd.DataFrame(frame, copy=False)
 
 
 # -- validation and regularization -----------------------------------------------------------------------
@@ -269,6 +273,8 @@ def validate(df: pd.DataFrame, targets: list[str], covariates: list[str], where:
                 f"{where}: target column '{name}' has no values (all {len(df)} rows are NaN): expected numbers"
             )
     df["series"] = df["series"].astype(str)
+    if strictly_increasing(df["series"], df["timestamp"]):
+        return df  # no repeated timestamp is possible (the hash-based check costs a fleet-sized table)
     dup = df.duplicated(["series", "timestamp"], keep=False)
     if dup.any():
         row = df[dup].iloc[0]
@@ -282,15 +288,59 @@ def validate(df: pd.DataFrame, targets: list[str], covariates: list[str], where:
     return df
 
 
+def strictly_increasing(series: pd.Series, timestamp: pd.Series) -> bool:
+    """Whether the rows are sorted by series and, within each series, by strictly increasing timestamp."""
+    if not series.is_monotonic_increasing or not pd.api.types.is_datetime64_dtype(timestamp):
+        return False
+    s = series.to_numpy()
+    same = s[1:] == s[:-1]
+    t = timestamp.to_numpy()
+    return bool((t[1:][same] > t[:-1][same]).all())
+
+
+def already_regular(df: pd.DataFrame, freq: pd.Timedelta, columns: list[str]) -> bool:
+    """Whether resampling would return `df` unchanged: rows sorted by series, one sample at every bin
+    of `step` (on resample's default origin, midnight of each series' first day), no missing value,
+    float64 columns (the bins' means are then the samples themselves)."""
+    if df.empty or not all(df[c].dtype == np.float64 for c in columns):
+        return False
+    if not df["series"].is_monotonic_increasing or not pd.api.types.is_datetime64_dtype(df["timestamp"]):
+        return False
+    if any(np.isnan(df[c].to_numpy()).any() for c in columns):  # column by column: df[columns] is a copy
+        return False
+    s = df["series"].to_numpy()
+    t = df["timestamp"].to_numpy()
+    same = s[1:] == s[:-1]
+    step = np.timedelta64(freq.value, "ns")
+    if not ((t[1:] - t[:-1])[same] == step).all():
+        return False
+    firsts = np.flatnonzero(np.r_[True, ~same])
+    day = t[firsts].astype("datetime64[D]").astype(t.dtype)
+    return bool((((t[firsts] - day) % step) == np.timedelta64(0, "ns")).all())
+
+
 def regularize(
     df: pd.DataFrame, step: str, columns: list[str], max_gap_steps: int, where: str
 ) -> pd.DataFrame:
     """Resample every series to `step` (mean of the samples in each bin), forward-fill gaps up to
-    `max_gap_steps` bins, and split a series where a longer gap remains, so no window ever spans a hole."""
+    `max_gap_steps` bins, and split a series where a longer gap remains, so no window ever spans a hole.
+    Data already on the grid (a generated fleet, a clean export) is taken as it is: the same frame, without
+    a resample per series (tests/tft/test_fleet.py compares both paths)."""
     try:
         freq = pd.Timedelta(step)
     except ValueError as err:
         raise ZooError(f"data.step={step}: not a time step (e.g. 5min, 1h)") from err
+    if already_regular(df, freq, columns):
+        series = df["series"].to_numpy()
+        out_cols = {"timestamp": df["timestamp"].to_numpy(), **{c: df[c].to_numpy() for c in columns}}
+        return pd.DataFrame({**out_cols, "host": series, "series": series}, copy=False)
+    return resample_series(df, freq, columns, max_gap_steps, where, step)
+
+
+def resample_series(
+    df: pd.DataFrame, freq: pd.Timedelta, columns: list[str], max_gap_steps: int, where: str, step: str
+) -> pd.DataFrame:
+    """`regularize`, one series at a time."""
     out = []
     for host, part in df.groupby("series", sort=True):
         part = part.set_index("timestamp").sort_index()
