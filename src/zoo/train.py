@@ -49,7 +49,12 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, float]]:
             trainer.validate(model, datamodule=datamodule, verbose=False)
     metrics = metric_values(trainer.callback_metrics)
     if cfg.get("test", False):
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if trainer.checkpoint_callback else None)
+        # The best checkpoint by path: "best" makes Lightning warn when several ModelCheckpoints exist (the
+        # step checkpoint is one), and fails when no validation ran during fit (a short run).
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        if best is None:
+            print("[zoo] no best checkpoint (no validation during fit): testing the final weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update(metric_values(trainer.callback_metrics))
 
     optimized = cfg.get("optimized_metric")

@@ -39,6 +39,7 @@ def ignore_noise() -> None:
 def configure() -> None:
     """Call once logging is set up (inside the Hydra task): route Lightning through the root handlers."""
     ignore_noise()
+    import lightning.pytorch  # noqa: F401  (its import adds the console handlers removed below)
     for name in (
         "lightning",
         "lightning.pytorch",
