@@ -7,13 +7,7 @@ import platform
 
 import torch
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+from zoo.core.callbacks import cpu_model
 
 
 def machine(threads: int | None = None) -> str:

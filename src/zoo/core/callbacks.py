@@ -50,7 +50,8 @@ def cpu_peak_cache() -> Path:
     return Path(base) / "zoo" / "cpu_peak.json"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name (/proc/cpuinfo), else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -90,7 +91,7 @@ def measured_cpu_peak(dtype: str = "fp32", size: int = 1024, seconds: float = 2.
     Delete the file to measure again, e.g. on a quiet machine; `callbacks.throughput.peak_flops` overrides it.
     """
     threads = torch.get_num_threads()
-    key = f"{_cpu_model()} | {threads} threads | {dtype} | torch {torch.__version__.split('+')[0]}"
+    key = f"{cpu_model()} | {threads} threads | {dtype} | torch {torch.__version__.split('+')[0]}"
     if key in _measured_cpu_peak:
         return _measured_cpu_peak[key]
     from filelock import FileLock
