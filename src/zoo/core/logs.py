@@ -40,6 +40,7 @@ def configure() -> None:
     """Call once logging is set up (inside the Hydra task): route Lightning through the root handlers."""
     ignore_noise()
     import lightning.pytorch  # noqa: F401  (its import adds the console handlers removed below)
+
     for name in (
         "lightning",
         "lightning.pytorch",
