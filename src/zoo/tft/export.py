@@ -233,23 +233,15 @@ class OnnxForecaster:
 
     def __init__(self, path: str | Path, module: Any, threads: int | None = None):
         require_onnx("backend=onnx")
-        import onnxruntime as ort
+        from zoo.core.onnx import onnx_session
 
         self.path = Path(path)
         if not self.path.is_file():
             raise ZooError(
                 f"{self.path}: no such file (backend=onnx needs an export made with python -m zoo.export format=onnx)"
             )
-        options = ort.SessionOptions()
         threads = threads if threads is not None else module.hparams.get("cpu_threads")
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:
-            raise ZooError(
-                f"{self.path}: onnxruntime cannot load it ({type(err).__name__}: {str(err)[:200]})"
-            ) from err
+        self.session = onnx_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         expected = onnx_metadata(module)
         for key in ("zoo.format", "encoder_length", "prediction_length", "targets", "quantiles"):
