@@ -218,14 +218,7 @@ class GPT(nn.Module):
             else:  # context full: recompute over the last block_size tokens
                 caches = None
                 logits = self(idx[:, -self.cfg.block_size :])[:, -1, :]
-            if temperature <= 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits.float(), dim=-1), 1, generator=generator)
+            nxt = pick_next(logits, temperature, top_k, generator)
             idx = torch.cat([idx, nxt], dim=1)
             window = nxt
             if stop_token is not None and bool((nxt == stop_token).all()):
@@ -234,3 +227,17 @@ class GPT(nn.Module):
 
     def config_dict(self) -> dict:
         return asdict(self.cfg)
+
+
+def pick_next(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The next token of each row (B, 1) from last-position logits (B, vocab): greedy at temperature <= 0,
+    else sampled from the top_k logits / temperature. `GPT.generate` and the ONNX loop both use it."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits.float(), dim=-1), 1, generator=generator)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from zoo.core.errors import ZooError
+from zoo.gpt.model import pick_next
 
 
 def _positive_int(cfg: Any, key: str) -> int:
@@ -53,20 +53,6 @@ def read_prompts(cfg: Any) -> tuple[list[str], str]:
     if not prompts:
         raise ZooError(f"input={path}: no prompts in it (expected one prompt per line)")
     return prompts, f"input={path}"
-
-
-def pick_next(
-    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
-) -> torch.Tensor:
-    """The next token of each row (B, 1) from last-position logits (B, vocab): `GPT.generate`'s rule,
-    for logits that come from elsewhere (onnxruntime)."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits.float(), dim=-1), 1, generator=generator)
 
 
 @torch.no_grad()
