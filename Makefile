@@ -4,7 +4,7 @@ TORCH_VERSION ?= 2.13.0
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format sweep bench bench-events-full bench-tft-full tensorboard notebooks clean
+.PHONY: help install train test test-fast lint format sweep bench bench-gpt-scale bench-events-full bench-tft-full tensorboard notebooks clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,11 @@ bench: ## Benchmarks -> docs/benchmarks.md (real-data parts need ../shared/data;
 	$(PYTHON) -m benchmarks.gpt $(ARGS)
 	$(PYTHON) -m benchmarks.events
 	$(PYTHON) -m benchmarks.tft
+	$(PYTHON) -m benchmarks.report
+
+bench-gpt-scale: ## GPT at scale on CPU: streaming prep of a generated 1 GB corpus (~50 min), step time vs nanoGPT
+	$(PYTHON) -m benchmarks.gpt_prep --size-mb 1024 --flat
+	$(PYTHON) -m benchmarks.gpt_speed --steps 300 --rounds 3
 	$(PYTHON) -m benchmarks.report
 
 bench-events-full: ## Event predictor: throughput, entropy floor, Helpdesk/BPI12 W accuracy + walk-forward, ceiling, drift (long)

@@ -1,5 +1,5 @@
 """`python -m benchmarks.report`: join docs/benchmarks/*.md (one file per family and part, each
-written by that family's `python -m zoo.<family>.bench`) into docs/benchmarks.md."""
+written by `python -m benchmarks.<part>`) into docs/benchmarks.md."""
 
 from __future__ import annotations
 

@@ -266,13 +266,13 @@ def _prep_then_maybe_die(kwargs: dict, mode: str) -> None:
 
         gdm.ShardWriter._finish = finish_then_die
     else:
-        encode = gdm.encode_piece
+        write = gdm.ShardWriter.write
 
-        def slow(*args, **kw):
-            time.sleep(0.15)
-            return encode(*args, **kw)
+        def slow(self, tokens):
+            time.sleep(0.15 / 2)  # each piece writes to both splits
+            return write(self, tokens)
 
-        gdm.encode_piece = slow  # the pool workers are forked after this: they run it too
+        gdm.ShardWriter.write = slow  # in the main process: the workers are fresh interpreters
     make_dm(**kwargs).prepare_data()
 
 

@@ -21,14 +21,11 @@ import contextlib
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
-import signal
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +36,12 @@ from torch.utils.data import Dataset
 from zoo.core.datamodule import ZooDataModule, fingerprint
 from zoo.core.errors import ZooError
 from zoo.gpt import sources
-from zoo.gpt.tokenizer import (
-    ByteTokenizer,
-    CharTokenizer,
-    HFTokenizer,
-    Tokenizer,
-    encode_arrays,
-    tokenizer_from_json,
-)
+from zoo.gpt.prep import SPLITS, assign_splits, ordered_encoder
+from zoo.gpt.tokenizer import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, tokenizer_from_json
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-SPLITS = ("train", "val")
 PROGRESS = "progress.json"
 SOURCES = "sources.json"  # the files being read, fixed at the start (a hub listing may change)
 PREP_VERSION = 1
@@ -108,149 +98,6 @@ class TokenWindows(Dataset):
         x[: len(chunk) - 1] = chunk[:-1]
         y[: len(chunk) - 1] = chunk[1:]
         return x, y
-
-
-# -- tokenizing pieces (in the prep workers) ---------------------------------------------------------------
-
-
-def assign_splits(piece: sources.Piece, split_seed: int, val_fraction: float) -> list[tuple[str, bytes, int]]:
-    """(text, its UTF-8 bytes, split) of each document of a piece that is kept (0 train, 1 val).
-
-    The split of a document is a keyed BLAKE2b hash of its id (or of its text) below `val_fraction`: it
-    depends on nothing but the document and the seed, so adding files leaves every other document where
-    it was, and exact duplicates never straddle the split.
-    """
-    key = int(split_seed).to_bytes(8, "little", signed=True)
-    threshold = int(val_fraction * 2**64)
-    out = []
-    for j, text in enumerate(piece.texts):
-        if text is None:
-            continue
-        if piece.clean:
-            text = text.strip()
-            if not text:
-                continue
-        data = text.encode("utf-8")
-        if piece.splits is not None:
-            split = piece.splits[j]
-        else:
-            ident = piece.ids[j] if piece.ids is not None else None
-            digest = hashlib.blake2b(data if ident is None else ident.encode(), digest_size=8, key=key)
-            split = int(int.from_bytes(digest.digest(), "little") < threshold)
-        out.append((text, data, split))
-    return out
-
-
-def encode_piece(
-    piece: sources.Piece,
-    tok: Tokenizer,
-    eot: int | None,
-    dtype: str,
-    split_seed: int,
-    val_fraction: float,
-) -> dict[str, Any]:
-    """Tokens of a piece per split (documents in order, each followed by `eot`), and per document its
-    token count (with the separator), split, characters and bytes (the main process cuts at budgets)."""
-    docs = assign_splits(piece, split_seed, val_fraction)
-    arrays = encode_arrays(tok, [d[0] for d in docs], dtype)
-    split = np.fromiter((d[2] for d in docs), dtype=np.uint8, count=len(docs))
-    sep = [] if eot is None else [np.asarray([eot], dtype=dtype)]
-    tokens = []
-    for s in range(len(SPLITS)):
-        parts = [p for a, k in zip(arrays, split, strict=True) if k == s for p in (a, *sep)]
-        tokens.append(np.concatenate(parts) if parts else np.zeros(0, dtype=dtype))
-    return {
-        "tokens": tokens,
-        "lengths": np.fromiter((len(a) + len(sep) for a in arrays), dtype=np.int64, count=len(arrays)),
-        "split": split,
-        "chars": np.fromiter((len(d[0]) for d in docs), dtype=np.int64, count=len(docs)),
-        "bytes": np.fromiter((len(d[1]) for d in docs), dtype=np.int64, count=len(docs)),
-    }
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init(
-    tokenizer_json: str, eot: int | None, dtype: str, split_seed: int, val_fraction: float
-) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker, one core
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    with contextlib.suppress(Exception):  # Linux: die with the main process, even on its SIGKILL
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    _WORKER.update(tok=tokenizer_from_json(tokenizer_json), eot=eot, dtype=dtype, split_seed=split_seed,
-                   val_fraction=val_fraction)  # fmt: skip
-
-
-def _worker_encode(piece: sources.Piece) -> dict[str, Any]:
-    return encode_piece(piece, **_WORKER)
-
-
-def _worker_pid(_: int) -> int:
-    time.sleep(0.01)  # long enough that every worker takes one
-    return os.getpid()
-
-
-@contextlib.contextmanager
-def _single_threaded_tokenizers() -> Iterator[None]:
-    """HF tokenizers otherwise spreads `encode_batch` over every core: a worker must stay on one."""
-    old = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = old
-
-
-@contextlib.contextmanager
-def ordered_encoder(
-    workers: int, tok: Tokenizer, eot: int | None, dtype: str, split_seed: int, val_fraction: float
-) -> Iterator[Callable[[Iterator[sources.Piece]], Iterator[tuple[tuple, dict[str, Any]]]]]:
-    """A function mapping pieces to ``(key, encode_piece(...))`` in reading order.
-
-    With one worker it runs here; with more, in a process pool that always has at most two pieces per
-    worker in flight (memory stays flat whatever the corpus size) and whose results are taken back in
-    submission order, so the shards do not depend on the number of workers or on timing.
-    """
-    args = (eot, dtype, split_seed, val_fraction)
-    if workers <= 1:
-
-        def run_here(pieces: Iterator[sources.Piece]) -> Iterator[tuple[tuple, dict[str, Any]]]:
-            for piece in pieces:
-                yield piece.key, encode_piece(piece, tok, *args)
-
-        with _single_threaded_tokenizers():
-            yield run_here
-        return
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    with _single_threaded_tokenizers():
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(tok.to_json(), *args))  # fmt: skip
-    try:
-        # Start every worker now, before the readers open files (pyarrow threads must not be forked).
-        list(pool.map(_worker_pid, range(workers)))
-
-        def run_pool(pieces: Iterator[sources.Piece]) -> Iterator[tuple[tuple, dict[str, Any]]]:
-            pending: deque = deque()
-            for piece in pieces:
-                pending.append((piece.key, pool.submit(_worker_encode, piece)))
-                del piece
-                if len(pending) >= 2 * workers:
-                    key, future = pending.popleft()
-                    yield key, future.result()
-            while pending:
-                key, future = pending.popleft()
-                yield key, future.result()
-
-        yield run_pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- writing shards (in the main process) --------------------------------------------------------------
