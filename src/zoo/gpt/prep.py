@@ -103,7 +103,7 @@ def _single_threaded_tokenizers() -> Iterator[None]:
 Encoder = Callable[[Iterator[sources.Piece]], Iterator[tuple[tuple, dict[str, Any]]]]
 
 
-PIPE_BYTES = 1 << 20  # a whole piece's texts (~2.5 MB of pickle at 1024 web documents) in two writes
+PIPE_BYTES = 1 << 20  # ~2.5 MB of pickled texts per piece (1024 web documents): a few writes, not forty
 
 
 def _widen(fd: int) -> None:
