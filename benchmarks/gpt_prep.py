@@ -4,7 +4,7 @@ Generates a Parquet corpus of `--size-mb` MB of text (nothing large is committed
 byte-level BPE tokenizer.json on a sample of it (no download), then runs, each in its own process:
 
 plain      a plain loop over the file's row groups: `encode_batch` on one core, uint16 written as it goes
-plain x2   two forked copies of it on alternate row groups: what two cores give at most (for reference)
+plain x2   two forked copies of it on alternate batches: what two cores give at most (for reference)
 zoo x1     `TextDataModule.prepare_data()` (data=gpt/web_text's settings on the local file), 1 worker
 zoo x2     the same with 2 workers (must give byte-identical shards)
 resume     zoo x2 SIGKILLed once ~50% of the tokens are written, then run again to the end: total time
