@@ -4,7 +4,7 @@ worker processes, results always in reading order.
 The workers are fresh interpreters (``python -m zoo.gpt.prep``) that import only this module, numpy and
 the tokenizer: forked from the training process they would share its torch pages copy-on-write, and the
 kernel's huge-page collapsing turned ~100 MB of those shared pages private in every process midway
-through a 1 GB prep (docs/benchmarks/gpt-prep.md). Nothing here imports torch.
+through a 1 GB prep (docs/gpt.md, "Preparation"). Nothing here imports torch.
 """
 
 from __future__ import annotations
