@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from zoo.core.errors import ZooError
-from zoo.tft.calibrate import Calibration, coverage, fit, non_crossing, pinball
+from zoo.tft.calibrate import (
+    Calibration,
+    coverage,
+    fit,
+    non_crossing,
+    pinball,
+    rolling_apply,
+    rolling_calibrated,
+    scaled_residuals,
+)
 
 LEVELS = [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98]
 
@@ -99,6 +108,72 @@ def test_state_round_trip_and_mismatch_errors(tmp_path):
         Calibration.from_state({"method": "other"})
 
 
+def drifting_windows(n: int, P: int, sds: list[float], seed: int):
+    """One series forecast at origins 0..n-1 whose actual spread steps through `sds` (equal parts of the
+    time), by a model that always predicts spread 1."""
+    q, y = gaussian_windows(n, P, true_sd=1.0, model_sd=1.0, seed=seed, scale_spread=0.0)
+    mu = q[..., LEVELS.index(0.5)]
+    sd = torch.tensor(sds).repeat_interleave(n // len(sds))[:, None]
+    return q, mu + (y - mu) * sd, torch.arange(n)
+
+
+def test_rolling_calibration_follows_a_change_the_static_table_misses():
+    P = 4
+    q_val, y_val, o_val = drifting_windows(1000, P, [1.0], seed=10)
+    q, y, o = drifting_windows(6000, P, [1.0, 2.5], seed=11)
+    o = o + 1000 + P  # the test windows come after the validation ones
+    cal = fit([q_val], [y_val], LEVELS, ["cpu"])
+    seed = scaled_residuals(q_val, y_val, LEVELS, cal.floor[0])
+    static = cal.apply(q, "cpu")
+    rolled = rolling_apply(cal, 0, q, y, o, seed, o_val, window=500, every=1)
+    late = slice(4000, 6000)  # well after the change, once the window holds only the new regime
+    assert coverage(static[late], y[late], LEVELS, 0.1, 0.9) < 0.5
+    assert abs(coverage(rolled[late], y[late], LEVELS, 0.1, 0.9) - 0.80) < 0.03
+    assert abs(coverage(rolled[late], y[late], LEVELS, 0.02, 0.98) - 0.96) < 0.02
+    assert pinball(rolled, y, LEVELS) < pinball(static, y, LEVELS)
+    early = slice(0, 2500)  # the unchanged regime: as good as the static table
+    assert abs(coverage(rolled[early], y[early], LEVELS, 0.1, 0.9) - 0.80) < 0.03
+    assert torch.equal(rolled[..., 3], q[..., 3]) and (rolled.diff(dim=-1) >= 0).all()
+
+
+def test_rolling_calibration_uses_only_the_past():
+    P = 4
+    q_val, y_val, o_val = drifting_windows(200, P, [1.0], seed=12)
+    q, y, o = drifting_windows(400, P, [1.0], seed=13)
+    o = o + 200 + P
+    cal = fit([q_val], [y_val], LEVELS, ["cpu"])
+    seed = scaled_residuals(q_val, y_val, LEVELS, cal.floor[0])
+    before = rolling_apply(cal, 0, q, y, o, seed, o_val, window=100, every=1)
+    j = 150
+    y2 = y.clone()
+    y2[j] += 1000.0  # a huge miss at window j: known only once its horizon has passed
+    after = rolling_apply(cal, 0, q, y2, o, seed, o_val, window=100, every=1)
+    unseen = o < o[j] + P
+    assert torch.equal(before[unseen], after[unseen])
+    assert not torch.equal(before[~unseen], after[~unseen])
+    # Shuffled input order gives the same bands window for window.
+    perm = torch.randperm(len(o), generator=torch.Generator().manual_seed(0))
+    shuffled = rolling_apply(cal, 0, q[perm], y[perm], o[perm], seed, o_val, window=100, every=1)
+    assert torch.allclose(shuffled, before[perm])
+
+
+def test_rolling_calibrated_keeps_each_channel_to_its_own_row():
+    P = 2
+    qa, ya, oa = drifting_windows(1000, P, [1.0], seed=14)
+    qb, yb, ob = drifting_windows(1000, P, [3.0], seed=15)
+    names = ["a"] * 1000 + ["b"] * 1000
+    val = {"quantiles": [torch.cat([qa, qb])], "actual": [torch.cat([ya, yb])], "origin": torch.cat([oa, ob]),
+           "channels": names}  # fmt: skip
+    cal = fit(val["quantiles"], val["actual"], LEVELS, ["value"], names)
+    qa2, ya2, oa2 = drifting_windows(1000, P, [1.0], seed=16)
+    qb2, yb2, ob2 = drifting_windows(1000, P, [3.0], seed=17)
+    split = {"quantiles": [torch.cat([qa2, qb2])], "actual": [torch.cat([ya2, yb2])],
+             "origin": torch.cat([oa2, ob2]) + 1000 + P, "channels": names}  # fmt: skip
+    (out,) = rolling_calibrated(cal, split, val, ["value"], window=300)
+    for sl, y in ((slice(0, 1000), ya2), (slice(1000, 2000), yb2)):
+        assert abs(coverage(out[sl], y, LEVELS, 0.1, 0.9) - 0.80) < 0.04
+
+
 @pytest.mark.slow
 def test_fit_end_calibrates_checkpoints_export_eval_and_forecast(tmp_path, cache_dir):
     """After fit the module, its best/last checkpoints and its export carry the table; eval reports
@@ -169,11 +244,22 @@ def test_bench_calibration_section_renders_and_survives_other_parts(tmp_path):
     md = tmp_path / "tft.md"
     md.write_text(markdown(res))
     text = md.read_text()
-    assert "| cpu | 55.0 % | **79.0 %** | 70.0 % | **95.0 %** | 1.5 | 1 |" in text
-    assert "Goal met on 3 of 3 checks" in text and "2026-12-01" in text
+    assert "| cpu | 55.0 % | **79.0 %** | **-** | 70.0 % | **95.0 %** | **-** | 1.5 | 1 | - |" in text
+    assert "Goal met on static 3 of 3 checks" in text and "2026-12-01" in text
     other = tmp_path / "train.json"
     other.write_text(
         '{"train": {"device": "cpu", "fast_train_samples_per_s": 5.0, "stock_train_samples_per_s": 4.0, "_env": {"machine": "m"}}}'
     )
     assert main(["--merge", str(other), "--md", str(md)]) == 0
     assert previous_results(md)["calibration"] == res["calibration"] and "**79.0 %**" in md.read_text()
+    m |= {
+        "cpu/coverage_p10_p90_rolling": 0.70,
+        "cpu/coverage_p2_p98_rolling": 0.96,
+        "cpu/pinball_rolling": 0.9,
+    }
+    rolled = markdown(res)
+    assert (
+        "| cpu | 55.0 % | **79.0 %** | **70.0 %** | 70.0 % | **95.0 %** | **96.0 %** | 1.5 | 1 | 0.9 |"
+        in rolled
+    )
+    assert "static 3 of 3, rolling 2 of 3 checks" in rolled

@@ -23,6 +23,12 @@ kept non-crossing and on the right side of the median (a running min below it, a
 Channel-independent models (``data.channel_independent``, one target ``value`` for every channel) get a
 row per channel besides the pooled row: the channels' errors differ in size (ETTh1's OT vs HUFL).
 
+Walk-forward (`rolling_apply`, `rolling_calibrated`): the same shifts refitted as time goes on from the
+latest ``window`` forecasts whose whole horizon has been observed at each forecast origin (the
+validation windows first), so the bands follow a change in the errors after the validation period; only
+actuals of the past enter, as a live system has them. `zoo.tft.evaluate` reports it beside the static
+table (``*_rolling`` keys).
+
 The table is plain tensors and lists (`to_state`), so it rides in checkpoints loaded with
 ``torch.load(weights_only=True)`` and in an export's ``calibration.json``.
 """
@@ -204,11 +210,83 @@ def fit(
         # A floor a little above zero: windows the model calls certain (a constant disk) would otherwise
         # divide a real miss by ~0 and blow up every other window's shift.
         floor[i] = 0.05 * width.median(dim=0).values.clamp_min(0) + 1e-6
-        s = torch.maximum(width, floor[i])
-        for k, tau in enumerate(levels):
-            if k != mid:
-                shift[i, :, k] = _conformal_quantile((a - q[..., k]) / s, tau)
+        shift[i] = shifts_of(scaled_residuals(q, a, levels, floor[i]), levels)
     return Calibration(list(levels), [r[0] for r in rows], shift, floor, n, split)
+
+
+def scaled_residuals(
+    q: torch.Tensor, actual: torch.Tensor, levels: list[float], floor: torch.Tensor
+) -> torch.Tensor:
+    """(y - q_tau) / s for every window, horizon and level: q [N, P, L], actual [N, P] -> [N, P, L]."""
+    s = _scale(q, levels, floor)
+    return (actual[..., None].to(q.dtype) - q) / s[..., None]
+
+
+def shifts_of(r: torch.Tensor, levels: list[float]) -> torch.Tensor:
+    """The shift table [P, L] of scaled residuals r [N, P, L]: each level's conformal quantile, 0 at the median."""
+    mid = _index(levels, 0.5)
+    out = torch.zeros(r.shape[1:], dtype=torch.float32)
+    for k, tau in enumerate(levels):
+        if k != mid:
+            out[:, k] = _conformal_quantile(r[..., k].float(), tau)
+    return out
+
+
+def rolling_apply(cal: Calibration, row: int, q: torch.Tensor, actual: torch.Tensor, origin: torch.Tensor,
+                  seed: torch.Tensor, seed_origin: torch.Tensor, window: int = 1000, every: int | None = None) -> torch.Tensor:  # fmt: skip
+    """Quantiles q [N, P, L] of windows forecast from time steps `origin` [N], calibrated walk-forward: each
+    is shifted by the table of the latest `window` forecasts already fully observed at its origin (whole
+    horizon before it), taken from these windows and from `seed` [M, P, L] (scaled residuals of the
+    calibration split, forecast from `seed_origin` [M]). Refitted every `every` time steps (default: a
+    quarter horizon); before two forecasts have matured, the static table. Only actuals of the past are
+    used, as a live system would have them."""
+    N, P, L = q.shape
+    if N == 0:
+        return q.clone()
+    every = max(1, every or P // 4)
+    floor = cal.floor[row].to(q.device)
+    history = torch.cat([seed.to(q.dtype), scaled_residuals(q, actual, cal.levels, floor)])
+    matured = torch.cat([seed_origin.to(origin.dtype), origin]) + P  # last target observed before this step
+    by_time = torch.argsort(matured, stable=True)
+    history, matured = history[by_time], matured[by_time]
+    first = int(origin.min())
+    block = (origin - first) // every
+    out = torch.empty_like(q)
+    s = _scale(q, cal.levels, floor)
+    mid = _index(cal.levels, 0.5)
+    for b in torch.unique(block).tolist():
+        m = int(torch.searchsorted(matured, torch.tensor(first + b * every, dtype=matured.dtype), right=True))
+        past = history[max(0, m - window) : m]
+        shift = shifts_of(past, cal.levels) if len(past) >= 2 else cal.shift[row]
+        idx = torch.nonzero(block == b).squeeze(1)
+        out[idx] = non_crossing(q[idx] + shift.to(q.dtype)[None] * s[idx][..., None], mid)
+    return out
+
+
+def rolling_calibrated(cal: Calibration, split: dict[str, Any], seed: dict[str, Any], targets: list[str],
+                       window: int = 1000, every: int | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """`Calibration.apply`'s rows (a target's own, or its channel's), walk-forward over a split
+    (`rolling_apply`). `split` and `seed` (the calibration split, earlier in time) hold ``quantiles``
+    and ``actual`` per target, ``origin`` [N] (each window's first forecast time step) and ``channels``
+    (channel-independent models, else None)."""
+    out = []
+    for t, name in enumerate(targets):
+        q, a, origin = split["quantiles"][t], split["actual"][t], split["origin"]
+        res = torch.empty_like(q)
+        names, seed_names = split.get("channels"), seed.get("channels")
+        own = [c for c in sorted(set(names)) if c != name and cal.row(c) is not None] if names else []
+        streams = [(cal.row(c), [n == c for n in names], [n == c for n in seed_names or ()]) for c in own]
+        rest = [n not in own for n in names] if names else [True] * len(q)
+        streams.append((cal.keys.index(name), rest, [True] * len(seed["origin"])))
+        for r, sel, seed_sel in streams:
+            sel, seed_sel = torch.tensor(sel, dtype=torch.bool), torch.tensor(seed_sel, dtype=torch.bool)
+            if not bool(sel.any()):
+                continue
+            sq, sa, so = seed["quantiles"][t][seed_sel], seed["actual"][t][seed_sel], seed["origin"][seed_sel]
+            history = scaled_residuals(sq, sa, cal.levels, cal.floor[r])
+            res[sel] = rolling_apply(cal, r, q[sel], a[sel], origin[sel], history, so, window, every)
+        out.append(res)
+    return out
 
 
 def pinball(q: torch.Tensor, actual: torch.Tensor, levels: list[float]) -> float:

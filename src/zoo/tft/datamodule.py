@@ -286,21 +286,26 @@ def window_series(ds: Any) -> np.ndarray:
     return np.asarray(names, dtype=object)[inverse]
 
 
-def read_frame(path: Path) -> pd.DataFrame:
-    """The cached frame, one row group at a time into preallocated columns: reading the whole table
-    first held it twice (decompression buffers, then Arrow's copy) on a fleet. String columns become
-    object arrays sharing one Python string per distinct value."""
+def read_frame(path: Path, skip: Any = ()) -> pd.DataFrame:
+    """The cached frame without the `skip` columns, one row group at a time into preallocated columns:
+    reading the whole table first held it twice (decompression buffers, then Arrow's copy) on a fleet.
+    String columns become object arrays sharing one Python string per distinct value."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
     schema = file.schema_arrow
     n = file.metadata.num_rows
-    text = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    plain = [f.name for f in schema if f.name not in text]
+    keep = [f.name for f in schema if f.name not in set(skip)]
+    text = [
+        c
+        for c in keep
+        if pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type)
+    ]
+    plain = [c for c in keep if c not in text]
 
     def whole() -> pd.DataFrame:  # other types (bool, nested, nullable ints...): Arrow's own conversion
-        table = pq.read_table(path)
+        table = pq.read_table(path, columns=keep)
         frame = table.to_pandas(self_destruct=True, split_blocks=True)
         del table
         pa.default_memory_pool().release_unused()
@@ -317,7 +322,7 @@ def read_frame(path: Path) -> pd.DataFrame:
     interned: dict[str, str] = {}
     start = 0
     for g in range(file.num_row_groups):
-        part = file.read_row_group(g)
+        part = file.read_row_group(g, columns=keep)
         stop = start + part.num_rows
         for c in plain:
             column = part.column(c)
@@ -333,7 +338,7 @@ def read_frame(path: Path) -> pd.DataFrame:
         del part
         start = stop
     pa.default_memory_pool().release_unused()
-    return pd.DataFrame({c: cols[c] for c in schema.names}, copy=False)
+    return pd.DataFrame({c: cols[c] for c in keep}, copy=False)
 
 
 def write_frame(frame: pd.DataFrame, path: Path, rows: int = 500_000) -> None:
@@ -834,7 +839,9 @@ class MetricsDataModule(ZooDataModule):
                     where, lost, self.settings["min_length"], int(self.manifest.get("warmup", 0))
                 ),
             )
-        self.frame = read_frame(self.folder / "frame.parquet")
+        # The synthetic source's noise-free `*_clean` columns stay in the cache file only (a fleet's
+        # 4 x 8 bytes per row): nothing trains or evaluates on them.
+        self.frame = read_frame(self.folder / "frame.parquet", skip=self.manifest.get("extra") or ())
         self.frame["host"] = self.frame["host"].astype(str)
         self.frame["series"] = self.frame["series"].astype(str)
 
@@ -858,22 +865,26 @@ class MetricsDataModule(ZooDataModule):
     def split_points(self) -> dict[str, dict[str, int]]:
         """Per series: the last time_idx of train, of val, and of test (inclusive)."""
         assert self.frame is not None
-        out: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
-        for series, part in self.frame.groupby("series", sort=True):
-            t = part["time_idx"].to_numpy()
-            n = len(t)
-            if self.split_rows:
-                n_train, n_val, n_test = self.split_rows
-                n_train, n_val = min(n_train, n), min(n_train + n_val, n)
-                n_test = min(n_val + n_test, n)
-            else:
-                n_test = n
-                n_val = n - int(round(n * self.test_fraction))
-                n_train = n_val - int(round(n * self.val_fraction))
-            out["train"][series] = int(t[n_train - 1]) if n_train > 0 else int(t[0]) - 1
-            out["val"][series] = int(t[n_val - 1])
-            out["test"][series] = int(t[n_test - 1])
-        return out
+        codes, names = pd.factorize(self.frame["series"], sort=True)
+        order = np.argsort(codes, kind="stable")  # each series' rows in frame order, as groupby gives them
+        t = self.frame["time_idx"].to_numpy()[order]
+        n = np.bincount(codes, minlength=len(names))
+        first = np.cumsum(n) - n
+        if self.split_rows:
+            n_train, n_val, n_test = self.split_rows
+            n_train, n_val = np.minimum(n_train, n), np.minimum(n_train + n_val, n)
+            n_test = np.minimum(n_val + n_test, n)
+        else:
+            n_test = n
+            n_val = n - np.round(n * self.test_fraction).astype(np.int64)
+            n_train = n_val - np.round(n * self.val_fraction).astype(np.int64)
+        train = np.where(n_train > 0, t[first + np.maximum(n_train, 1) - 1], t[first] - 1)
+        names = [str(x) for x in names]
+        return {
+            "train": dict(zip(names, train.tolist())),
+            "val": dict(zip(names, t[first + n_val - 1].tolist())),
+            "test": dict(zip(names, t[first + n_test - 1].tolist())),
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -81,10 +81,12 @@ def mase_scales(dm: Any, split: str, series: list[str], season: int) -> dict[str
 
 
 def _band_metrics(metrics: dict[str, float], name: str, raw: torch.Tensor, cal: torch.Tensor, actual: torch.Tensor,
-                  levels: list[float]) -> None:  # fmt: skip
+                  levels: list[float], rolling: torch.Tensor | None = None) -> None:  # fmt: skip
     from zoo.tft.calibrate import coverage, pinball
 
-    for suffix, q in (("", cal), ("_raw", raw)):
+    for suffix, q in (("", cal), ("_raw", raw), ("_rolling", rolling)):
+        if q is None:
+            continue
         for lo, hi in ((0.1, 0.9), (0.02, 0.98)):
             c = coverage(q, actual, levels, lo, hi)
             if c is not None:
@@ -92,8 +94,27 @@ def _band_metrics(metrics: dict[str, float], name: str, raw: torch.Tensor, cal: 
         metrics[f"{name}/tft/pinball{suffix}"] = pinball(q, actual, levels)
 
 
-def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[str, Any]:
-    """Predictions, baselines and metrics of one split (the windows with a seasonal history)."""
+def rolling_bands(module: Any, dm: Any, split: str, result: dict[str, Any], channels: list[str] | None) -> list[torch.Tensor] | None:  # fmt: skip
+    """The split's bands calibrated walk-forward (`zoo.tft.calibrate.rolling_calibrated`), seeded with the
+    validation windows; None for the validation split itself or a module without a calibration."""
+    from zoo.tft.calibrate import rolling_calibrated
+
+    if split == "val" or split not in dm.datasets or module.calibration is None:
+        return None
+    val = module.predict_batches(dm.batches("val"))
+    vindex = dm.datasets["val"].decoded_index
+    seed = {"quantiles": val["quantiles"], "actual": val["actual"],
+            "origin": torch.as_tensor(vindex["time_idx_first_prediction"].to_numpy()[: val["n"]]),
+            "channels": None if channels is None else [str(s).rsplit("/", 1)[-1] for s in vindex["series"].tolist()[: val["n"]]]}  # fmt: skip
+    index = dm.datasets[split].decoded_index
+    windows = {"quantiles": result["quantiles"], "actual": result["actual"], "channels": channels,
+               "origin": torch.as_tensor(index["time_idx_first_prediction"].to_numpy()[: result["n"]])}  # fmt: skip
+    return rolling_calibrated(module.calibration, windows, seed, module.target_names)
+
+
+def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: bool = True) -> dict[str, Any]:
+    """Predictions, baselines and metrics of one split (the windows with a seasonal history); with
+    `rolling`, the bands calibrated walk-forward too (``*_rolling`` keys)."""
     batches = dm.batches(split)
     result = module.predict_batches(batches, limit=limit)
     n = result["n"]
@@ -112,6 +133,8 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[st
     channel_independent = getattr(dm, "channel_independent", False)
     channels = [str(s).rsplit("/", 1)[-1] for s in series] if channel_independent else None
     result["calibrated"] = module.calibrated(result["quantiles"], channels)
+    result["rolling"] = rolling_bands(module, dm, split, result, channels) if rolling else None
+    roll = result["rolling"] or [None] * len(module.target_names)
     scales = mase_scales(dm, split, series, season)
     point = module.point_of  # model.point: the median or the quantiles' mean
     metrics: dict[str, float] = {}
@@ -127,7 +150,15 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[st
         ):
             for k, v in _metrics(pred, actual, scale).items():
                 metrics[f"{name}/{label}/{k}"] = v
-        _band_metrics(metrics, name, q, result["calibrated"][t][valid], actual, module.quantiles)
+        _band_metrics(
+            metrics,
+            name,
+            q,
+            result["calibrated"][t][valid],
+            actual,
+            module.quantiles,
+            None if roll[t] is None else roll[t][valid],
+        )
         snaive_mae = metrics[f"{name}/snaive/mae"]
         metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
             metrics[f"{name}/tft/mae"] / snaive_mae if snaive_mae > 0 else float("nan")
@@ -135,6 +166,7 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[st
     if channel_independent:  # the one target `value` broken down by channel
         channel = np.array(channels)[valid.numpy()]
         cal = result["calibrated"][0][valid]
+        rolled = None if roll[0] is None else roll[0][valid]
         q, actual, scale = (
             result["quantiles"][0][valid],
             result["actual"][0][valid],
@@ -155,7 +187,15 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None) -> dict[st
             metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
                 metrics[f"{name}/tft/mae"] / metrics[f"{name}/snaive/mae"]
             )
-            _band_metrics(metrics, name, q[sel], cal[sel], actual[sel], module.quantiles)
+            _band_metrics(
+                metrics,
+                name,
+                q[sel],
+                cal[sel],
+                actual[sel],
+                module.quantiles,
+                None if rolled is None else rolled[sel],
+            )
     for label in ("tft", "tft_mean", "naive", "snaive"):
         for k in ("mae", "mse", "rmse", "smape", "mase"):
             metrics[f"all/{label}/{k}"] = float(

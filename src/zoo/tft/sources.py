@@ -238,7 +238,10 @@ def synthetic_hosts(
         for name, value in clean.items():
             cols[name][rows] = value + rng.normal(0, noise_sd[name], n)
             cols[f"{name}_clean"][rows] = value
-    series = np.repeat(np.array([f"host{h:02d}" for h in range(n_hosts)], dtype=object), n)
+    # Zero-padded so that name order is generation order: a fleet of 500 sorted by series is already
+    # on the grid and skips the per-series resample (host100 would otherwise sort before host11).
+    width = max(2, len(str(n_hosts - 1)))
+    series = np.repeat(np.array([f"host{h:0{width}d}" for h in range(n_hosts)], dtype=object), n)
     frame = {"timestamp": np.tile(timestamps.to_numpy(), n_hosts), "series": series, **cols}
     return pd.DataFrame(frame, copy=False)
 
