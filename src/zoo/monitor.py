@@ -18,8 +18,17 @@ target, step, point, q<level>...) and ``flags/`` (timestamp, host, target, step,
 lo, hi, side). A SIGKILL loses no journaled row; a restart turns the journals into parts, reloads the
 recent samples as history and the forecasts still waiting for their actuals, and continues the same
 folders. A forecast that fails (history still too short, a model trained on other columns) is logged once
-per kind of failure and collection goes on. ``duration=`` (seconds) or Ctrl-C/SIGTERM stops it. A live
-table (rich) shows the latest sample, the next step's forecast and band, and the latest flags.
+per kind of failure and collection goes on.
+
+The bands follow this machine (``recalibrate``, on by default): once a forecast's whole horizon has been
+observed, its scaled residuals (`zoo.tft.calibrate.scaled_residuals`, from the network's own quantiles)
+join the latest ``recalibrate`` per target, and from ``recalibrate_min`` of them on, each target's shift
+table is refitted from them before every forecast (the walk-forward calibration `zoo.eval` scores as
+``*_rolling``); before that, the table the model was exported with. The refitted table is kept in
+``out/calibration.json`` and a restart goes on from it.
+
+``duration=`` (seconds) or Ctrl-C/SIGTERM stops it. A live table (rich) shows the latest sample, the next
+step's forecast and band, and the latest flags.
 """
 
 from __future__ import annotations
@@ -61,7 +70,7 @@ class Monitor:
 
     def __init__(self, module: Any, out: str | Path, interval: float, forecast_every: int,
                  history: int | None = None, host: str | None = None, disk_path: str = "/",
-                 flush_every: int = 60) -> None:  # fmt: skip
+                 flush_every: int = 60, recalibrate: int = 500, recalibrate_min: int = 50) -> None:  # fmt: skip
         import pandas as pd
 
         from zoo.collect import Collector, Journal, read
@@ -101,6 +110,7 @@ class Monitor:
         self.counts = {"samples": 0, "forecasts": 0, "flags": 0, "failed": 0}
         self.latest_forecast: dict[str, dict[str, Any]] = {}
         self.latest_flags: deque[dict[str, Any]] = deque(maxlen=5)
+        self._init_recalibration(int(recalibrate), int(recalibrate_min))
         self._resume(read)
 
     # -- restart -----------------------------------------------------------------------------------------
@@ -165,7 +175,7 @@ class Monitor:
             if steps < self.needed_steps:  # one message however short, so it is logged once
                 raise ZooError(f"history too short: {steps} complete steps of {self.step_name}, the model needs "
                                f"{self.needed_steps} (encoder_length + lag warm-up; history={self.history} samples)")  # fmt: skip
-            fc = self.module.forecast(frame)
+            fc = self.module.forecast(frame, raw_quantiles=self.bands is not None)
             last = self._bin(frame["timestamp"].iloc[-1])
         except Exception as err:  # a failing forecast must never stop the collection
             self.counts["failed"] += 1
@@ -193,6 +203,8 @@ class Monitor:
             self._expect(row)
             if row["step"] == 1:
                 self.latest_forecast[row["target"]] = row
+        if self.bands is not None:
+            self._open_forecasts(fc, _iso(issued))
         self.counts["forecasts"] += 1
         return fc
 
@@ -216,12 +228,12 @@ class Monitor:
         for key in sorted(ready):
             start, target = key
             rows = self.pending.pop(key)
-            if target not in frame.columns:
+            values = frame.loc[bins == start, target].dropna() if target in frame.columns else frame[[]]
+            actual = float(values.mean()) if len(values) else None  # None: no sample in that bin (a pause)
+            for f in rows:
+                self._settle(f, target, actual)
+            if actual is None:
                 continue
-            values = frame.loc[bins == start, target].dropna()
-            if values.empty:  # no sample in that bin (a pause): nothing to compare
-                continue
-            actual = float(values.mean())
             for f in rows:
                 lo, hi = float(f[lo_col]), float(f[hi_col])
                 if lo <= actual <= hi:
@@ -232,6 +244,84 @@ class Monitor:
                 self.flags.append(flag)
                 self.latest_flags.append(flag)
                 self.counts["flags"] += 1
+
+    # -- walk-forward calibration ---------------------------------------------------------------------------
+    def _init_recalibration(self, window: int, minimum: int) -> None:
+        import copy
+
+        from zoo.tft.calibrate import FILE, Calibration
+
+        self.bands = None
+        if window <= 0 or self.module.calibration is None:
+            return
+        self.bands = copy.deepcopy(self.module.calibration)
+        self.window, self.minimum = window, max(2, minimum)
+        saved = self.out / FILE
+        if saved.is_file():  # a restart goes on from the last refitted table
+            try:
+                table = Calibration.load_json(self.out)
+                table.check(
+                    self.module.quantiles, self.module.target_names, self.module.prediction_length, str(saved)
+                )
+                self.bands = table
+            except ZooError as err:
+                log.warning("[zoo] monitor: %s not used (%s); starting from the model's table", saved, err)
+        self.module.calibration = self.bands
+        self.residuals: dict[str, deque] = {}
+        self.open: dict[tuple[str, str], dict[str, Any]] = {}  # (issued_at, target) -> raw quantiles, actuals
+        self.counts["refits"] = 0
+
+    def _open_forecasts(self, fc: Any, issued: str) -> None:
+        import numpy as np
+
+        levels = [f"raw_q{v:g}" for v in self.module.quantiles]
+        if not set(levels) <= set(fc.columns):
+            return
+        for target, part in fc.groupby("target", sort=False):
+            part = part.sort_values("step")
+            raw = part[levels].to_numpy(np.float64)
+            self.open[(issued, str(target))] = {
+                "raw": raw,
+                "actual": np.full(len(raw), np.nan),
+                "left": len(raw),
+            }
+
+    def _settle(self, f: dict[str, Any], target: str, actual: float | None) -> None:
+        """One forecast step's actual (None: none came); a forecast whose every step has one matures."""
+        import numpy as np
+        import torch
+
+        from zoo.tft.calibrate import scaled_residuals, shifts_of
+
+        key = (_iso(f["issued_at"]), target)
+        entry = self.open.get(key) if self.bands is not None else None
+        if entry is None:
+            return
+        entry["actual"][int(f["step"]) - 1] = np.nan if actual is None else actual
+        entry["left"] -= 1
+        if entry["left"] > 0:
+            return
+        del self.open[key]
+        row = self.bands.row(target)
+        if row is None or not np.isfinite(entry["actual"]).all():
+            return
+        _, sd = (self.module.preprocess.get("scaler") or {}).get(target, (0.0, 1.0))
+        # The table's floor is in model units; these quantiles are in the data's.
+        r = scaled_residuals(torch.from_numpy(entry["raw"])[None], torch.from_numpy(entry["actual"])[None],
+                             self.bands.levels, self.bands.floor[row].double() * float(sd))[0]  # fmt: skip
+        buf = self.residuals.setdefault(target, deque(maxlen=self.window))
+        buf.append(r.float())
+        if len(buf) >= self.minimum:
+            if self.counts["refits"] == 0:
+                log.info(
+                    "[zoo] monitor: bands now refitted from this machine's %d matured forecasts", len(buf)
+                )
+            self.bands.shift[row] = shifts_of(torch.stack(list(buf)), self.bands.levels)
+            self.counts["refits"] += 1
+            try:
+                self.bands.save_json(self.out)
+            except OSError as err:  # the journals matter more than this table
+                log.warning("[zoo] monitor: could not keep the refitted calibration: %s", err)
 
     def flush(self) -> None:
         for journal in (self.collector, self.forecasts, self.flags):
@@ -324,6 +414,10 @@ def _check(cfg: DictConfig) -> tuple[str, str]:
         value = cfg.get(key)
         if value is not None and int(value) != value:
             raise ZooError(f"{key}={value} must be a whole number of samples")
+    for key, least in (("recalibrate", 0), ("recalibrate_min", 2)):
+        value = cfg.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise ZooError(f"{key}={value} must be a whole number of forecasts >= {least}")
     out = Path(str(cfg.out))
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
@@ -345,7 +439,8 @@ def monitor(cfg: DictConfig) -> dict[str, int]:
     if run.module.calibration is None:
         log.warning("[zoo] monitor: %s carries no band calibration; flags use the raw bands", path)
     mon = Monitor(run.module, cfg.out, cfg.interval, cfg.forecast_every, cfg.get("history"), cfg.get("host"),
-                  str(cfg.get("disk_path") or "/"), int(cfg.get("flush_every") or 60))  # fmt: skip
+                  str(cfg.get("disk_path") or "/"), int(cfg.get("flush_every") or 60),
+                  int(cfg.get("recalibrate") or 0), int(cfg.get("recalibrate_min") or 50))  # fmt: skip
     live = cfg.get("live", "auto")
     live = sys.stdout.isatty() if live in (None, "auto") else bool(live)
     print(f"[zoo] monitor: {key}={path}, every {mon.interval:g} s, forecast every {mon.forecast_every} samples "

@@ -27,7 +27,7 @@ Walk-forward (`rolling_apply`, `rolling_calibrated`): the same shifts refitted a
 latest ``window`` forecasts whose whole horizon has been observed at each forecast origin (the
 validation windows first), so the bands follow a change in the errors after the validation period; only
 actuals of the past enter, as a live system has them. `zoo.tft.evaluate` reports it beside the static
-table (``*_rolling`` keys).
+table (``*_rolling`` keys); `zoo.monitor` refits its table the same way from its own matured forecasts.
 
 The table is plain tensors and lists (`to_state`), so it rides in checkpoints loaded with
 ``torch.load(weights_only=True)`` and in an export's ``calibration.json``.

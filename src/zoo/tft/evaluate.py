@@ -5,7 +5,8 @@ quantile bands; variable importances and attention) written as PNGs and logged t
 
 Bands are scored with the module's calibration (`zoo.tft.calibrate`; fitted on the validation split here
 when the checkpoint carries none) and without it: ``<target>/tft/coverage_p10_p90``, ``coverage_p2_p98``
-and ``pinball`` are the calibrated bands', the ``*_raw`` keys the network's own. Point forecasts always
+and ``pinball`` are the calibrated bands', the ``*_raw`` keys the network's own, the ``*_rolling`` keys
+those of the same calibration refitted walk-forward over the split (`rolling_bands`). Point forecasts always
 come from the raw quantiles (calibration leaves the median alone; the quantiles' mean would move).
 
 MASE divides each series' absolute errors by that series' in-sample seasonal-naive MAE on its training

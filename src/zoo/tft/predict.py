@@ -160,7 +160,12 @@ def _window_quantiles(module: Any, batches: Any, onnx: Any, batch_size: int = 25
 
 
 def forecast(
-    module: Any, df: pd.DataFrame, *, onnx: Any = None, where: str = "forecast input"
+    module: Any,
+    df: pd.DataFrame,
+    *,
+    onnx: Any = None,
+    where: str = "forecast input",
+    raw_quantiles: bool = False,
 ) -> pd.DataFrame:
     """Quantile forecasts of the next `prediction_length` steps after the end of every series in `df`
     (at least `encoder_length` recent steps each). Known covariates are calendar features, generated
@@ -170,7 +175,9 @@ def forecast(
     with the unknown-series encoding and the median training scale of its group normalizer).
 
     `onnx`: an `zoo.tft.export.OnnxForecaster` (or the path of a ``model.onnx``) that computes the raw
-    quantiles instead of the PyTorch network; everything before and after it is the same code."""
+    quantiles instead of the PyTorch network; everything before and after it is the same code.
+    `raw_quantiles`: also the network's own quantiles, ``raw_q<level>`` (what `zoo.monitor` refits the
+    calibration from)."""
     from pytorch_forecasting import TimeSeriesDataSet
 
     from zoo.tft import sources as S
@@ -242,6 +249,8 @@ def forecast(
                     row["point"] = float(point[h]) * sd + mu
                     for k, level in enumerate(module.quantiles):
                         row[f"q{level:g}"] = float(q[h, k]) * sd + mu
+                        if raw_quantiles:
+                            row[f"raw_q{level:g}"] = float(raw[t][w][h, k]) * sd + mu
                     row["known_series"] = series not in unknown
                     rows.append(row)
     out = pd.DataFrame(rows)
