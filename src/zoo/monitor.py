@@ -249,23 +249,19 @@ class Monitor:
     def _init_recalibration(self, window: int, minimum: int) -> None:
         import copy
 
-        from zoo.tft.calibrate import FILE, Calibration
-
         self.bands = None
         if window <= 0 or self.module.calibration is None:
             return
         self.bands = copy.deepcopy(self.module.calibration)
         self.window, self.minimum = window, max(2, minimum)
-        saved = self.out / FILE
-        if saved.is_file():  # a restart goes on from the last refitted table
-            try:
-                table = Calibration.load_json(self.out)
-                table.check(
-                    self.module.quantiles, self.module.target_names, self.module.prediction_length, str(saved)
-                )
+        try:  # a restart goes on from the last refitted table (out/calibration.json)
+            table = type(self.bands).load_json(self.out)
+            if table is not None:
+                m = self.module
+                table.check(m.quantiles, m.target_names, m.prediction_length, str(self.out))
                 self.bands = table
-            except ZooError as err:
-                log.warning("[zoo] monitor: %s not used (%s); starting from the model's table", saved, err)
+        except ZooError as err:
+            log.warning("[zoo] monitor: the refitted calibration in %s is not used (%s)", self.out, err)
         self.module.calibration = self.bands
         self.residuals: dict[str, deque] = {}
         self.open: dict[tuple[str, str], dict[str, Any]] = {}  # (issued_at, target) -> raw quantiles, actuals
@@ -291,8 +287,6 @@ class Monitor:
         import numpy as np
         import torch
 
-        from zoo.tft.calibrate import scaled_residuals, shifts_of
-
         key = (_iso(f["issued_at"]), target)
         entry = self.open.get(key) if self.bands is not None else None
         if entry is None:
@@ -302,13 +296,11 @@ class Monitor:
         if entry["left"] > 0:
             return
         del self.open[key]
-        row = self.bands.row(target)
-        if row is None or not np.isfinite(entry["actual"]).all():
+        if self.bands.row(target) is None or not np.isfinite(entry["actual"]).all():
             return
         _, sd = (self.module.preprocess.get("scaler") or {}).get(target, (0.0, 1.0))
-        # The table's floor is in model units; these quantiles are in the data's.
-        r = scaled_residuals(torch.from_numpy(entry["raw"])[None], torch.from_numpy(entry["actual"])[None],
-                             self.bands.levels, self.bands.floor[row].double() * float(sd))[0]  # fmt: skip
+        raw, actual = torch.from_numpy(entry["raw"])[None], torch.from_numpy(entry["actual"])[None]
+        r = self.bands.residuals(target, raw, actual, float(sd))[0]  # in the data's units, not the model's
         buf = self.residuals.setdefault(target, deque(maxlen=self.window))
         buf.append(r.float())
         if len(buf) >= self.minimum:
@@ -316,7 +308,7 @@ class Monitor:
                 log.info(
                     "[zoo] monitor: bands now refitted from this machine's %d matured forecasts", len(buf)
                 )
-            self.bands.shift[row] = shifts_of(torch.stack(list(buf)), self.bands.levels)
+            self.bands.refit(target, torch.stack(list(buf)))
             self.counts["refits"] += 1
             try:
                 self.bands.save_json(self.out)

@@ -169,6 +169,16 @@ class Calibration:
                 out[sel] = self._apply_row(q[sel], r)
         return out[0] if single else out
 
+    def residuals(self, key: str, q: torch.Tensor, actual: torch.Tensor, unit: float = 1.0) -> torch.Tensor:
+        """Scaled residuals [N, P, L] of row `key`'s raw quantiles q [N, P, L] against actual [N, P], both in
+        units of `unit` model units (a standardized target's scaler sd; the floor is in model units)."""
+        floor = self.floor[self.keys.index(key)].to(q.dtype) * unit
+        return scaled_residuals(q, actual, self.levels, floor)
+
+    def refit(self, key: str, r: torch.Tensor) -> None:
+        """Row `key`'s shifts refitted from scaled residuals r [N, P, L] (walk-forward, `zoo.monitor`)."""
+        self.shift[self.keys.index(key)] = shifts_of(r, self.levels)
+
     def _apply_row(self, q: torch.Tensor, r: int) -> torch.Tensor:
         mid = _index(self.levels, 0.5)
         s = _scale(q, self.levels, self.floor[r].to(q.device))
