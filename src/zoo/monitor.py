@@ -299,8 +299,8 @@ class Monitor:
         if self.bands.row(target) is None or not np.isfinite(entry["actual"]).all():
             return
         _, sd = (self.module.preprocess.get("scaler") or {}).get(target, (0.0, 1.0))
-        raw, actual = torch.from_numpy(entry["raw"])[None], torch.from_numpy(entry["actual"])[None]
-        r = self.bands.residuals(target, raw, actual, float(sd))[0]  # in the data's units, not the model's
+        q, y = torch.from_numpy(entry["raw"])[None], torch.from_numpy(entry["actual"])[None]
+        r = self.bands.residuals(target, q, y, float(sd))[0]  # in the data's units, not the model's
         buf = self.residuals.setdefault(target, deque(maxlen=self.window))
         buf.append(r.float())
         if len(buf) >= self.minimum:
