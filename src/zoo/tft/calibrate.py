@@ -179,10 +179,12 @@ class Calibration:
         """Row `key`'s shifts refitted from scaled residuals r [N, P, L] (walk-forward, `zoo.monitor`)."""
         self.shift[self.keys.index(key)] = shifts_of(r, self.levels)
 
-    def _apply_row(self, q: torch.Tensor, r: int) -> torch.Tensor:
+    def _apply_row(self, q: torch.Tensor, r: int, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Row `r`'s calibration of q [N, P, L], with `shift` [P, L] instead of the row's own if given."""
         mid = _index(self.levels, 0.5)
         s = _scale(q, self.levels, self.floor[r].to(q.device))
-        out = q + self.shift[r].to(q.device, q.dtype)[None] * s[..., None]
+        shift = self.shift[r] if shift is None else shift
+        out = q + shift.to(q.device, q.dtype)[None] * s[..., None]
         return non_crossing(out, mid)
 
 
@@ -262,14 +264,11 @@ def rolling_apply(cal: Calibration, row: int, q: torch.Tensor, actual: torch.Ten
     first = int(origin.min())
     block = (origin - first) // every
     out = torch.empty_like(q)
-    s = _scale(q, cal.levels, floor)
-    mid = _index(cal.levels, 0.5)
     for b in torch.unique(block).tolist():
         m = int(torch.searchsorted(matured, torch.tensor(first + b * every, dtype=matured.dtype), right=True))
         past = history[max(0, m - window) : m]
-        shift = shifts_of(past, cal.levels) if len(past) >= 2 else cal.shift[row]
         idx = torch.nonzero(block == b).squeeze(1)
-        out[idx] = non_crossing(q[idx] + shift.to(q.dtype)[None] * s[idx][..., None], mid)
+        out[idx] = cal._apply_row(q[idx], row, shifts_of(past, cal.levels) if len(past) >= 2 else None)
     return out
 
 

@@ -296,7 +296,8 @@ def read_frame(path: Path, skip: Any = ()) -> pd.DataFrame:
     file = pq.ParquetFile(path)
     schema = file.schema_arrow
     n = file.metadata.num_rows
-    keep = [f.name for f in schema if f.name not in set(skip)]
+    skip = set(skip)
+    keep = [f.name for f in schema if f.name not in skip]
     text = [
         c
         for c in keep
