@@ -4,9 +4,10 @@ Parts (``--parts``, comma-separated):
   loader    samples/s of the stock TimeSeriesDataSet dataloader vs the zoo's precomputed loader on the
             Alibaba sample (5 min, cpu/memory/disk, encoder 96, prediction 24, batch 128);
   train     training samples/s (forward+backward+step) with each loader;
-  speed     per recipe (tft_alibaba, tft_etth1): end-to-end training samples/s of the stock loop vs the
-            zoo loop (same network, weights and batches), and the compute-only limit on cached batches
-            (goal: zoo >= 1.6x stock on CPU);
+  speed     per recipe (tft_alibaba, tft_etth1): end-to-end training samples/s of the stock loop
+            (stock loader, pytorch-forecasting's forward) vs the zoo loop (precomputed loader, fused
+            forward), same weights and batches, taking turns in rounds; the fast loader with the stock
+            forward and the compute-only limit on cached batches beside them (goal: zoo >= 1.6x stock);
   fleet     a generated 500-host x 30-day x 5-min fleet (4.3M rows): peak RSS, bytes per row and
             seconds to the first training step, in a fresh process (goals: <= 2 GB, <= 30 s);
   alibaba   train the tft_alibaba recipe, then MAE/MASE of the TFT vs seasonal-naive on the validation
@@ -163,30 +164,39 @@ def recipe_dm(recipe: str, shared: Path, cache: Path, loader: str) -> Any:
     return etth1_dm(shared, cache, "channels", encoder_length=96, loader=loader)
 
 
-def bench_speed(shared: Path, cache: Path, device: str, steps: int = 30, recipes: tuple[str, ...] = ("alibaba", "etth1"),
-                compile_net: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Per recipe, training samples/s of: the stock loop (the stock `TimeSeriesDataSet` loader, i.e.
-    ``__getitem__`` + ``_collate_fn``, feeding the network), the zoo loop (the precomputed loader feeding
-    the same network through `TFTModule._loss`), and the compute-only limit (forward/backward/Adam on
-    batches fetched beforehand). Same weights, same sampler order, so the same batches; run one after
-    the other in one process."""
+def bench_speed(shared: Path, cache: Path, device: str, steps: int = 40, recipes: tuple[str, ...] = ("alibaba", "etth1"),
+                compile_net: bool = False, rounds: int = 5) -> dict[str, Any]:  # fmt: skip
+    """Per recipe, training samples/s (forward, backward, Adam) of four loops on the same weights and
+    the same sampler order, so the same batches:
+
+    - stock: the stock `TimeSeriesDataSet` loader (``__getitem__`` + ``_collate_fn``) feeding
+      pytorch-forecasting's own network forward;
+    - fast loader: the zoo's precomputed loader feeding that same stock forward;
+    - zoo: the precomputed loader feeding the fused forward (`zoo.tft.vsn`), what ``model=tft`` trains;
+    - compute-only: the zoo network on batches fetched beforehand (the limit any loader can reach).
+
+    The loops take turns, `rounds` rounds of ``steps / rounds`` steps each, so that the host's drift
+    hits them alike; the ratio is the median of the rounds' zoo / stock ratios."""
+    import statistics
+
     from zoo.tft.module import TFTModule
 
-    out: dict[str, Any] = {"device": device, "steps": steps, "compile": compile_net}
+    per_round = max(1, -(-steps // rounds))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    out: dict[str, Any] = {"device": device, "steps": per_round * rounds, "rounds": rounds, "compile": compile_net,
+                           "threads": torch.get_num_threads()}  # fmt: skip
     for recipe in recipes:
         r = SPEED_RECIPES[recipe]
-        loops: dict[str, float] = {}
-        batches: list[Any] = []
-        for loader in ("stock", "fast"):
-            dm = recipe_dm(recipe, shared, cache, loader)
+        dms = {loader: recipe_dm(recipe, shared, cache, loader) for loader in ("stock", "fast")}
+
+        def make(loader: str, fused: bool, r: Any = r, dms: Any = dms) -> Any:
             torch.manual_seed(0)
-            model = TFTModule(**dm.model_kwargs(), net=r["net"], optim={"lr": r["lr"]}, plots=False).to(
-                device
-            )
-            net = torch.compile(model.net) if compile_net and loader == "fast" else model.net
+            model = TFTModule(**dms[loader].model_kwargs(), net=r["net"], optim={"lr": r["lr"]}, plots=False,
+                              fused=fused).to(device)  # fmt: skip
+            net = torch.compile(model.net) if compile_net and fused else model.net
             opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
 
-            def step(batch: Any, model: Any = model, net: Any = net, opt: Any = opt) -> int:
+            def step(batch: Any) -> int:
                 x, y = batch
                 x = {
                     k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device))
@@ -199,29 +209,40 @@ def bench_speed(shared: Path, cache: Path, device: str, steps: int = 30, recipes
                 opt.step()
                 return len(x["encoder_lengths"])
 
-            loader_iter = iter(dm.train_dataloader())
-            for _ in range(3):  # warm-up (and compilation)
-                step(next(loader_iter))
-            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-            sync()
-            start, n = time.perf_counter(), 0
-            for _ in range(steps):
-                batch = next(loader_iter)
-                if loader == "fast" and len(batches) < steps:
-                    batches.append(batch)
-                n += step(batch)
-            sync()
-            loops[loader] = n / (time.perf_counter() - start)
-            if loader == "fast":
+            return step
+
+        cached_iter = iter(dms["fast"].train_dataloader())
+        cached = [next(cached_iter) for _ in range(per_round)]
+        loops: dict[str, tuple[Any, Any]] = {
+            "stock": (make("stock", False), iter(dms["stock"].train_dataloader())),
+            "fast_loader": (make("fast", False), iter(dms["fast"].train_dataloader())),
+            "zoo": (make("fast", True), iter(dms["fast"].train_dataloader())),
+            "compute_only": (make("fast", True), None),
+        }
+        seconds = {name: [] for name in loops}
+        samples = {name: [] for name in loops}
+        for run, it in loops.values():  # warm-up (and compilation)
+            for i in range(3):
+                run(next(it) if it is not None else cached[i % len(cached)])
+        for _ in range(rounds):
+            for name, (run, it) in loops.items():
                 sync()
                 start, n = time.perf_counter(), 0
-                for batch in batches:
-                    n += step(batch)
+                for i in range(per_round):
+                    n += run(next(it) if it is not None else cached[i])
                 sync()
-                loops["compute_only"] = n / (time.perf_counter() - start)
-        out[recipe] = {"stock_samples_per_s": loops["stock"], "zoo_samples_per_s": loops["fast"],
-                       "compute_only_samples_per_s": loops["compute_only"], "speedup": loops["fast"] / loops["stock"],
-                       "batch_size": dm.batch_size, "train_windows": len(dm.datasets["train"])}  # fmt: skip
+                seconds[name].append(time.perf_counter() - start)
+                samples[name].append(n)
+        rate = {name: sum(samples[name]) / sum(seconds[name]) for name in loops}
+        ratios = [
+            (samples["zoo"][i] / seconds["zoo"][i]) / (samples["stock"][i] / seconds["stock"][i])
+            for i in range(rounds)
+        ]
+        out[recipe] = {"stock_samples_per_s": rate["stock"], "fast_loader_samples_per_s": rate["fast_loader"],
+                       "zoo_samples_per_s": rate["zoo"], "compute_only_samples_per_s": rate["compute_only"],
+                       "speedup": statistics.median(ratios), "round_speedups": ratios,
+                       "pooled_speedup": rate["zoo"] / rate["stock"],
+                       "batch_size": dms["fast"].batch_size, "train_windows": len(dms["fast"].datasets["train"])}  # fmt: skip
     return out
 
 
@@ -447,16 +468,27 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     if "speed" in results:
         r = results["speed"]
-        lines += [f"## End-to-end training vs the stock loop ({r['device']}, {r['steps']} steps each, torch.compile {'on' if r.get('compile') else 'off'})", "",
-                  "Same network, weights and batches; the stock loop feeds it from `TimeSeriesDataSet.__getitem__` + `_collate_fn`, "
-                  "the zoo loop from the precomputed loader; compute-only is forward/backward/Adam on batches fetched beforehand "
-                  "(the limit any loader can reach).", "",
-                  "| recipe | stock loop | zoo loop | **zoo / stock** (goal >= 1.6x) | compute-only limit | batch |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"## End-to-end training vs the stock loop ({r['device']}, {r['steps']} steps per loop in {r.get('rounds', 1)} rounds, "
+                  f"{r.get('threads', '?')} torch threads, torch.compile {'on' if r.get('compile') else 'off'})", "",
+                  "Same weights and batches in every loop. *stock*: `TimeSeriesDataSet.__getitem__` + `_collate_fn` feeding "
+                  "pytorch-forecasting's own forward; *fast loader*: the precomputed loader feeding that same forward; *zoo*: the "
+                  "precomputed loader feeding the fused forward (`zoo.tft.vsn`, numerically the same network), what `model=tft` trains; "
+                  "*compute-only*: the zoo network on batches fetched beforehand. The loops take turns round by round; "
+                  "**zoo / stock** is the median of the rounds' ratios (range beside it).", "",
+                  "| recipe | stock loop | fast loader, stock forward | zoo loop | **zoo / stock** (goal >= 1.6x) | compute-only limit | batch |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for recipe in ("alibaba", "etth1"):
             if recipe in r:
                 q = r[recipe]
-                lines.append(f"| tft_{recipe} | {q['stock_samples_per_s']:,.0f} samples/s | {q['zoo_samples_per_s']:,.0f} samples/s | "
-                             f"**{q['speedup']:.2f}x** | {q['compute_only_samples_per_s']:,.0f} samples/s | {q['batch_size']} |")  # fmt: skip
+                spread = q.get("round_speedups") or [q["speedup"]]
+                fast = (
+                    f"{q['fast_loader_samples_per_s']:,.0f} samples/s"
+                    if "fast_loader_samples_per_s" in q
+                    else "—"
+                )
+                lines.append(f"| tft_{recipe} | {q['stock_samples_per_s']:,.0f} samples/s | {fast} | {q['zoo_samples_per_s']:,.0f} samples/s | "
+                             f"**{q['speedup']:.2f}x** ({min(spread):.2f}–{max(spread):.2f}) | "
+                             f"{q['compute_only_samples_per_s']:,.0f} samples/s | {q['batch_size']} |")  # fmt: skip
         lines.append("")
     if "fleet" in results:
         r = results["fleet"]
@@ -624,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--calibration-cache", default=None, help="calibration part: data cache (default: the run's)"
     )
-    p.add_argument("--speed-steps", type=int, default=30, help="timed steps per loop in the speed part")
+    p.add_argument("--speed-steps", type=int, default=40, help="timed steps per loop in the speed part")
+    p.add_argument("--speed-rounds", type=int, default=5, help="rounds the speed part's loops take turns in")
     p.add_argument("--speed-recipes", default="alibaba,etth1")
     p.add_argument("--speed-compile", action="store_true", help="torch.compile the network in the zoo loop")
     p.add_argument("--fleet-hosts", type=int, default=500)
@@ -661,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = bench_train(shared, cache, args.device)
             elif part == "speed":
                 res = bench_speed(shared, cache, args.device, args.speed_steps, tuple(args.speed_recipes.split(",")),
-                                  args.speed_compile)  # fmt: skip
+                                  args.speed_compile, args.speed_rounds)  # fmt: skip
             elif part == "fleet":
                 res = bench_fleet(args.fleet_hosts, args.fleet_days, args.fleet_step_minutes)
             elif part == "alibaba":

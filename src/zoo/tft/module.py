@@ -58,6 +58,10 @@ class TFTModule(ZooModule):
         calibrate: when training ends, fit the band calibration (`zoo.tft.calibrate`) on the validation
             windows and store it in the best/last checkpoints and the export; evaluation, ``forecast()``,
             the figures and ``zoo.monitor`` then use calibrated quantiles.
+        fused: compute the variable selections and the dropouts with fewer kernels (`zoo.tft.vsn`):
+            the same parameters and, up to float rounding, the same outputs as pytorch-forecasting's
+            modules (dropout: the same rate, another random stream); false runs pytorch-forecasting's
+            own forward passes.
     """
 
     family = "tft"
@@ -77,6 +81,7 @@ class TFTModule(ZooModule):
         point: str = "median",
         point_loss_weight: float = 0.0,
         calibrate: bool = True,
+        fused: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -139,6 +144,10 @@ class TFTModule(ZooModule):
                 mask_bias=self.mask_bias,
                 **net,
             )
+        if fused:
+            from zoo.tft.vsn import fuse
+
+            fuse(self.net)
         self.encoder_length = int(self.dataset_parameters["max_encoder_length"])
         self.prediction_length = int(self.dataset_parameters["max_prediction_length"])
         # Evaluation means are torchmetrics states (float sums of value x windows, and windows) reduced over

@@ -1,0 +1,162 @@
+"""The fused forward (zoo.tft.vsn) against pytorch-forecasting's own: same state dict, same outputs and
+gradients up to float rounding, in training and in evaluation; the faster dropout keeps the rate."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
+    GatedResidualNetwork,
+    InterpretableMultiHeadAttention,
+    VariableSelectionNetwork,
+)
+
+from zoo.tft import vsn
+from zoo.tft.module import TFTModule
+
+NETS = {
+    # hidden_continuous_size < hidden_size: each real's residual goes through the interpolation
+    "resampled": {"hidden_size": 16, "attention_head_size": 4, "hidden_continuous_size": 8, "dropout": 0.0},
+    # equal sizes: no interpolation in the single-variable networks
+    "same_size": {"hidden_size": 8, "attention_head_size": 2, "hidden_continuous_size": 8, "dropout": 0.0},
+    "shared_networks": {
+        "hidden_size": 16,
+        "attention_head_size": 1,
+        "hidden_continuous_size": 4,
+        "dropout": 0.0,
+        "share_single_variable_networks": True,
+    },  # fmt: skip
+}
+
+
+def pair(dm, net):
+    torch.manual_seed(0)
+    fused = TFTModule(**dm.model_kwargs(), net=net, plots=False)
+    stock = copy.deepcopy(fused)
+    vsn.unfuse(stock.net)
+    return fused, stock
+
+
+def forward_backward(module, x, y):
+    module.net.zero_grad(set_to_none=True)
+    out = module.net(x)
+    module._loss(x, y, out).backward()
+    grads = {n: p.grad.clone() for n, p in module.net.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+@pytest.fixture
+def every_row_count(monkeypatch):
+    """The tests' batches are small: take the composed maps however few the rows (MIN_ROWS)."""
+    monkeypatch.setattr(vsn, "MIN_ROWS", 0)
+
+
+def test_fuse_swaps_classes_and_keeps_the_state_dict(multi_dm):
+    fused, stock = pair(multi_dm, NETS["resampled"])
+    kinds = {type(m) for m in fused.net.modules()}
+    assert {vsn.FusedVariableSelection, vsn.FusedGRN, vsn.FusedAttention, vsn.FastDropout} <= kinds
+    assert not kinds & {
+        VariableSelectionNetwork,
+        GatedResidualNetwork,
+        InterpretableMultiHeadAttention,
+        torch.nn.Dropout,
+    }
+    stock_kinds = {type(m) for m in stock.net.modules()}
+    assert not stock_kinds & {vsn.FusedVariableSelection, vsn.FusedGRN, vsn.FusedAttention, vsn.FastDropout}
+    a, b = fused.net.state_dict(), stock.net.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    plain = TFTModule(**multi_dm.model_kwargs(), net=NETS["resampled"], plots=False, fused=False)
+    assert not {type(m) for m in plain.net.modules()} & {vsn.FusedVariableSelection, vsn.FastDropout}
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_training_step_equals_pytorch_forecasting(multi_dm, net, every_row_count):
+    fused, stock = pair(multi_dm, NETS[net])
+    calls = []
+    original = vsn.FusedVariableSelection._real_maps
+    fused.train()
+    stock.train()
+    x, y = next(iter(multi_dm.train_dataloader()))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            vsn.FusedVariableSelection,
+            "_real_maps",
+            lambda self, reals: calls.append(reals) or original(self, reals),
+        )
+        out_f, grad_f = forward_backward(fused, x, y)
+    out_s, grad_s = forward_backward(stock, x, y)
+    assert len(calls) == 3  # static, encoder and decoder selections all took the composed maps
+    for a, b in zip(out_f["prediction"], out_s["prediction"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    for key in ("static_variables", "encoder_variables", "decoder_variables"):
+        torch.testing.assert_close(out_f[key], out_s[key], rtol=1e-5, atol=1e-6)
+    # a training step skips the attention weights (no loss reads them): NaN, never stale numbers
+    assert (
+        torch.isnan(out_f["encoder_attention"]).all()
+        and out_f["encoder_attention"].shape == out_s["encoder_attention"].shape
+    )
+    assert grad_f.keys() == grad_s.keys()
+    scale = max(g.abs().max() for g in grad_s.values())
+    for name in grad_s:
+        torch.testing.assert_close(grad_f[name], grad_s[name], rtol=0, atol=1e-5 * float(scale), msg=name)
+
+
+def test_evaluation_equals_pytorch_forecasting_attention_included(multi_dm, every_row_count):
+    fused, stock = pair(multi_dm, {**NETS["resampled"], "dropout": 0.3})
+    fused.eval()
+    stock.eval()
+    x, _ = next(iter(multi_dm.val_dataloader()))
+    with torch.no_grad():
+        out_f, out_s = fused.net(x), stock.net(x)
+    for key in (
+        "encoder_attention",
+        "decoder_attention",
+        "static_variables",
+        "encoder_variables",
+        "decoder_variables",
+    ):
+        torch.testing.assert_close(out_f[key], out_s[key], rtol=1e-5, atol=1e-6)
+    for a, b in zip(out_f["prediction"], out_s["prediction"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_few_rows_take_the_stock_selection(multi_dm):
+    fused, stock = pair(multi_dm, NETS["resampled"])
+    x, y = next(iter(multi_dm.train_dataloader()))
+    rows = x["encoder_cont"].shape[0] * x["encoder_cont"].shape[1]
+    assert rows < vsn.MIN_ROWS
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vsn.FusedVariableSelection, "_real_maps", lambda self, reals: calls.append(reals))
+        out_f, _ = forward_backward(fused, x, y)
+    assert calls == []
+    out_s, _ = forward_backward(stock, x, y)
+    for a, b in zip(out_f["prediction"], out_s["prediction"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_fast_dropout_keeps_rate_scale_and_seed():
+    drop = vsn.FastDropout(0.1)
+    x = torch.ones(400, 1001)  # not a multiple of 4 elements per draw
+    torch.manual_seed(3)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    p = round(0.1 * 32768) / 32768
+    assert abs(dropped - p) < 5 * (p * (1 - p) / x.numel()) ** 0.5
+    assert torch.allclose(y[y != 0], torch.tensor(1 / (1 - p)))
+    # each of a draw's four words decides one element: every position drops at the same rate
+    lanes = (y == 0).reshape(-1)[: 400 * 1000].reshape(-1, 4).float().mean(0)
+    assert (lanes - p).abs().max() < 5 * (p * (1 - p) / (x.numel() / 4)) ** 0.5
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)
+    grad = torch.ones(7, 9, requires_grad=True)
+    out = drop(grad)
+    out.sum().backward()
+    assert torch.equal(grad.grad, out.detach())  # d(x * keep * scale)/dx = keep * scale
+    drop.eval()
+    assert drop(x) is x
+    assert torch.equal(vsn.FastDropout(0.0).train()(x), x)
+    assert torch.equal(vsn.FastDropout(1.0).train()(x), torch.zeros_like(x))
