@@ -527,13 +527,7 @@ def markdown(results: dict[str, Any]) -> str:
         targets = ["HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT"]
         point = r.get("point", "median")
         val = r.get("val_metrics", {})
-        # The point forecast scored against the goal is the one with the lower validation MSE (the configured
-        # point, or the quantiles' mean), chosen without looking at the test split.
-        chosen = (
-            "tft_mean"
-            if val.get("all/tft_mean/mse", float("inf")) < val.get("all/tft/mse", float("inf"))
-            else "tft"
-        )
+        chosen = etth1_choice(r)
         mse = m[f"all/{chosen}/mse"]
         val_col = {
             label: f"{val[f'all/{label}/mse']:.3f}" if f"all/{label}/mse" in val else "-"
@@ -566,7 +560,8 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def etth1_choice(r: dict[str, Any]) -> str:
-    """The point forecast scored against the goal: the one with the lower validation MSE."""
+    """The point forecast scored against the goal: the one with the lower validation MSE (the
+    configured point, or the quantiles' mean), chosen without looking at the test split."""
     val = r.get("val_metrics", {})
     return (
         "tft_mean"

@@ -92,7 +92,7 @@ class FusedGRN(GatedResidualNetwork):
             return super().forward(x, context, residual)
         if residual is None:
             residual = x
-        if self.input_size != self.output_size and not self.residual:
+        if _resamples(self):
             residual = self.resample_norm(residual)
         hidden = self.fc1(x) + _context(self, context)
         return _grn_tail(self, hidden, residual)
@@ -212,10 +212,11 @@ class FusedVariableSelection(VariableSelectionNetwork):
         return _grn_tail(grn, hidden, residual)
 
     def forward(self, x: dict[str, torch.Tensor], context: torch.Tensor | None = None) -> Any:
-        reals = self._reals() if self.num_inputs > 1 and _is_plain(self.flattened_grn) else []
+        selection = self.num_inputs > 1 and _is_plain(self.flattened_grn) and _resamples(self.flattened_grn)
+        reals = self._reals() if selection else []
         # Few rows (the static variables: one per series) are bound by per-op overhead, where the
         # composed maps' own small ops cost more than they save (measured: 0.8x at 128 rows).
-        if not reals or not _resamples(self.flattened_grn) or x[reals[0]].numel() < MIN_ROWS:
+        if not reals or x[reals[0]].numel() < MIN_ROWS:
             return super().forward(x, context)
         lead = x[reals[0]].shape[:-1]
         # [V, N], variable-major: each real's rows contiguous through its own network
