@@ -233,6 +233,32 @@ def test_fit_end_calibrates_checkpoints_export_eval_and_forecast(tmp_path, cache
     ).abs().max() < 1e-5
 
 
+def test_eval_without_a_table_fits_it_from_one_prediction_of_the_validation_split(tmp_path, cache_dir):
+    """A checkpoint that carries no table: evaluate_module fits one on the validation windows and seeds
+    the walk-forward bands with the same prediction (the validation split is predicted once)."""
+    from tests.tft.conftest import small_dm
+    from zoo.tft.calibrate import fit_module
+    from zoo.tft.evaluate import evaluate_module
+    from zoo.tft.module import TFTModule
+
+    dm = small_dm(cache_dir, name="calib_test", test_fraction=0.25, val_fraction=0.25)
+    dm.prepare_data()
+    dm.setup()
+    torch.manual_seed(0)
+    model = TFTModule(**dm.model_kwargs(), net={"hidden_size": 8, "attention_head_size": 1, "hidden_continuous_size": 4},
+                      plots=False).eval()  # fmt: skip
+    assert model.calibration is None
+    asked: list[str] = []
+    batches = dm.batches
+    dm.batches = lambda split, *a, **kw: asked.append(split) or batches(split, *a, **kw)
+    metrics = evaluate_module(model, dm, "test", tmp_path / "eval", backtest_cutoffs=0)
+    assert asked.count("val") == 1, asked
+    assert model.calibration is not None and metrics["calibrated"] == 1.0
+    assert any(k.endswith("coverage_p10_p90_rolling") for k in metrics)
+    dm.batches = batches
+    assert torch.equal(fit_module(model, dm, "val").shift, model.calibration.shift)
+
+
 def test_bench_calibration_section_renders_and_survives_other_parts(tmp_path):
     from benchmarks.tft import main, markdown, previous_results
 

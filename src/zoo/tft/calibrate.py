@@ -315,10 +315,11 @@ def coverage(
     return float(((actual >= q[..., i]) & (actual <= q[..., j])).float().mean())
 
 
-def fit_module(module: Any, dm: Any, split: str = "val") -> Calibration:
-    """Fit `module`'s calibration on the datamodule's `split` windows (all of them, eval mode)."""
-    batches = dm.batches(split)
-    result = module.predict_batches(batches)
+def fit_module(module: Any, dm: Any, split: str = "val", result: dict[str, Any] | None = None) -> Calibration:
+    """Fit `module`'s calibration on the datamodule's `split` windows (all of them, eval mode); `result`:
+    the module's `predict_batches` of that split when the caller already has it."""
+    if result is None:
+        result = module.predict_batches(dm.batches(split))
     channels = None
     if getattr(dm, "channel_independent", False):
         ds = dm.datasets[split if split in dm.datasets else "val"]

@@ -95,14 +95,16 @@ def _band_metrics(metrics: dict[str, float], name: str, raw: torch.Tensor, cal: 
         metrics[f"{name}/tft/pinball{suffix}"] = pinball(q, actual, levels)
 
 
-def rolling_bands(module: Any, dm: Any, split: str, result: dict[str, Any], channels: list[str] | None) -> list[torch.Tensor] | None:  # fmt: skip
+def rolling_bands(module: Any, dm: Any, split: str, result: dict[str, Any], channels: list[str] | None,
+                  val: dict[str, Any] | None = None) -> list[torch.Tensor] | None:  # fmt: skip
     """The split's bands calibrated walk-forward (`zoo.tft.calibrate.rolling_calibrated`), seeded with the
-    validation windows; None for the validation split itself or a module without a calibration."""
+    validation windows (`val`: their `predict_batches`, when already made); None for the validation split
+    itself or a module without a calibration."""
     from zoo.tft.calibrate import rolling_calibrated
 
     if split == "val" or split not in dm.datasets or module.calibration is None:
         return None
-    val = module.predict_batches(dm.batches("val"))
+    val = val if val is not None else module.predict_batches(dm.batches("val"))
     vindex = dm.datasets["val"].decoded_index
     seed = {"quantiles": val["quantiles"], "actual": val["actual"],
             "origin": torch.as_tensor(vindex["time_idx_first_prediction"].to_numpy()[: val["n"]]),
@@ -113,9 +115,11 @@ def rolling_bands(module: Any, dm: Any, split: str, result: dict[str, Any], chan
     return rolling_calibrated(module.calibration, windows, seed, module.target_names)
 
 
-def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: bool = True) -> dict[str, Any]:
+def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: bool = True,
+          val: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Predictions, baselines and metrics of one split (the windows with a seasonal history); with
-    `rolling`, the bands calibrated walk-forward too (``*_rolling`` keys)."""
+    `rolling`, the bands calibrated walk-forward too (``*_rolling`` keys; `val`: the validation split's
+    `predict_batches`, when already made)."""
     batches = dm.batches(split)
     result = module.predict_batches(batches, limit=limit)
     n = result["n"]
@@ -134,7 +138,7 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
     channel_independent = getattr(dm, "channel_independent", False)
     channels = [str(s).rsplit("/", 1)[-1] for s in series] if channel_independent else None
     result["calibrated"] = module.calibrated(result["quantiles"], channels)
-    result["rolling"] = rolling_bands(module, dm, split, result, channels) if rolling else None
+    result["rolling"] = rolling_bands(module, dm, split, result, channels, val) if rolling else None
     roll = result["rolling"] or [None] * len(module.target_names)
     scales = mase_scales(dm, split, series, season)
     point = module.point_of  # model.point: the median or the quantiles' mean
@@ -264,14 +268,17 @@ def evaluate_module(
     module: Any, dm: Any, split: str, output_dir: Path, backtest_cutoffs: int = 4
 ) -> dict[str, float]:
     dm.setup()
+    val = None
     if module.calibration is None:  # a checkpoint from before calibration, or one saved mid-training
         from zoo.tft.calibrate import fit_module
 
-        module.calibration = fit_module(module, dm, "val")
+        # Predicted once: the fit and the walk-forward bands' seed are the same windows.
+        val = module.predict_batches(dm.batches("val"))
+        module.calibration = fit_module(module, dm, "val", val)
         print(
             f"[zoo] band calibration fitted on the validation split ({module.calibration.windows} windows): the checkpoint carried none"
         )
-    scored = score(module, dm, split)
+    scored = score(module, dm, split, val=val)
     metrics = dict(scored["metrics"])
     summary, table = backtest(module, dm, split, scored, backtest_cutoffs)
     metrics.update(summary)
