@@ -103,6 +103,32 @@ def test_training_step_equals_pytorch_forecasting(multi_dm, net, every_row_count
         torch.testing.assert_close(grad_f[name], grad_s[name], rtol=0, atol=1e-5 * float(scale), msg=name)
 
 
+def dropout_elements(module, x, y) -> dict[str, int]:
+    """Elements each dropout module of `module.net` saw in one training forward/backward."""
+    counts: dict[str, int] = {}
+
+    def count(name):
+        return lambda m, args: counts.__setitem__(name, counts.get(name, 0) + args[0].numel())
+
+    hooks = [m.register_forward_pre_hook(count(name)) for name, m in module.net.named_modules()
+             if isinstance(m, torch.nn.Dropout)]  # fmt: skip
+    module.train()
+    forward_backward(module, x, y)
+    for h in hooks:
+        h.remove()
+    return counts
+
+
+@pytest.mark.parametrize("net", ["resampled", "shared_networks"])
+def test_training_step_drops_out_where_pytorch_forecasting_does(multi_dm, net, every_row_count):
+    """The equality tests run without dropout (the two random streams differ): here every dropout module
+    must see as many elements in the fused training step as in the stock one (none skipped or added)."""
+    fused, stock = pair(multi_dm, {**NETS[net], "dropout": 0.3})
+    x, y = next(iter(multi_dm.train_dataloader()))
+    seen = dropout_elements(fused, x, y)
+    assert seen and seen == dropout_elements(stock, x, y)
+
+
 def test_evaluation_equals_pytorch_forecasting_attention_included(multi_dm, every_row_count):
     fused, stock = pair(multi_dm, {**NETS["resampled"], "dropout": 0.3})
     fused.eval()
