@@ -551,6 +551,15 @@ def markdown(results: dict[str, Any]) -> str:
 ALIBABA_TARGETS = ("cpu_percent", "memory_percent", "disk_percent")
 
 
+def _alibaba_ratios(r: dict[str, Any]) -> list[float]:
+    return [r["metrics"][f"{t}/tft/rel_mae_vs_snaive"] for t in ALIBABA_TARGETS]
+
+
+def _forward(r: dict[str, Any]) -> str:
+    """The network a run trained: results without a seed predate the fused forward."""
+    return "fused" if r.get("fused", "seed" in r) else "stock"
+
+
 def alibaba_markdown(results: dict[str, Any]) -> list[str]:
     """A section per Alibaba run (``alibaba`` or ``--alibaba-key``), then their MAE ratios side by side,
     each against the ``alibaba`` run's (the one issue 13 quotes: H100, before the fused forward)."""
@@ -559,11 +568,7 @@ def alibaba_markdown(results: dict[str, Any]) -> list[str]:
     for key in keys:
         r = results[key]
         m = r["metrics"]
-        how = (
-            f"seed {r['seed']}, {'fused' if r.get('fused', True) else 'stock'} forward; "
-            if "seed" in r
-            else ""
-        )
+        how = f"seed {r['seed']}, {_forward(r)} forward; " if "seed" in r else ""
         lines += [f"## Alibaba 2018 sample: TFT vs baselines (validation windows, last 20 % of each machine) [`{key}`]", "",
                   f"{how}{r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, "
                   f"{int(m['windows'])} windows (every 6th origin). The coverage column is the network's own band: the "
@@ -574,23 +579,21 @@ def alibaba_markdown(results: dict[str, Any]) -> list[str]:
             lines.append(f"| {t} | {m[f'{t}/tft/mae']:.3f} | {m[f'{t}/snaive/mae']:.3f} | {m[f'{t}/naive/mae']:.3f} | "
                          f"**{m[f'{t}/tft/rel_mae_vs_snaive']:.3f}** | {m[f'{t}/tft/mase']:.3f} | {m[f'{t}/snaive/mase']:.3f} | "
                          f"{m.get(f'{t}/tft/coverage_p10_p90_raw', m[f'{t}/tft/coverage_p10_p90']):.2f} | {m[f'{t}/tft/smape']:.1f} |")  # fmt: skip
-        ratios = [m[f"{t}/tft/rel_mae_vs_snaive"] for t in ALIBABA_TARGETS]
+        ratios = _alibaba_ratios(r)
         verdict = "met" if max(ratios) <= 0.85 else "NOT met"
         lines += ["", f"Goal (MAE ratio vs seasonal-naive <= 0.85 on each of cpu, memory, disk): **{verdict}** "
                   f"(worst {max(ratios):.3f}, mean {sum(ratios) / 3:.3f}). Walk-forward backtest over 4 origins: "
                   + ", ".join(f"{t} {m.get(f'backtest/{t}/rel_mae_vs_snaive', float('nan')):.3f}" for t in ALIBABA_TARGETS) + ".", ""]  # fmt: skip
     if len(keys) > 1:
-        ratio = lambda r: [r["metrics"][f"{t}/tft/rel_mae_vs_snaive"] for t in ALIBABA_TARGETS]  # noqa: E731
-        ref = ratio(results["alibaba"]) if "alibaba" in keys else None
+        ref = _alibaba_ratios(results["alibaba"]) if "alibaba" in keys else None
         lines += ["## Alibaba MAE ratios vs seasonal-naive, run by run (lower is better)", "",
                   "| run | seed | forward | device | cpu | memory | disk | mean | no worse than `alibaba` on |",
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for key in keys:
             r = results[key]
-            ratios = ratio(r)
+            ratios = _alibaba_ratios(r)
             kept = "-" if ref is None else f"{sum(v <= w for v, w in zip(ratios, ref))} of 3"
-            forward = ("fused" if r.get("fused", True) else "stock") if "seed" in r else "stock"
-            lines.append(f"| `{key}` | {r.get('seed', 1337)} | {forward} | {r.get('_env', {}).get('device', '?')} | "
+            lines.append(f"| `{key}` | {r.get('seed', 1337)} | {_forward(r)} | {r.get('_env', {}).get('device', '?')} | "
                          + " | ".join(f"{v:.3f}" for v in ratios) + f" | {sum(ratios) / 3:.3f} | {kept} |")  # fmt: skip
         lines.append("")
     return lines
