@@ -233,9 +233,11 @@ def test_fit_end_calibrates_checkpoints_export_eval_and_forecast(tmp_path, cache
     ).abs().max() < 1e-5
 
 
-def test_eval_without_a_table_fits_it_from_one_prediction_of_the_validation_split(tmp_path, cache_dir):
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_eval_without_a_table_fits_it_from_one_prediction_of_the_validation_split(tmp_path, cache_dir, split):
     """A checkpoint that carries no table: evaluate_module fits one on the validation windows and seeds
-    the walk-forward bands with the same prediction (the validation split is predicted once)."""
+    the walk-forward bands (or, for split=val, the scores) with the same prediction: the validation
+    split is predicted once."""
     from tests.tft.conftest import small_dm
     from zoo.tft.calibrate import fit_module
     from zoo.tft.evaluate import evaluate_module
@@ -248,14 +250,23 @@ def test_eval_without_a_table_fits_it_from_one_prediction_of_the_validation_spli
     model = TFTModule(**dm.model_kwargs(), net={"hidden_size": 8, "attention_head_size": 1, "hidden_continuous_size": 4},
                       plots=False).eval()  # fmt: skip
     assert model.calibration is None
-    asked: list[str] = []
-    batches = dm.batches
-    dm.batches = lambda split, *a, **kw: asked.append(split) or batches(split, *a, **kw)
-    metrics = evaluate_module(model, dm, "test", tmp_path / "eval", backtest_cutoffs=0)
-    assert asked.count("val") == 1, asked
+    made: dict[int, str] = {}  # id of each batches object -> its split
+    predicted: list[str] = []
+    batches, predict = dm.batches, model.predict_batches
+
+    def batches_of(name, *a, **kw):
+        out = batches(name, *a, **kw)
+        made[id(out)] = name
+        return out
+
+    dm.batches = batches_of
+    model.predict_batches = lambda b, *a, **kw: predicted.append(made[id(b)]) or predict(b, *a, **kw)
+    metrics = evaluate_module(model, dm, split, tmp_path / "eval", backtest_cutoffs=0)
+    assert predicted == (["val", "test"] if split == "test" else ["val"]), predicted
     assert model.calibration is not None and metrics["calibrated"] == 1.0
-    assert any(k.endswith("coverage_p10_p90_rolling") for k in metrics)
+    assert any(k.endswith("coverage_p10_p90_rolling") for k in metrics) == (split == "test")
     dm.batches = batches
+    del model.predict_batches
     assert torch.equal(fit_module(model, dm, "val").shift, model.calibration.shift)
 
 

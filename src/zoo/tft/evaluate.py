@@ -119,9 +119,12 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
           val: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Predictions, baselines and metrics of one split (the windows with a seasonal history); with
     `rolling`, the bands calibrated walk-forward too (``*_rolling`` keys; `val`: the validation split's
-    `predict_batches`, when already made)."""
+    `predict_batches`, when already made, and then also the predictions of ``split="val"``)."""
     batches = dm.batches(split)
-    result = module.predict_batches(batches, limit=limit)
+    if split == "val" and val is not None and limit is None:
+        result = dict(val)  # already predicted (the calibration fit's windows)
+    else:
+        result = module.predict_batches(batches, limit=limit)
     n = result["n"]
     rows = batches.starts[:n]
     E, P = module.encoder_length, module.prediction_length
