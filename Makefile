@@ -2,6 +2,10 @@
 PYTHON ?= python
 TORCH_VERSION ?= 2.13.0
 ARGS ?=
+# Most of the suite's time is single-threaded (subprocess start-up, data preparation): two workers keep
+# both cores of a 2-core machine busy. `-p no:benchmark`: pytest-benchmark, where a machine has it, warns
+# that xdist disables it; the zoo's benchmarks are `make bench`, not pytest fixtures.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install train test test-fast lint format sweep bench bench-gpt-scale bench-events-full bench-tft-full tensorboard notebooks clean
@@ -16,8 +20,8 @@ install: ## Install torch (CPU build here, CUDA build on GPU machines) then zoo 
 train: ## Train (default: small GPT on CPU in ~2 min); pass overrides with ARGS="model=tft trainer=cpu"
 	$(PYTHON) -m zoo.train $(ARGS)
 
-test: ## Full test suite, slow tests and notebooks included (what CI runs)
-	$(PYTHON) -m pytest tests notebooks --nbmake -q -p no:cacheprovider
+test: ## Full test suite, slow tests and notebooks included (what CI runs), on TEST_WORKERS processes
+	$(PYTHON) -m pytest tests notebooks --nbmake -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal -p no:benchmark
 
 test-fast: ## Tests without the slow ones and without notebooks
 	$(PYTHON) -m pytest tests -q -m "not slow"
