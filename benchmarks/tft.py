@@ -318,9 +318,9 @@ print(json.dumps({{"rows": int(dm.manifest["rows"]), "train_windows": len(dm.dat
 
 
 def fit_and_score(dm: Any, split: str, device: str, max_steps: int, epoch_batches: int, net: dict[str, Any], lr: float, out_dir: Path,
-                  precision: str = "32-true", seed: int = 1337, **module_kw: Any) -> dict[str, Any]:  # fmt: skip
+                  precision: str = "32-true", seed: int = 1337, ema: float = 0.0, **module_kw: Any) -> dict[str, Any]:  # fmt: skip
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 
     from zoo.tft.evaluate import evaluate_module, score
     from zoo.tft.module import TFTModule
@@ -332,7 +332,8 @@ def fit_and_score(dm: Any, split: str, device: str, max_steps: int, epoch_batche
     ckpt = ModelCheckpoint(dirpath=str(out_dir / "ckpt"), monitor="val/loss", mode="min", save_top_k=1)
     trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision, max_steps=max_steps,
                          limit_train_batches=epoch_batches, gradient_clip_val=0.1, logger=False, enable_progress_bar=False,
-                         callbacks=[ckpt, EarlyStopping(monitor="val/loss", patience=8, check_on_train_epoch_end=False)], use_distributed_sampler=False,
+                         callbacks=[ckpt, EarlyStopping(monitor="val/loss", patience=8, check_on_train_epoch_end=False)]
+                         + ([EMAWeightAveraging(decay=ema)] if ema > 0 else []), use_distributed_sampler=False,
                          num_sanity_val_steps=0, enable_model_summary=False)  # fmt: skip
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -378,6 +379,7 @@ def bench_etth1(
     point_loss_weight: float = 0.0,
     seed: int = 1337,
     fused: bool = True,
+    ema: float = 0.0,
 ) -> dict[str, Any]:
     dm = etth1_dm(shared, cache, layout, encoder_length=encoder_length)
     net = {
@@ -387,8 +389,8 @@ def bench_etth1(
         "dropout": dropout,
     }
     res = fit_and_score(dm, "test", device, max_steps, 100, net, lr, out_dir / "etth1", point=point,
-                        point_loss_weight=point_loss_weight, seed=seed, fused=fused)  # fmt: skip
-    res["seed"], res["fused"] = seed, fused
+                        point_loss_weight=point_loss_weight, seed=seed, fused=fused, ema=ema)  # fmt: skip
+    res["seed"], res["fused"], res["ema"] = seed, fused, ema
     res["encoder_length"], res["hidden_size"] = encoder_length, hidden
     res["windows"] = {k: len(v) for k, v in dm.datasets.items()}
     res["target_normalizer"] = dm.target_normalizer
@@ -517,6 +519,7 @@ def markdown(results: dict[str, Any]) -> str:
         point = r.get("point", "median")
         val = r.get("val_metrics", {})
         chosen = etth1_choice(r)
+        ema = f", EMA of the weights (decay {r['ema']:g})" if r.get("ema") else ""
         mse = m[f"all/{chosen}/mse"]
         val_col = {
             label: f"{val[f'all/{label}/mse']:.3f}" if f"all/{label}/mse" in val else "-"
@@ -524,7 +527,7 @@ def markdown(results: dict[str, Any]) -> str:
         }
         lines += [f"## ETTh1 multivariate, horizon 96 (test split, z-normalized) [`{key}`]", "",
                   f"History {r.get('encoder_length', 336)} h, hidden size {r.get('hidden_size', 32)}, target normalizer "
-                  f"{r.get('target_normalizer', 'group')}, {LAYOUTS[r.get('layout', 'joint')]}, batch {r.get('batch_size', 64)}, dropout {r.get('dropout', 0.1)}, lr {r.get('lr', 1e-3):g}, point forecast {point}, point_loss_weight {r.get('point_loss_weight', 0.0):g}; {r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, {int(m['windows'])} test windows.", "",
+                  f"{r.get('target_normalizer', 'group')}, {LAYOUTS[r.get('layout', 'joint')]}, batch {r.get('batch_size', 64)}, dropout {r.get('dropout', 0.1)}, lr {r.get('lr', 1e-3):g}, point forecast {point}, point_loss_weight {r.get('point_loss_weight', 0.0):g}{ema}; {r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, {int(m['windows'])} test windows.", "",
                   "| model | MSE | MAE | validation MSE |", "|---|---|---|---|",
                   f"| zoo TFT ({point}: `model.point`) | {'**' * (chosen == 'tft')}{m['all/tft/mse']:.3f}{'**' * (chosen == 'tft')} | {m['all/tft/mae']:.3f} | {val_col['tft']} |",
                   *([f"| zoo TFT, mean of the quantiles (the MSE-optimal point) | {'**' * (chosen == 'tft_mean')}{m['all/tft_mean/mse']:.3f}{'**' * (chosen == 'tft_mean')} | {m['all/tft_mean/mae']:.3f} | {val_col['tft_mean']} |"] if "all/tft_mean/mse" in m and point != "mean" else []),
@@ -728,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--etth1-lr", type=float, default=1e-3)
     p.add_argument("--etth1-point", choices=["median", "mean"], default="median", help="model.point")
     p.add_argument("--etth1-point-loss-weight", type=float, default=0.0, help="model.point_loss_weight")
+    p.add_argument("--etth1-ema", type=float, default=0.0,
+                   help="EMA decay of the weights (Lightning's EMAWeightAveraging: validated and saved averaged); 0: off")  # fmt: skip
     p.add_argument(
         "--etth1-key", default="etth1", help="name of this ETTh1 run's section (keeps earlier runs)"
     )
@@ -808,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.etth1_point_loss_weight,
                     args.etth1_seed,
                     not args.stock_forward,
+                    args.etth1_ema,
                 )
                 if args.etth1_group:
                     res["group"] = args.etth1_group

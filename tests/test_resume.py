@@ -48,6 +48,9 @@ FAMILIES = {
              "model.net.dropout=0.1", "data.block_size=32", "data.batch_size=8"], "val/loss"),
     "events": (["model=event_predictor", "data.batch_size=16"], "val/loss"),
     "tft": (["experiment=tft_small", "data.num_workers=0", "data.batch_size=16"], "val/loss"),
+    # The weight average too (validated and saved averaged; the raw weights resume from the checkpoint).
+    "tft-ema": (["experiment=tft_small", "data.num_workers=0", "data.batch_size=16", "callbacks=[default,ema]"],
+                "val/loss"),
 }  # fmt: skip
 
 
@@ -91,6 +94,7 @@ def test_sigkill_then_resume_is_bit_exact(family, tmp_path):
         tmp_path / "b" / "checkpoints" / "last-step.ckpt", weights_only=True, map_location="cpu"
     )
     assert saved["global_step"] == RESUMED_FROM
+    assert ("current_model_state" in saved) == family.endswith("-ema")  # EMA: averaged and raw weights
 
     resumed = _run(tmp_path / "b", cache, tmp_path / "b2.jsonl", *overrides, "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
