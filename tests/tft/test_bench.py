@@ -24,17 +24,38 @@ def test_alibaba_runs_render_their_own_sections_and_compare_with_the_reference()
     from benchmarks.tft import alibaba_markdown
 
     lines = alibaba_markdown(
-        {"alibaba": run(0.84, 0.75, 0.78), "alibaba_b": run(0.86, 0.56, 0.78, seed=1, fused=True)}
+        {
+            "alibaba": run(0.84, 0.75, 0.78),
+            "alibaba_b": run(0.86, 0.56, 0.78, seed=1, fused=True),
+            "alibaba_c": run(0.83, 0.70, 0.77, seed=1, fused=True, dropout=0.2, ema=0.99),
+        }
     )
     text = "\n".join(lines)
     assert (
-        text.count("## Alibaba 2018 sample") == 2
+        text.count("## Alibaba 2018 sample") == 3
         and "[`alibaba_b`]" in text
-        and "seed 1, fused forward" in text
+        and "seed 1, fused forward, dropout 0.1, no EMA" in text
     )
     # the raw band's coverage, not the calibrated one (fitted on these very windows)
     assert "| cpu_percent | 0.860 | 1.000 | 1.000 | **0.860** | 0.860 | 1.000 | 0.61 | 10.0 |" in text
-    assert "| `alibaba_b` | 1 | fused | cpu | 0.860 | 0.560 | 0.780 | 0.733 | 2 of 3 |" in text
+    assert (
+        "| `alibaba_b` | 1 | fused | dropout 0.1, no EMA | cpu | 0.860 | 0.560 | 0.780 | 0.733 | 2 of 3 |"
+        in text
+    )
+    assert (
+        "| `alibaba_c` | 1 | fused | dropout 0.2, EMA 0.99 | cpu | 0.830 | 0.700 | 0.770 | 0.767 | 3 of 3 |"
+        in text
+    )
     assert "**NOT met** (worst 0.860" in text
     single = "\n".join(alibaba_markdown({"alibaba": run(0.84, 0.75, 0.78)}))
     assert "run by run" not in single and "**met** (worst 0.840" in single
+
+
+def test_the_speed_benchmark_times_the_recipes_networks(compose):
+    """The speed part builds its networks by hand; they must be the recipes' (conf/experiment/tft_*.yaml)."""
+    from benchmarks.tft import SPEED_RECIPES
+
+    for recipe, r in SPEED_RECIPES.items():
+        model = compose(f"experiment=tft_{recipe}").model
+        assert {k: model.net[k] for k in r["net"]} == r["net"], recipe
+        assert model.optim.lr == r["lr"], recipe
