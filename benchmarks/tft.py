@@ -172,7 +172,8 @@ def bench_speed(shared: Path, cache: Path, device: str, steps: int = 40, recipes
     - stock: the stock `TimeSeriesDataSet` loader (``__getitem__`` + ``_collate_fn``) feeding
       pytorch-forecasting's own network forward;
     - fast loader: the zoo's precomputed loader feeding that same stock forward;
-    - zoo: the precomputed loader feeding the fused forward (`zoo.tft.vsn`), what ``model=tft`` trains;
+    - zoo: the precomputed loader feeding the fused forward (`zoo.tft.vsn`) and the fused Adam step,
+      what ``model=tft`` trains;
     - compute-only: the zoo network on batches fetched beforehand (the limit any loader can reach).
 
     The loops take turns, `rounds` rounds of ``steps / rounds`` steps each, so that the host's drift
@@ -184,7 +185,7 @@ def bench_speed(shared: Path, cache: Path, device: str, steps: int = 40, recipes
     per_round = max(1, -(-steps // rounds))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     out: dict[str, Any] = {"device": device, "steps": per_round * rounds, "rounds": rounds, "compile": compile_net,
-                           "threads": torch.get_num_threads()}  # fmt: skip
+                           "threads": torch.get_num_threads(), "fused_adam": True}  # fmt: skip
     for recipe in recipes:
         r = SPEED_RECIPES[recipe]
         dms = {loader: recipe_dm(recipe, shared, cache, loader) for loader in ("stock", "fast")}
@@ -194,7 +195,8 @@ def bench_speed(shared: Path, cache: Path, device: str, steps: int = 40, recipes
             model = TFTModule(**dms[loader].model_kwargs(), net=r["net"], optim={"lr": r["lr"]}, plots=False,
                               fused=fused).to(device)  # fmt: skip
             net = torch.compile(model.net) if compile_net and fused else model.net
-            opt = torch.optim.Adam(model.parameters(), lr=r["lr"])
+            # The zoo's step is fused throughout: its network and its Adam (zoo.core.optim.fused_adam).
+            opt = torch.optim.Adam(model.parameters(), lr=r["lr"], fused=fused)
 
             def step(batch: Any) -> int:
                 x, y = batch
@@ -481,7 +483,9 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{r.get('threads', '?')} torch threads, torch.compile {'on' if r.get('compile') else 'off'})", "",
                   "Same weights and batches in every loop. *stock*: `TimeSeriesDataSet.__getitem__` + `_collate_fn` feeding "
                   "pytorch-forecasting's own forward; *fast loader*: the precomputed loader feeding that same forward; *zoo*: the "
-                  "precomputed loader feeding the fused forward (`zoo.tft.vsn`, numerically the same network), what `model=tft` trains; "
+                  "precomputed loader feeding the fused forward (`zoo.tft.vsn`, numerically the same network)"
+                  f"{' and the fused Adam step (the others: `torch.optim.Adam` as constructed by default)' if r.get('fused_adam') else ''}, "
+                  "what `model=tft` trains; "
                   "*compute-only*: the zoo network on batches fetched beforehand. The loops take turns round by round; "
                   "**zoo / stock** is the median of the rounds' ratios (range beside it).", "",
                   "| recipe | stock loop | fast loader, stock forward | zoo loop | **zoo / stock** (goal >= 1.6x) | compute-only limit | batch |",

@@ -139,3 +139,29 @@ def test_etth1_standard_split(shared_data, compose, tmp_path):
         and test["time_idx_last"].max() == 8640 + 2 * 2880 - 1
     )
     assert len(test) == len(channels) * (2880 - 24 + 1)
+
+
+def test_fused_adam_with_clipping_under_bf16_mixed(compose, monkeypatch):
+    """model=tft trains under bf16-mixed on CPU (its LSTMs in float32: oneDNN has no bfloat16 LSTM for
+    them), takes the fused Adam step and still clips its gradients where Lightning's mixed-precision
+    plugin would refuse to (fused optimizer + clipping)."""
+    from zoo.train import train
+
+    fused, clips = [], []
+    adam_init, clip = torch.optim.Adam.__init__, torch.nn.utils.clip_grad_norm_
+
+    def init(self, *args, **kwargs):
+        fused.append(kwargs.get("fused"))
+        adam_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "__init__", init)
+    monkeypatch.setattr(
+        torch.nn.utils, "clip_grad_norm_", lambda *a, **k: clips.append(a[1]) or clip(*a, **k)
+    )
+    cfg = compose("experiment=tft_small", "trainer=cpu", "trainer.precision=bf16-mixed", "trainer.max_steps=3",
+                  "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "data.num_workers=0",
+                  "model.plots=false", "model.calibrate=false", "test=false", "~callbacks.rich_progress_bar",
+                  "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false")  # fmt: skip
+    _, metrics = train(cfg)
+    assert fused == [True] and clips == [cfg.trainer.gradient_clip_val] * 3
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))

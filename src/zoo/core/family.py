@@ -68,6 +68,22 @@ class ZooModule(pl.LightningModule):
         """The module of an export folder written by `export`, in eval mode."""
         raise ZooError(f"{folder}: the {cls.family or cls.__name__} family cannot load exports")
 
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+    ) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for any optimizer that could unscale gradients
+        # itself (fused Adam/AdamW: `zoo.core.optim.fused_adam`), fearing scaled gradients. Without a grad
+        # scaler (bf16-mixed, 32-true) the gradients are already true: clip them here instead of giving up
+        # the fused kernel.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if gradient_clip_val and scaler is None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def predict(self, cfg: DictConfig, output_dir: Path, run: Run) -> Any:
         """``python -m zoo.predict``: predictions for the request in `cfg` (the predict config's keys:
         ``prompt``/``input``/``output``/``backend``...), written where `cfg` says or under `output_dir`."""

@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.core.errors import ZooError
 from zoo.core.family import ZooModule
+from zoo.core.optim import fused_adam
 from zoo.events.model import EventPredictor, NetConfig, objective
 from zoo.events.schema import PAD, SPECIALS, UNK, Schema, Vocab
 
@@ -250,7 +251,13 @@ class EventModule(ZooModule):
     def configure_optimizers(self) -> Any:
         cfg = self.optim
         cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-        optimizer = cls(self.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        optimizer = cls(
+            self.parameters(),
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
+            fused=fused_adam(self),
+        )
         if cfg.scheduler is None:
             return optimizer
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from pytorch_forecasting.models.nn.rnn import LSTM
+from torch import nn
 
 # float16's largest magnitude is 65504: pytorch-forecasting's -1e9 mask fill overflows it (inf/NaN
 # after softmax, or a hard error in masked_fill). -1e4 still gives exp(-1e4) == 0 after softmax.
@@ -63,3 +66,24 @@ def skeleton_dataset(parameters: dict[str, Any]) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return TimeSeriesDataSet.from_parameters(p, pd.DataFrame(frame), stop_randomization=True)
+
+
+class Float32LSTM(LSTM):
+    """pytorch-forecasting's LSTM, run in float32 under CPU autocast (``trainer.precision=bf16-mixed`` on
+    CPU): oneDNN has no bfloat16 LSTM primitive for it and fails ("could not create a primitive
+    descriptor for the LSTM forward propagation primitive"). Elsewhere it is the stock module."""
+
+    def forward(self, x: Any, hx: Any = None, lengths: Any = None, enforce_sorted: bool = True) -> Any:
+        if not (torch.is_autocast_enabled("cpu") and x.device.type == "cpu"):
+            return super().forward(x, hx=hx, lengths=lengths, enforce_sorted=enforce_sorted)
+        with torch.autocast("cpu", enabled=False):
+            hx = None if hx is None else tuple(h.float() for h in hx)
+            return super().forward(x.float(), hx=hx, lengths=lengths, enforce_sorted=enforce_sorted)
+
+
+def float32_lstms(net: nn.Module) -> nn.Module:
+    """Switch `net`'s LSTMs to `Float32LSTM` in place (same parameters and state dict)."""
+    for module in net.modules():
+        if type(module) is LSTM:
+            module.__class__ = Float32LSTM
+    return net

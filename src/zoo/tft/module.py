@@ -23,8 +23,9 @@ from torchmetrics import MeanMetric
 from zoo.core.callbacks import log_grad_norm
 from zoo.core.errors import ZooError
 from zoo.core.family import ZooModule
+from zoo.core.optim import fused_adam
 from zoo.tft import params as P
-from zoo.tft.model import NET_KEYS, OPTIM_KEYS, mask_bias_for, skeleton_dataset
+from zoo.tft.model import NET_KEYS, OPTIM_KEYS, float32_lstms, mask_bias_for, skeleton_dataset
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class TFTModule(ZooModule):
                 mask_bias=self.mask_bias,
                 **net,
             )
+        float32_lstms(self.net)
         if fused:
             from zoo.tft.vsn import fuse
 
@@ -291,7 +293,9 @@ class TFTModule(ZooModule):
     # -- optimization ----------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
-        optimizer = torch.optim.Adam(self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], fused=fused_adam(self)
+        )
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
             mode="min",
