@@ -59,3 +59,29 @@ def test_the_speed_benchmark_times_the_recipes_networks(compose):
         model = compose(f"experiment=tft_{recipe}").model
         assert {k: model.net[k] for k in r["net"]} == r["net"], recipe
         assert model.optim.lr == r["lr"], recipe
+
+
+def test_seed_groups_report_the_point_chosen_on_validation_and_both_means():
+    from benchmarks.tft import seeds_markdown
+
+    def etth1(seed, val_median, val_mean, test_median, test_mean, group="g"):
+        return {"group": group, "seed": seed, "steps": 100, "point": "median",
+                "val_metrics": {"all/tft/mse": val_median, "all/tft_mean/mse": val_mean},
+                "metrics": {"all/tft/mse": test_median, "all/tft_mean/mse": test_mean}}  # fmt: skip
+
+    text = "\n".join(
+        seeds_markdown(
+            {
+                "a": etth1(1, 0.70, 0.69, 0.40, 0.39),  # the mean of the quantiles wins on validation
+                "b": etth1(2, 0.68, 0.71, 0.37, 0.30),  # the median does, however good the mean's test is
+                "c": etth1(3, 0.72, 0.73, 0.38, 0.36),
+                "other": etth1(1, 0.5, 0.5, 0.5, 0.5, group="h"),
+            }
+        )
+    )
+    assert text.count("## ETTh1 over seeds") == 2
+    assert "| 1 | `a` | 100 | mean of the quantiles | 0.690 | 0.390 |" in text
+    assert "| 2 | `b` | 100 | median | 0.680 | 0.370 |" in text
+    # (0.39 + 0.37 + 0.38) / 3 and (0.69 + 0.68 + 0.72) / 3
+    assert "**0.380** (goal <= 0.385 over 3 seeds: **met**); mean validation MSE 0.6967." in text
+    assert "over 1 seeds: **0.500** (goal <= 0.385 over 3 seeds: **NOT met**)" in text
