@@ -180,6 +180,7 @@ def bench_speed(shared: Path, cache: Path, device: str, steps: int = 40, recipes
     hits them alike; the ratio is the median of the rounds' zoo / stock ratios."""
     import statistics
 
+    from zoo.core.optim import fused_adam
     from zoo.tft.module import TFTModule
 
     per_round = max(1, -(-steps // rounds))
@@ -195,8 +196,8 @@ def bench_speed(shared: Path, cache: Path, device: str, steps: int = 40, recipes
             model = TFTModule(**dms[loader].model_kwargs(), net=r["net"], optim={"lr": r["lr"]}, plots=False,
                               fused=fused).to(device)  # fmt: skip
             net = torch.compile(model.net) if compile_net and fused else model.net
-            # The zoo's step is fused throughout: its network and its Adam (zoo.core.optim.fused_adam).
-            opt = torch.optim.Adam(model.parameters(), lr=r["lr"], fused=fused)
+            # The zoo's step is fused throughout: its network and, where TFTModule takes it, its Adam.
+            opt = torch.optim.Adam(model.parameters(), lr=r["lr"], fused=fused and fused_adam(model))
 
             def step(batch: Any) -> int:
                 x, y = batch
