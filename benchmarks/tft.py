@@ -321,7 +321,8 @@ print(json.dumps({{"rows": int(dm.manifest["rows"]), "train_windows": len(dm.dat
 
 
 def fit_and_score(dm: Any, split: str, device: str, max_steps: int, epoch_batches: int, net: dict[str, Any], lr: float, out_dir: Path,
-                  precision: str = "32-true", seed: int = 1337, ema: float = 0.0, **module_kw: Any) -> dict[str, Any]:  # fmt: skip
+                  precision: str = "32-true", seed: int = 1337, ema: float = 0.0, weight_decay: float = 0.0,
+                  **module_kw: Any) -> dict[str, Any]:  # fmt: skip
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
 
@@ -330,7 +331,12 @@ def fit_and_score(dm: Any, split: str, device: str, max_steps: int, epoch_batche
 
     pl.seed_everything(seed, workers=True)
     model = TFTModule(
-        **dm.model_kwargs(), net=net, optim={"lr": lr}, precision=precision, plots=False, **module_kw
+        **dm.model_kwargs(),
+        net=net,
+        optim={"lr": lr, "weight_decay": weight_decay},
+        precision=precision,
+        plots=False,
+        **module_kw,
     )
     ckpt = ModelCheckpoint(dirpath=str(out_dir / "ckpt"), monitor="val/loss", mode="min", save_top_k=1)
     trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision, max_steps=max_steps,
@@ -383,6 +389,7 @@ def bench_etth1(
     seed: int = 1337,
     fused: bool = True,
     ema: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> dict[str, Any]:
     dm = etth1_dm(shared, cache, layout, encoder_length=encoder_length)
     net = {
@@ -392,8 +399,9 @@ def bench_etth1(
         "dropout": dropout,
     }
     res = fit_and_score(dm, "test", device, max_steps, 100, net, lr, out_dir / "etth1", point=point,
-                        point_loss_weight=point_loss_weight, seed=seed, fused=fused, ema=ema)  # fmt: skip
-    res["seed"], res["fused"], res["ema"] = seed, fused, ema
+                        point_loss_weight=point_loss_weight, seed=seed, fused=fused, ema=ema,
+                        weight_decay=weight_decay)  # fmt: skip
+    res["seed"], res["fused"], res["ema"], res["weight_decay"] = seed, fused, ema, weight_decay
     res["encoder_length"], res["hidden_size"] = encoder_length, hidden
     res["windows"] = {k: len(v) for k, v in dm.datasets.items()}
     res["target_normalizer"] = dm.target_normalizer
@@ -661,7 +669,9 @@ def calibration_markdown(res: dict[str, Any]) -> list[str]:
              "Calibration fitted on the validation split after training (a scaled split-conformal shift per target, "
              "horizon and quantile level; docs/tft.md), scored on the test split: *static* is the table the checkpoint "
              "and export carry, *rolling* the same shifts refitted walk-forward from the latest 1,000 forecasts whose "
-             "horizon had fully passed at each forecast origin (validation windows first; only past actuals). Goal: "
+             "horizon had fully passed at each forecast origin (validation windows first; only past actuals), read at "
+             "levels each refit moves by its coverage error (adaptive conformal, rate `zoo.tft.calibrate.ADAPT_RATE` "
+             "per quarter horizon). Goal: "
              "P10-P90 within 3 points of 80 %, P2-P98 within 3 points of 96 %, pinball loss no worse than raw.", ""]  # fmt: skip
     pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     f4 = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
@@ -750,6 +760,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--etth1-ema", type=float, default=0.0,
                    help="EMA decay of the weights (Lightning's EMAWeightAveraging: validated and saved averaged); 0: off")  # fmt: skip
     p.add_argument(
+        "--etth1-weight-decay", type=float, default=0.0, help="model.optim.weight_decay (Adam's L2)"
+    )
+    p.add_argument(
         "--etth1-key", default="etth1", help="name of this ETTh1 run's section (keeps earlier runs)"
     )
     p.add_argument("--etth1-seed", type=int, default=1337, help="seed of the ETTh1 training run")
@@ -832,6 +845,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.etth1_seed,
                     not args.stock_forward,
                     args.etth1_ema,
+                    args.etth1_weight_decay,
                 )
                 if args.etth1_group:
                     res["group"] = args.etth1_group

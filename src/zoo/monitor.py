@@ -24,7 +24,9 @@ The bands follow this machine (``recalibrate``, on by default): once a forecast'
 observed, its scaled residuals (`zoo.tft.calibrate.scaled_residuals`, from the network's own quantiles)
 join the latest ``recalibrate`` per target, and from ``recalibrate_min`` of them on, each target's shift
 table is refitted from them before every forecast (the walk-forward calibration `zoo.eval` scores as
-``*_rolling``); before that, the table the model was exported with. The refitted table is kept in
+``*_rolling``), read at levels each matured forecast nudges by how far its issued bands missed their
+nominal coverage (adaptive conformal, `zoo.tft.calibrate.ADAPT_RATE`); before that, the table the
+model was exported with. The refitted table (shifts and levels) is kept in
 ``out/calibration.json`` and a restart goes on from it.
 
 ``duration=`` (seconds) or Ctrl-C/SIGTERM stops it. A live table (rich) shows the latest sample, the next
@@ -252,8 +254,14 @@ class Monitor:
         self.bands = None
         if window <= 0 or self.module.calibration is None:
             return
+        from zoo.tft.calibrate import ADAPT_RATE
+
         self.bands = copy.deepcopy(self.module.calibration)
         self.window, self.minimum = window, max(2, minimum)
+        # Each matured forecast moves the levels; `zoo.eval` moves them once a quarter horizon, so scale the
+        # rate by how many of those one forecast spacing covers (the same reaction per hour of data).
+        spacing = self.forecast_every * self.interval / self.step.total_seconds()  # in model steps
+        self.adapt_rate = ADAPT_RATE * min(1.0, spacing / max(1, self.module.prediction_length // 4))
         try:  # a restart goes on from the last refitted table (out/calibration.json)
             table = type(self.bands).load_json(self.out)
             if table is not None:
@@ -271,6 +279,7 @@ class Monitor:
         import numpy as np
 
         levels = [f"raw_q{v:g}" for v in self.module.quantiles]
+        issued_bands = [f"q{v:g}" for v in self.module.quantiles]
         if not set(levels) <= set(fc.columns):
             return
         for target, part in fc.groupby("target", sort=False):
@@ -278,6 +287,8 @@ class Monitor:
             raw = part[levels].to_numpy(np.float64)
             self.open[(issued, str(target))] = {
                 "raw": raw,
+                # The calibrated bands as forecast: what the levels adapt to (`Calibration.adapt`).
+                "issued": part[issued_bands].to_numpy(np.float64) if set(issued_bands) <= set(part) else None,
                 "actual": np.full(len(raw), np.nan),
                 "left": len(raw),
             }
@@ -303,6 +314,9 @@ class Monitor:
         r = self.bands.residuals(target, q, y, float(sd))[0]  # in the data's units, not the model's
         buf = self.residuals.setdefault(target, deque(maxlen=self.window))
         buf.append(r.float())
+        if entry["issued"] is not None:
+            below = torch.from_numpy(entry["actual"][:, None] <= entry["issued"])[None]
+            self.bands.adapt(target, below, self.adapt_rate)
         if len(buf) >= self.minimum:
             if self.counts["refits"] == 0:
                 log.info(

@@ -10,6 +10,7 @@ import torch
 from zoo.core.errors import ZooError
 from zoo.tft.calibrate import (
     Calibration,
+    adapted,
     coverage,
     fit,
     non_crossing,
@@ -134,6 +135,47 @@ def test_rolling_calibration_follows_a_change_the_static_table_misses():
     early = slice(0, 2500)  # the unchanged regime: as good as the static table
     assert abs(coverage(rolled[early], y[early], LEVELS, 0.1, 0.9) - 0.80) < 0.03
     assert torch.equal(rolled[..., 3], q[..., 3]) and (rolled.diff(dim=-1) >= 0).all()
+
+
+def test_adaptive_levels_reach_nominal_where_the_window_lags():
+    """A lasting change the window cannot absorb in time (it still holds the validation windows): the
+    plain rolling window stays overconfident; moving the levels at each refit gets the coverage back."""
+    P = 8
+    q_val, y_val, o_val = drifting_windows(1000, P, [1.0], seed=20)
+    q, y, o = drifting_windows(1500, P, [1.6], seed=21)
+    o = o + 1000 + P
+    cal = fit([q_val], [y_val], LEVELS, ["cpu"])
+    seed = scaled_residuals(q_val, y_val, LEVELS, cal.floor[0])
+    plain = rolling_apply(cal, 0, q, y, o, seed, o_val, window=5000, rate=0.0)
+    adaptive = rolling_apply(cal, 0, q, y, o, seed, o_val, window=5000)  # ADAPT_RATE
+    assert coverage(plain, y, LEVELS, 0.1, 0.9) < 0.70 and coverage(plain, y, LEVELS, 0.02, 0.98) < 0.91
+    assert abs(coverage(adaptive, y, LEVELS, 0.1, 0.9) - 0.80) < 0.02
+    assert abs(coverage(adaptive, y, LEVELS, 0.02, 0.98) - 0.96) < 0.015
+    assert pinball(adaptive, y, LEVELS) < pinball(plain, y, LEVELS)
+    assert torch.equal(adaptive[..., 3], q[..., 3]) and (adaptive.diff(dim=-1) >= 0).all()
+
+
+def test_adapted_levels_move_by_the_coverage_error_and_stay_in_range():
+    tau = torch.tensor(LEVELS)
+    level = tau.expand(2, 7).clone()
+    below = torch.zeros(5, 2, 7, dtype=torch.bool)  # every actual above every quantile: all levels rise
+    up = adapted(level, tau, below, 0.05)
+    assert (up[:, [0, 1, 2, 4, 5, 6]] > level[:, [0, 1, 2, 4, 5, 6]]).all() and (up[:, 3] == 0.5).all()
+    # P10/P90 move by rate * error; the tails' steps shrink with their Bernoulli variance.
+    assert torch.allclose(up[:, 5], torch.full((2,), 0.9 + 0.05 * 0.9))
+    assert ((up[:, 6] - 0.98) < 0.05 * 0.98 * 0.25).all()
+    assert torch.equal(adapted(level, tau, below, 0.0), level)
+    many = level
+    for _ in range(200):
+        many = adapted(many, tau, below, 0.05)
+    assert (many <= 1).all() and (many[:, 6] == 1).all()
+    back = adapted(many, tau, torch.ones(5, 2, 7, dtype=torch.bool), 0.05)  # now every actual below
+    assert (back[:, 6] < 1).all()
+    table = fit([torch.zeros(4, 2, 7) + tau], [torch.zeros(4, 2)], LEVELS, ["cpu"])
+    table.adapt("cpu", below)
+    assert torch.allclose(table.level[0], up) and torch.equal(
+        Calibration.from_state(table.to_state()).level, table.level
+    )
 
 
 def test_rolling_calibration_uses_only_the_past():

@@ -18,6 +18,7 @@ import torch
 
 from zoo.collect import JOURNAL, read
 from zoo.monitor import FLAGS, FORECASTS, SAMPLES, Monitor
+from zoo.tft.calibrate import ADAPT_RATE
 
 TARGETS = ["cpu_percent", "memory_percent", "disk_percent", "load_average"]
 STEP = "200ms"  # the model's data.step: a few samples per step at interval=0.05
@@ -199,9 +200,12 @@ def test_bands_are_refitted_from_matured_forecasts_and_kept_across_restarts(expo
     P = module.prediction_length
     # The network's own band is [-1, 1] around 0 at P10-P90 and every actual comes in at 3: far above.
     raw = {f"raw_q{v:g}": q for v, q in zip(levels, [-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0], strict=True)}
+    issued_row = raw | {
+        k[len("raw_") :]: v for k, v in raw.items()
+    }  # as issued (calibrated): the same band here
     for i in range(12):
         issued = f"2024-01-01T00:00:{i:02d}.000000Z"
-        fc = pd.DataFrame([{"target": t, "step": h + 1, **raw} for t in TARGETS for h in range(P)])
+        fc = pd.DataFrame([{"target": t, "step": h + 1, **issued_row} for t in TARGETS for h in range(P)])
         mon._open_forecasts(fc, issued)
         for t in TARGETS:
             for h in range(P):
@@ -215,7 +219,8 @@ def test_bands_are_refitted_from_matured_forecasts_and_kept_across_restarts(expo
     for i in range(12, 16):
         issued = f"2024-01-01T00:00:{i:02d}.000000Z"
         mon._open_forecasts(
-            pd.DataFrame([{"target": "memory_percent", "step": h + 1, **raw} for h in range(P)]), issued
+            pd.DataFrame([{"target": "memory_percent", "step": h + 1, **issued_row} for h in range(P)]),
+            issued,
         )
         for h in range(P):
             mon._settle({"issued_at": issued, "step": h + 1}, "memory_percent", 3.0)
@@ -228,8 +233,18 @@ def test_bands_are_refitted_from_matured_forecasts_and_kept_across_restarts(expo
     q = torch.tensor([[list(raw.values())] * P])
     band = module.calibration.apply(q, "memory_percent")[0]
     assert (band[:, levels.index(0.98)] >= 3.0 - 1e-5).all() and (band[:, levels.index(0.5)] == 0).all()
+    # Every actual fell above every issued quantile: each matured forecast raised the levels the shifts
+    # are read at by rate * tau (P98 up to the largest residual), the median's stays 0.5.
+    tau = torch.tensor(levels)
+    assert 0 < mon.adapt_rate <= ADAPT_RATE
+    for name, n in (("memory_percent", 13), ("cpu_percent", 8)):
+        step = mon.adapt_rate * (tau * (1 - tau) / 0.09).clamp(max=1.0)  # the tails' steps are smaller
+        want = (tau + n * step * tau).clamp(max=1.0)
+        want[levels.index(0.5)] = 0.5
+        got = module.calibration.level[module.calibration.row(name)]
+        assert torch.allclose(got, want.expand_as(got), atol=1e-5), (name, got[0], want)
     # A restart goes on from the refitted table kept in out/calibration.json.
     again = Monitor(_load(export_dir), out, interval=0.05, forecast_every=4)
-    assert torch.equal(again.bands.shift, mon.bands.shift)
+    assert torch.equal(again.bands.shift, mon.bands.shift) and torch.equal(again.bands.level, mon.bands.level)
     off = Monitor(_load(export_dir), tmp_path / "off", interval=0.05, forecast_every=4, recalibrate=0)
     assert off.bands is None and torch.equal(off.module.calibration.shift, static)

@@ -26,8 +26,16 @@ row per channel besides the pooled row: the channels' errors differ in size (ETT
 Walk-forward (`rolling_apply`, `rolling_calibrated`): the same shifts refitted as time goes on from the
 latest ``window`` forecasts whose whole horizon has been observed at each forecast origin (the
 validation windows first), so the bands follow a change in the errors after the validation period; only
-actuals of the past enter, as a live system has them. `zoo.tft.evaluate` reports it beside the static
-table (``*_rolling`` keys); `zoo.monitor` refits its table the same way from its own matured forecasts.
+actuals of the past enter, as a live system has them. A window of past residuals lags a change and keeps
+the bias of the period it holds, so each refit also moves the level it reads the window at (adaptive
+conformal inference, Gibbs & Candes 2021): per horizon and quantile level, ``level += rate * (tau -
+share of the newly matured actuals that fell below that calibrated quantile)``, clipped to [0, 1], with
+the tails' rate scaled by their Bernoulli variance (``min(1, tau (1 - tau) / 0.09)``: 0.22 at P2/P98). A
+level whose bound is missed too often is read further out in the window, one that is met too often
+further in; over a long run the share below each calibrated quantile approaches ``tau`` whatever the
+shift. ``ADAPT_RATE`` (per refit) trades how fast the bands react for how much they jitter.
+`zoo.tft.evaluate` reports it beside the static table (``*_rolling`` keys); `zoo.monitor` refits its
+table the same way from its own matured forecasts.
 
 The table is plain tensors and lists (`to_state`), so it rides in checkpoints loaded with
 ``torch.load(weights_only=True)`` and in an export's ``calibration.json``.
@@ -36,7 +44,6 @@ The table is plain tensors and lists (`to_state`), so it rides in checkpoints lo
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,10 @@ from zoo.core.errors import ZooError
 METHOD = "scaled-conformal-shift"
 VERSION = 1
 FILE = "calibration.json"
+ADAPT_RATE = 0.05
+"""Walk-forward: how far one refit (a quarter horizon) moves a level per unit of coverage error (0: a
+plain rolling window). Per refit rather than per window, so the feedback delay (a horizon) is four refits
+whatever the data's step and stride."""
 
 
 def _index(levels: list[float], q: float) -> int | None:
@@ -68,13 +79,14 @@ def non_crossing(q: torch.Tensor, mid: int) -> torch.Tensor:
     return torch.cat([lower[..., :mid], q[..., mid : mid + 1], upper[..., 1:]], dim=-1)
 
 
-def _conformal_quantile(r: torch.Tensor, tau: float) -> torch.Tensor:
-    """Per column of r [N, P]: the order statistic a split-conformal bound of level tau uses."""
+def _order_statistics(r: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    """Per column of r [N, ...]: the order statistic a split-conformal bound of level tau [...] uses (the
+    ceil((n+1) tau)-th above the median, the floor((n+1) tau)-th below it)."""
     n = r.shape[0]
     s = r.sort(dim=0).values
-    k = math.ceil((n + 1) * tau) if tau > 0.5 else math.floor((n + 1) * tau)
-    k = min(max(k, 1), n)  # beyond the sample: the extreme residual (too few windows for that level)
-    return s[k - 1]
+    k = torch.where(tau > 0.5, torch.ceil((n + 1) * tau), torch.floor((n + 1) * tau)).long()
+    k = k.clamp(1, n)  # beyond the sample: the extreme residual (too few windows for that level)
+    return torch.gather(s, 0, (k - 1)[None]).squeeze(0)
 
 
 @dataclass
@@ -89,17 +101,24 @@ class Calibration:
     """[rows, P]: smallest scale, so a window the model is sure about still gets a band."""
     windows: int = 0
     split: str = "val"
+    level: torch.Tensor | None = None
+    """[rows, P, L]: the levels walk-forward refits read their residuals at (None: the nominal ones)."""
 
     # -- persistence -------------------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         """Plain tensors/lists: loadable with torch.load(weights_only=True)."""
-        return {"method": METHOD, "version": VERSION, "levels": list(self.levels), "keys": list(self.keys),
-                "shift": self.shift.detach().cpu().float(), "floor": self.floor.detach().cpu().float(),
-                "windows": int(self.windows), "split": self.split}  # fmt: skip
+        state = {"method": METHOD, "version": VERSION, "levels": list(self.levels), "keys": list(self.keys),
+                 "shift": self.shift.detach().cpu().float(), "floor": self.floor.detach().cpu().float(),
+                 "windows": int(self.windows), "split": self.split}  # fmt: skip
+        if self.level is not None:
+            state["level"] = self.level.detach().cpu().float()
+        return state
 
     def to_json(self) -> dict[str, Any]:
         state = self.to_state()
-        state["shift"], state["floor"] = state["shift"].tolist(), state["floor"].tolist()
+        for key in ("shift", "floor", "level"):
+            if key in state:
+                state[key] = state[key].tolist()
         return state
 
     @classmethod
@@ -114,7 +133,13 @@ class Calibration:
             raise ZooError(
                 f"{where}: shift {tuple(shift.shape)} / floor {tuple(floor.shape)} do not match {len(keys)} rows x {len(levels)} levels"
             )
-        return cls(levels, keys, shift, floor, int(state.get("windows", 0)), str(state.get("split", "val")))
+        level = state.get("level")
+        level = None if level is None else torch.as_tensor(level, dtype=torch.float32)
+        if level is not None and level.shape != shift.shape:
+            raise ZooError(f"{where}: level {tuple(level.shape)} does not match shift {tuple(shift.shape)}")
+        return cls(
+            levels, keys, shift, floor, int(state.get("windows", 0)), str(state.get("split", "val")), level
+        )
 
     def save_json(self, folder: str | Path) -> Path:
         path = Path(folder) / FILE
@@ -175,9 +200,21 @@ class Calibration:
         floor = self.floor[self.keys.index(key)].to(q.dtype) * unit
         return scaled_residuals(q, actual, self.levels, floor)
 
+    def levels_of(self, key: str) -> torch.Tensor:
+        """Row `key`'s walk-forward levels [P, L] (the nominal ones until `adapt` moves them)."""
+        if self.level is None:
+            self.level = torch.tensor(self.levels).expand(*self.shift.shape).clone()
+        return self.level[self.keys.index(key)]
+
+    def adapt(self, key: str, below: torch.Tensor, rate: float = ADAPT_RATE) -> None:
+        """Move row `key`'s levels by newly matured forecasts (`adapted`): below [N, P, L] tells, per window,
+        horizon and level, whether the actual fell at or below the calibrated quantile it was given."""
+        level = self.levels_of(key)
+        level.copy_(adapted(level, torch.tensor(self.levels), below, rate))
+
     def refit(self, key: str, r: torch.Tensor) -> None:
-        """Row `key`'s shifts refitted from scaled residuals r [N, P, L] (walk-forward, `zoo.monitor`)."""
-        self.shift[self.keys.index(key)] = shifts_of(r, self.levels)
+        """Row `key`'s shifts refitted from scaled residuals r [N, P, L] at its levels (`zoo.monitor`)."""
+        self.shift[self.keys.index(key)] = shifts_of(r, self.levels, self.levels_of(key))
 
     def _apply_row(self, q: torch.Tensor, r: int, shift: torch.Tensor | None = None) -> torch.Tensor:
         """Row `r`'s calibration of q [N, P, L], with `shift` [P, L] instead of the row's own if given."""
@@ -234,46 +271,69 @@ def scaled_residuals(
     return (actual[..., None].to(q.dtype) - q) / s[..., None]
 
 
-def shifts_of(r: torch.Tensor, levels: list[float]) -> torch.Tensor:
-    """The shift table [P, L] of scaled residuals r [N, P, L]: each level's conformal quantile, 0 at the median."""
-    mid = _index(levels, 0.5)
-    out = torch.zeros(r.shape[1:], dtype=torch.float32)
-    for k, tau in enumerate(levels):
-        if k != mid:
-            out[:, k] = _conformal_quantile(r[..., k].float(), tau)
+def shifts_of(r: torch.Tensor, levels: list[float], at: torch.Tensor | None = None) -> torch.Tensor:
+    """The shift table [P, L] of scaled residuals r [N, P, L]: each level's conformal quantile (read at
+    levels `at` [P, L] instead of the nominal ones where given), 0 at the median."""
+    tau = torch.tensor(levels).expand(*r.shape[1:]) if at is None else at
+    out = _order_statistics(r.float(), tau.float())
+    out[:, _index(levels, 0.5)] = 0.0
     return out
 
 
 def rolling_apply(cal: Calibration, row: int, q: torch.Tensor, actual: torch.Tensor, origin: torch.Tensor,
-                  seed: torch.Tensor, seed_origin: torch.Tensor, window: int = 1000, every: int | None = None) -> torch.Tensor:  # fmt: skip
+                  seed: torch.Tensor, seed_origin: torch.Tensor, window: int = 1000, every: int | None = None,
+                  rate: float = ADAPT_RATE) -> torch.Tensor:  # fmt: skip
     """Quantiles q [N, P, L] of windows forecast from time steps `origin` [N], calibrated walk-forward: each
     is shifted by the table of the latest `window` forecasts already fully observed at its origin (whole
     horizon before it), taken from these windows and from `seed` [M, P, L] (scaled residuals of the
-    calibration split, forecast from `seed_origin` [M]). Refitted every `every` time steps (default: a
-    quarter horizon); before two forecasts have matured, the static table. Only actuals of the past are
-    used, as a live system would have them."""
+    calibration split, forecast from `seed_origin` [M]), read at levels that each refit moves by `rate`
+    times the coverage error of the windows matured since the last one (module docstring). Refitted
+    every `every` time steps (default: a quarter horizon); before two forecasts have matured, the static
+    table. Only actuals of the past are used, as a live system would have them."""
     N, P, L = q.shape
     if N == 0:
         return q.clone()
     every = max(1, every or P // 4)
     floor = cal.floor[row].to(q.device)
+    M = len(seed)
     history = torch.cat([seed.to(q.dtype), scaled_residuals(q, actual, cal.levels, floor)])
     matured = torch.cat([seed_origin.to(origin.dtype), origin]) + P  # last target observed before this step
     by_time = torch.argsort(matured, stable=True)
     history, matured = history[by_time], matured[by_time]
+    window_of = by_time - M  # each matured entry's window in q (negative: a seed entry)
+    tau = torch.tensor(cal.levels)
+    level = tau.expand(P, L).clone()
     first = int(origin.min())
     block = (origin - first) // every
     out = torch.empty_like(q)
+    seen = None  # entries of `history` matured before the previous refit
     for b in torch.unique(block).tolist():
         m = int(torch.searchsorted(matured, torch.tensor(first + b * every, dtype=matured.dtype), right=True))
+        if seen is not None:
+            new = window_of[seen:m]
+            new = new[new >= 0]  # the calibration split's windows were not forecast with these bands
+            level = adapted(level, tau, actual[new][..., None] <= out[new], rate)
+        seen = m
         past = history[max(0, m - window) : m]
         idx = torch.nonzero(block == b).squeeze(1)
-        out[idx] = cal._apply_row(q[idx], row, shifts_of(past, cal.levels) if len(past) >= 2 else None)
+        out[idx] = cal._apply_row(q[idx], row, shifts_of(past, cal.levels, level) if len(past) >= 2 else None)
+    return out
+
+
+def adapted(level: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, rate: float) -> torch.Tensor:
+    """Levels [P, L] after one refit's matured windows: below [N, P, L] tells whether each actual fell at
+    or below the calibrated quantile it was given; each level moves by `rate` times its coverage error
+    (tau minus the share below), clipped to [0, 1]; the median's stays."""
+    if rate <= 0 or below.shape[0] == 0:
+        return level
+    step = rate * (tau * (1 - tau) / 0.09).clamp(max=1.0)  # the tails' steps shrink with their variance
+    out = (level + step * (tau - below.float().mean(0))).clamp(0.0, 1.0)
+    out[:, int((tau - 0.5).abs().argmin())] = 0.5
     return out
 
 
 def rolling_calibrated(cal: Calibration, split: dict[str, Any], seed: dict[str, Any], targets: list[str],
-                       window: int = 1000, every: int | None = None) -> list[torch.Tensor]:  # fmt: skip
+                       window: int = 1000, every: int | None = None, rate: float = ADAPT_RATE) -> list[torch.Tensor]:  # fmt: skip
     """`Calibration.apply`'s rows (a target's own, or its channel's), walk-forward over a split
     (`rolling_apply`). `split` and `seed` (the calibration split, earlier in time) hold ``quantiles``
     and ``actual`` per target, ``origin`` [N] (each window's first forecast time step) and ``channels``
@@ -293,7 +353,7 @@ def rolling_calibrated(cal: Calibration, split: dict[str, Any], seed: dict[str, 
                 continue
             sq, sa, so = seed["quantiles"][t][seed_sel], seed["actual"][t][seed_sel], seed["origin"][seed_sel]
             history = scaled_residuals(sq, sa, cal.levels, cal.floor[r])
-            res[sel] = rolling_apply(cal, r, q[sel], a[sel], origin[sel], history, so, window, every)
+            res[sel] = rolling_apply(cal, r, q[sel], a[sel], origin[sel], history, so, window, every, rate)
         out.append(res)
     return out
 
