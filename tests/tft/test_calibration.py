@@ -118,13 +118,18 @@ def drifting_windows(n: int, P: int, sds: list[float], seed: int):
     return q, mu + (y - mu) * sd, torch.arange(n)
 
 
-def test_rolling_calibration_follows_a_change_the_static_table_misses():
-    P = 4
-    q_val, y_val, o_val = drifting_windows(1000, P, [1.0], seed=10)
-    q, y, o = drifting_windows(6000, P, [1.0, 2.5], seed=11)
-    o = o + 1000 + P  # the test windows come after the validation ones
+def walk_forward_case(P: int, n_val: int, n: int, sds: list[float], seeds: tuple[int, int]):
+    """Validation windows at spread 1, then `n` later windows whose spread steps through `sds`, with the
+    table fitted on the validation ones and their scaled residuals (the walk-forward seed)."""
+    q_val, y_val, o_val = drifting_windows(n_val, P, [1.0], seed=seeds[0])
+    q, y, o = drifting_windows(n, P, sds, seed=seeds[1])
     cal = fit([q_val], [y_val], LEVELS, ["cpu"])
     seed = scaled_residuals(q_val, y_val, LEVELS, cal.floor[0])
+    return cal, seed, o_val, q, y, o + n_val + P  # the later windows come after the validation ones
+
+
+def test_rolling_calibration_follows_a_change_the_static_table_misses():
+    cal, seed, o_val, q, y, o = walk_forward_case(4, 1000, 6000, [1.0, 2.5], (10, 11))
     static = cal.apply(q, "cpu")
     rolled = rolling_apply(cal, 0, q, y, o, seed, o_val, window=500, every=1)
     late = slice(4000, 6000)  # well after the change, once the window holds only the new regime
@@ -140,12 +145,7 @@ def test_rolling_calibration_follows_a_change_the_static_table_misses():
 def test_adaptive_levels_reach_nominal_where_the_window_lags():
     """A lasting change the window cannot absorb in time (it still holds the validation windows): the
     plain rolling window stays overconfident; moving the levels at each refit gets the coverage back."""
-    P = 8
-    q_val, y_val, o_val = drifting_windows(1000, P, [1.0], seed=20)
-    q, y, o = drifting_windows(1500, P, [1.6], seed=21)
-    o = o + 1000 + P
-    cal = fit([q_val], [y_val], LEVELS, ["cpu"])
-    seed = scaled_residuals(q_val, y_val, LEVELS, cal.floor[0])
+    cal, seed, o_val, q, y, o = walk_forward_case(8, 1000, 1500, [1.6], (20, 21))
     plain = rolling_apply(cal, 0, q, y, o, seed, o_val, window=5000, rate=0.0)
     adaptive = rolling_apply(cal, 0, q, y, o, seed, o_val, window=5000)  # ADAPT_RATE
     assert coverage(plain, y, LEVELS, 0.1, 0.9) < 0.70 and coverage(plain, y, LEVELS, 0.02, 0.98) < 0.91
@@ -180,11 +180,7 @@ def test_adapted_levels_move_by_the_coverage_error_and_stay_in_range():
 
 def test_rolling_calibration_uses_only_the_past():
     P = 4
-    q_val, y_val, o_val = drifting_windows(200, P, [1.0], seed=12)
-    q, y, o = drifting_windows(400, P, [1.0], seed=13)
-    o = o + 200 + P
-    cal = fit([q_val], [y_val], LEVELS, ["cpu"])
-    seed = scaled_residuals(q_val, y_val, LEVELS, cal.floor[0])
+    cal, seed, o_val, q, y, o = walk_forward_case(P, 200, 400, [1.0], (12, 13))
     before = rolling_apply(cal, 0, q, y, o, seed, o_val, window=100, every=1)
     j = 150
     y2 = y.clone()
