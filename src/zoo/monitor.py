@@ -254,14 +254,12 @@ class Monitor:
         self.bands = None
         if window <= 0 or self.module.calibration is None:
             return
-        from zoo.tft.calibrate import ADAPT_RATE
-
         self.bands = copy.deepcopy(self.module.calibration)
         self.window, self.minimum = window, max(2, minimum)
         # Each matured forecast moves the levels; `zoo.eval` moves them once a quarter horizon, so scale the
         # rate by how many of those one forecast spacing covers (the same reaction per hour of data).
         spacing = self.forecast_every * self.interval / self.step.total_seconds()  # in model steps
-        self.adapt_rate = ADAPT_RATE * min(1.0, spacing / max(1, self.module.prediction_length // 4))
+        self.adapt_scale = min(1.0, spacing / max(1, self.module.prediction_length // 4))
         try:  # a restart goes on from the last refitted table (out/calibration.json)
             table = type(self.bands).load_json(self.out)
             if table is not None:
@@ -316,7 +314,7 @@ class Monitor:
         buf.append(r.float())
         if entry["issued"] is not None:
             below = torch.from_numpy(entry["actual"][:, None] <= entry["issued"])[None]
-            self.bands.adapt(target, below, self.adapt_rate)
+            self.bands.adapt(target, below, self.adapt_scale)
         if len(buf) >= self.minimum:
             if self.counts["refits"] == 0:
                 log.info(

@@ -236,9 +236,11 @@ def test_bands_are_refitted_from_matured_forecasts_and_kept_across_restarts(expo
     # Every actual fell above every issued quantile: each matured forecast raised the levels the shifts
     # are read at by rate * tau (P98 up to the largest residual), the median's stays 0.5.
     tau = torch.tensor(levels)
-    assert 0 < mon.adapt_rate <= ADAPT_RATE
+    assert 0 < mon.adapt_scale <= 1
     for name, n in (("memory_percent", 13), ("cpu_percent", 8)):
-        step = mon.adapt_rate * (tau * (1 - tau) / 0.09).clamp(max=1.0)  # the tails' steps are smaller
+        step = (
+            ADAPT_RATE * mon.adapt_scale * (tau * (1 - tau) / 0.09).clamp(max=1.0)
+        )  # the tails' steps are smaller
         want = (tau + n * step * tau).clamp(max=1.0)
         want[levels.index(0.5)] = 0.5
         got = module.calibration.level[module.calibration.row(name)]

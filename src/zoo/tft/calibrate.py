@@ -206,11 +206,12 @@ class Calibration:
             self.level = torch.tensor(self.levels).expand(*self.shift.shape).clone()
         return self.level[self.keys.index(key)]
 
-    def adapt(self, key: str, below: torch.Tensor, rate: float = ADAPT_RATE) -> None:
-        """Move row `key`'s levels by newly matured forecasts (`adapted`): below [N, P, L] tells, per window,
-        horizon and level, whether the actual fell at or below the calibrated quantile it was given."""
+    def adapt(self, key: str, below: torch.Tensor, scale: float = 1.0) -> None:
+        """Move row `key`'s levels by newly matured forecasts (`adapted`, at `scale` x ADAPT_RATE): below
+        [N, P, L] tells, per window, horizon and level, whether the actual fell at or below the calibrated
+        quantile it was given."""
         level = self.levels_of(key)
-        level.copy_(adapted(level, torch.tensor(self.levels), below, rate))
+        level.copy_(adapted(level, torch.tensor(self.levels), below, ADAPT_RATE * scale))
 
     def refit(self, key: str, r: torch.Tensor) -> None:
         """Row `key`'s shifts refitted from scaled residuals r [N, P, L] at its levels (`zoo.monitor`)."""
