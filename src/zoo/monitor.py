@@ -280,13 +280,14 @@ class Monitor:
         issued_bands = [f"q{v:g}" for v in self.module.quantiles]
         if not set(levels) <= set(fc.columns):
             return
+        has_issued = set(issued_bands) <= set(fc.columns)
         for target, part in fc.groupby("target", sort=False):
             part = part.sort_values("step")
             raw = part[levels].to_numpy(np.float64)
             self.open[(issued, str(target))] = {
                 "raw": raw,
                 # The calibrated bands as forecast: what the levels adapt to (`Calibration.adapt`).
-                "issued": part[issued_bands].to_numpy(np.float64) if set(issued_bands) <= set(part) else None,
+                "issued": part[issued_bands].to_numpy(np.float64) if has_issued else None,
                 "actual": np.full(len(raw), np.nan),
                 "left": len(raw),
             }

@@ -329,7 +329,7 @@ def adapted(level: torch.Tensor, tau: torch.Tensor, below: torch.Tensor, rate: f
         return level
     step = rate * (tau * (1 - tau) / 0.09).clamp(max=1.0)  # the tails' steps shrink with their variance
     out = (level + step * (tau - below.float().mean(0))).clamp(0.0, 1.0)
-    out[:, int((tau - 0.5).abs().argmin())] = 0.5
+    out[:, _index(tau.tolist(), 0.5)] = 0.5
     return out
 
 
