@@ -433,15 +433,46 @@ def bench_calibration(ckpts: dict[str, str], cache: Path | None, split: str = "t
         stored = module.calibration is not None
         if not stored:
             module.calibration = fit_module(module, dm, "val")
-        m = score(module, dm, split)["metrics"]
+        scored = score(module, dm, split)
+        m = scored["metrics"]
         names = list(dm.targets) if getattr(dm, "channel_independent", False) else list(module.target_names)
         keys = ("coverage_p10_p90", "coverage_p2_p98", "pinball")
+        m |= hindsight(module, scored, names)
         runs[name] = {"checkpoint": str(run.path), "stored_calibration": stored, "split": split, "targets": names,
                       "val_windows": module.calibration.windows, "test_windows": int(m["windows"]),
                       "overrides": list((run.config.get("zoo_run") or {}).get("overrides") or []),
-                      "metrics": {f"{t}/{k}{s}": m[f"{t}/tft/{k}{s}"] for t in names for k in keys for s in ("", "_raw", "_rolling")
+                      "metrics": {f"{t}/{k}{s}": m[f"{t}/tft/{k}{s}"] for t in names for k in keys for s in ("", "_raw", "_rolling", "_hindsight")
                                   if f"{t}/tft/{k}{s}" in m}}  # fmt: skip
     return {"runs": runs}
+
+
+def hindsight(module: Any, scored: dict[str, Any], names: list[str]) -> dict[str, float]:
+    """The reference a calibration fitted on validation can at best reach: the same table fitted on the
+    scored windows themselves (``*_hindsight`` keys, per target or channel). Its coverage is nominal by
+    construction; where its pinball loss is above the raw bands', no shift table of this form meets
+    both goals on that target."""
+    from zoo.tft.calibrate import coverage, fit, pinball
+
+    res, valid = scored["result"], scored["valid"]
+    channels = None
+    if len(names) != len(module.target_names):  # channel-independent: one target, a row per channel
+        channels = [str(s).rsplit("/", 1)[-1] for s in scored["series"]]
+    q = [x[valid] for x in res["quantiles"]]
+    actual = [x[valid] for x in res["actual"]]
+    kept = None if channels is None else [c for c, v in zip(channels, valid.tolist()) if v]
+    table = fit(q, actual, module.quantiles, list(module.target_names), kept, "hindsight")
+    out: dict[str, float] = {}
+    levels = module.quantiles
+    for t, target in enumerate(module.target_names):
+        cal = table.apply(q[t], target, kept)
+        groups = [(target, torch.ones(len(cal), dtype=torch.bool))] if kept is None else [
+            (c, torch.tensor([k == c for k in kept])) for c in names]  # fmt: skip
+        for label, sel in groups:
+            a, c = actual[t][sel], cal[sel]
+            out[f"{label}/tft/coverage_p10_p90_hindsight"] = coverage(c, a, levels, 0.1, 0.9)
+            out[f"{label}/tft/coverage_p2_p98_hindsight"] = coverage(c, a, levels, 0.02, 0.98)
+            out[f"{label}/tft/pinball_hindsight"] = pinball(c, a, levels)
+    return out
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -672,7 +703,9 @@ def calibration_markdown(res: dict[str, Any]) -> list[str]:
              "horizon had fully passed at each forecast origin (validation windows first; only past actuals), read at "
              "levels each refit moves by its coverage error (adaptive conformal, rate `zoo.tft.calibrate.ADAPT_RATE` "
              "per quarter horizon). Goal: "
-             "P10-P90 within 3 points of 80 %, P2-P98 within 3 points of 96 %, pinball loss no worse than raw.", ""]  # fmt: skip
+             "P10-P90 within 3 points of 80 %, P2-P98 within 3 points of 96 %, pinball loss no worse than raw. "
+             "*in hindsight*: the same table fitted on the scored windows themselves (nominal coverage by "
+             "construction), the pinball loss a table of this form could at best reach there.", ""]  # fmt: skip
     pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     f4 = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     for name, r in res.get("runs", {}).items():
@@ -685,9 +718,10 @@ def calibration_markdown(res: dict[str, Any]) -> list[str]:
         trained = r.get("trained") or ("python -m zoo.train " + " ".join(r.get("overrides") or [])).strip()
         lines += [f"### {name}", "", f"Trained with `{trained}`; checkpoint `{r['checkpoint']}`; "
                   f"calibration {how} over {r['val_windows']} validation windows; {r['test_windows']} {r['split']} windows.", "",
-                  "| target | P10-P90 raw | static | rolling | P2-P98 raw | static | rolling | pinball raw | static | rolling |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| target | P10-P90 raw | static | rolling | P2-P98 raw | static | rolling | pinball raw | static | rolling | in hindsight |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         ok: dict[str, list[bool]] = {"": [], "_rolling": []}
+        beyond: list[str] = []
         for t in r["targets"]:
             pb_raw = m[f"{t}/pinball_raw"]
             for s in ok:
@@ -705,11 +739,17 @@ def calibration_markdown(res: dict[str, Any]) -> list[str]:
             g = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(f"{t}/")}.get
             lines.append(f"| {t} | {pct(g('coverage_p10_p90_raw'))} | **{pct(g('coverage_p10_p90'))}** | **{pct(g('coverage_p10_p90_rolling'))}** | "
                          f"{pct(g('coverage_p2_p98_raw'))} | **{pct(g('coverage_p2_p98'))}** | **{pct(g('coverage_p2_p98_rolling'))}** | "
-                         f"{f4(pb_raw)} | {f4(g('pinball'))} | {f4(g('pinball_rolling'))} |")  # fmt: skip
+                         f"{f4(pb_raw)} | {f4(g('pinball'))} | {f4(g('pinball_rolling'))} | {f4(g('pinball_hindsight'))} |")  # fmt: skip
+            if g("pinball_hindsight") is not None and g("pinball_hindsight") > pb_raw:
+                beyond.append(t)
         met = f"static {sum(ok[''])} of {len(ok[''])}"
         if ok["_rolling"]:
             met += f", rolling {sum(ok['_rolling'])} of {len(ok['_rolling'])}"
-        lines += ["", f"Goal met on {met} checks (two coverages and pinball per target).", ""]
+        lines += ["", f"Goal met on {met} checks (two coverages and pinball per target)."]
+        if beyond:
+            lines.append(f"Nominal coverage costs pinball loss on {', '.join(beyond)} even in hindsight: "
+                         "there the two goals conflict for any table of this form.")  # fmt: skip
+        lines.append("")
     return lines
 
 

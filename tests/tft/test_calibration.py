@@ -319,7 +319,7 @@ def test_bench_calibration_section_renders_and_survives_other_parts(tmp_path):
     md = tmp_path / "tft.md"
     md.write_text(markdown(res))
     text = md.read_text()
-    assert "| cpu | 55.0 % | **79.0 %** | **-** | 70.0 % | **95.0 %** | **-** | 1.5 | 1 | - |" in text
+    assert "| cpu | 55.0 % | **79.0 %** | **-** | 70.0 % | **95.0 %** | **-** | 1.5 | 1 | - | - |" in text
     assert "Goal met on static 3 of 3 checks" in text and "2026-12-01" in text
     other = tmp_path / "train.json"
     other.write_text(
@@ -334,7 +334,35 @@ def test_bench_calibration_section_renders_and_survives_other_parts(tmp_path):
     }
     rolled = markdown(res)
     assert (
-        "| cpu | 55.0 % | **79.0 %** | **70.0 %** | 70.0 % | **95.0 %** | **96.0 %** | 1.5 | 1 | 0.9 |"
+        "| cpu | 55.0 % | **79.0 %** | **70.0 %** | 70.0 % | **95.0 %** | **96.0 %** | 1.5 | 1 | 0.9 | - |"
         in rolled
     )
-    assert "static 3 of 3, rolling 2 of 3 checks" in rolled
+    assert "static 3 of 3, rolling 2 of 3 checks" in rolled and "even in hindsight" not in rolled
+    m["cpu/pinball_hindsight"] = 1.6
+    assert "| 1.5 | 1 | 0.9 | 1.6 |" in markdown(res)
+    assert "Nominal coverage costs pinball loss on cpu even in hindsight" in markdown(res)
+
+
+def test_hindsight_table_covers_nominally_on_the_scored_windows_per_channel():
+    from types import SimpleNamespace
+
+    from benchmarks.tft import hindsight
+
+    levels = [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98]
+    g = torch.Generator().manual_seed(0)
+    N, P = 400, 3
+    actual = torch.randn(N, P, generator=g)
+    actual[N // 2 :] *= 3  # channel b's errors are 3x the model's band: raw covers far too little
+    z = torch.tensor([-2.054, -1.2816, -0.6745, 0.0, 0.6745, 1.2816, 2.054])
+    q = z.expand(N, P, -1).clone()
+    series = ["s/a"] * (N // 2) + ["s/b"] * (N // 2)
+    valid = torch.ones(N, dtype=torch.bool)
+    valid[:10] = False  # windows without a seasonal history are not scored
+    scored = {"result": {"quantiles": [q], "actual": [actual]}, "valid": valid, "series": series}
+    module = SimpleNamespace(quantiles=levels, target_names=["value"])
+    out = hindsight(module, scored, ["a", "b"])
+    for c in ("a", "b"):
+        assert abs(out[f"{c}/tft/coverage_p10_p90_hindsight"] - 0.8) < 0.02, out
+        assert abs(out[f"{c}/tft/coverage_p2_p98_hindsight"] - 0.96) < 0.02, out
+    b = torch.arange(N) >= N // 2
+    assert out["b/tft/pinball_hindsight"] < pinball(q[b], actual[b], levels) * 0.9
