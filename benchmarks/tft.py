@@ -451,27 +451,22 @@ def hindsight(module: Any, scored: dict[str, Any], names: list[str]) -> dict[str
     scored windows themselves (``*_hindsight`` keys, per target or channel). Its coverage is nominal by
     construction; where its pinball loss is above the raw bands', no shift table of this form meets
     both goals on that target."""
-    from zoo.tft.calibrate import coverage, fit, pinball
+    from zoo.tft.calibrate import fit
+    from zoo.tft.evaluate import band_metrics
 
-    res, valid = scored["result"], scored["valid"]
-    channels = None
-    if len(names) != len(module.target_names):  # channel-independent: one target, a row per channel
-        channels = [str(s).rsplit("/", 1)[-1] for s in scored["series"]]
+    res, valid, levels = scored["result"], scored["valid"], module.quantiles
     q = [x[valid] for x in res["quantiles"]]
     actual = [x[valid] for x in res["actual"]]
+    channels = scored["channels"]  # channel-independent models: one target, a row per channel
     kept = None if channels is None else [c for c, v in zip(channels, valid.tolist()) if v]
-    table = fit(q, actual, module.quantiles, list(module.target_names), kept, "hindsight")
+    table = fit(q, actual, levels, list(module.target_names), kept, "hindsight")
     out: dict[str, float] = {}
-    levels = module.quantiles
     for t, target in enumerate(module.target_names):
         cal = table.apply(q[t], target, kept)
         groups = [(target, torch.ones(len(cal), dtype=torch.bool))] if kept is None else [
             (c, torch.tensor([k == c for k in kept])) for c in names]  # fmt: skip
         for label, sel in groups:
-            a, c = actual[t][sel], cal[sel]
-            out[f"{label}/tft/coverage_p10_p90_hindsight"] = coverage(c, a, levels, 0.1, 0.9)
-            out[f"{label}/tft/coverage_p2_p98_hindsight"] = coverage(c, a, levels, 0.02, 0.98)
-            out[f"{label}/tft/pinball_hindsight"] = pinball(c, a, levels)
+            band_metrics(out, label, actual[t][sel], levels, {"_hindsight": cal[sel]})
     return out
 
 

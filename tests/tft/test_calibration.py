@@ -355,10 +355,10 @@ def test_hindsight_table_covers_nominally_on_the_scored_windows_per_channel():
     actual[N // 2 :] *= 3  # channel b's errors are 3x the model's band: raw covers far too little
     z = torch.tensor([-2.054, -1.2816, -0.6745, 0.0, 0.6745, 1.2816, 2.054])
     q = z.expand(N, P, -1).clone()
-    series = ["s/a"] * (N // 2) + ["s/b"] * (N // 2)
+    channels = ["a"] * (N // 2) + ["b"] * (N // 2)
     valid = torch.ones(N, dtype=torch.bool)
     valid[:10] = False  # windows without a seasonal history are not scored
-    scored = {"result": {"quantiles": [q], "actual": [actual]}, "valid": valid, "series": series}
+    scored = {"result": {"quantiles": [q], "actual": [actual]}, "valid": valid, "channels": channels}
     module = SimpleNamespace(quantiles=levels, target_names=["value"])
     out = hindsight(module, scored, ["a", "b"])
     for c in ("a", "b"):

@@ -81,11 +81,13 @@ def mase_scales(dm: Any, split: str, series: list[str], season: int) -> dict[str
     return out
 
 
-def _band_metrics(metrics: dict[str, float], name: str, raw: torch.Tensor, cal: torch.Tensor, actual: torch.Tensor,
-                  levels: list[float], rolling: torch.Tensor | None = None) -> None:  # fmt: skip
+def band_metrics(metrics: dict[str, float], name: str, actual: torch.Tensor, levels: list[float],
+                 bands: dict[str, torch.Tensor | None]) -> None:  # fmt: skip
+    """P10-P90 / P2-P98 coverage and pinball of each of `bands` (key suffix -> quantiles [N, P, L], None:
+    skipped) into `metrics` as ``<name>/tft/<metric><suffix>``."""
     from zoo.tft.calibrate import coverage, pinball
 
-    for suffix, q in (("", cal), ("_raw", raw), ("_rolling", rolling)):
+    for suffix, q in bands.items():
         if q is None:
             continue
         for lo, hi in ((0.1, 0.9), (0.02, 0.98)):
@@ -158,15 +160,9 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
         ):
             for k, v in _metrics(pred, actual, scale).items():
                 metrics[f"{name}/{label}/{k}"] = v
-        _band_metrics(
-            metrics,
-            name,
-            q,
-            result["calibrated"][t][valid],
-            actual,
-            module.quantiles,
-            None if roll[t] is None else roll[t][valid],
-        )
+        rolled = None if roll[t] is None else roll[t][valid]
+        bands = {"": result["calibrated"][t][valid], "_raw": q, "_rolling": rolled}
+        band_metrics(metrics, name, actual, module.quantiles, bands)
         snaive_mae = metrics[f"{name}/snaive/mae"]
         metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
             metrics[f"{name}/tft/mae"] / snaive_mae if snaive_mae > 0 else float("nan")
@@ -195,15 +191,8 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
             metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
                 metrics[f"{name}/tft/mae"] / metrics[f"{name}/snaive/mae"]
             )
-            _band_metrics(
-                metrics,
-                name,
-                q[sel],
-                cal[sel],
-                actual[sel],
-                module.quantiles,
-                None if rolled is None else rolled[sel],
-            )
+            bands = {"": cal[sel], "_raw": q[sel], "_rolling": None if rolled is None else rolled[sel]}
+            band_metrics(metrics, name, actual[sel], module.quantiles, bands)
     for label in ("tft", "tft_mean", "naive", "snaive"):
         for k in ("mae", "mse", "rmse", "smape", "mase"):
             metrics[f"all/{label}/{k}"] = float(
@@ -222,6 +211,7 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
         "baselines": base,
         "valid": valid,
         "series": series,
+        "channels": channels,
         "rows": rows,
     }
 
