@@ -132,7 +132,7 @@ def test_channel_independent_layout_trains_scores_and_forecasts_per_target(cache
     their values and the cutoffs are the joint layout's; scores break down by target; forecasts come
     back under the original host and target names, on the original scale."""
     from tests.tft.conftest import small_dm
-    from zoo.tft.evaluate import score
+    from zoo.tft.evaluate import backtest, score
     from zoo.tft.predict import forecast
 
     targets = ["memory_percent", "load_average"]  # levels ~44 and ~1.6: a swapped or unscaled target shows
@@ -153,13 +153,33 @@ def test_channel_independent_layout_trains_scores_and_forecasts_per_target(cache
     assert dm.cutoffs["val"]["host00/memory_percent"] == joint.cutoffs["val"]["host00"]
 
     model = small_module(dm)
-    scored = score(model, dm, "val")["metrics"]
+    full = score(model, dm, "val")
+    scored = full["metrics"]
     for name in targets:
         assert scored[f"{name}/tft/mse"] >= 0 and f"{name}/snaive/mae" in scored
     # The overall score is the mean over channels (each has the same windows).
     assert scored["all/tft/mse"] == pytest.approx(
         np.mean([scored[f"{t}/tft/mse"] for t in targets]), rel=1e-5
     )
+    # The walk-forward backtest breaks down by channel too, each origin scored on that channel's windows.
+    summary, table = backtest(model, dm, "val", full, cutoffs=2)
+    assert len(table) == 2
+    first = dm.datasets["val"].decoded_index["time_idx_first_prediction"].to_numpy()[: full["result"]["n"]]
+    for row in table:
+        for label in ("tft", "snaive"):
+            per_channel = [row[f"{t}/{label}/mae"] for t in targets]
+            assert row[f"value/{label}/mae"] == pytest.approx(np.mean(per_channel), rel=1e-5)
+        for name in targets:  # recomputed from the scored windows of that origin and channel
+            sel = full["valid"].numpy() & (first == row["time_idx"]) & (np.array(full["channels"]) == name)
+            q = full["result"]["quantiles"][0][torch.as_tensor(sel)]
+            actual = full["result"]["actual"][0][torch.as_tensor(sel)]
+            assert row[f"{name}/tft/mae"] == pytest.approx(
+                float((model.point_of(q) - actual).abs().mean()), rel=1e-5
+            )
+    for name in targets:
+        assert summary[f"backtest/{name}/rel_mae_vs_snaive"] == pytest.approx(
+            summary[f"backtest/{name}/tft/mae"] / summary[f"backtest/{name}/snaive/mae"]
+        )
 
     loaded = TFTModule.from_export(model.export(tmp_path / "export", dm))
     raw = dm.raw_frame()

@@ -236,11 +236,17 @@ def backtest(
             break
     chosen.reverse()
     point = module.point_of
+    # (name, target index, windows): every target, and with data.channel_independent each channel of `value`.
+    parts = [(name, t, None) for t, name in enumerate(module.target_names)]
+    if scored.get("channels") is not None:
+        channel = np.array(scored["channels"])
+        parts += [(name, 0, torch.as_tensor(channel == name)) for name in dm.targets]
     table = []
     for k, origin in enumerate(chosen):
-        sel = valid & (first == origin)
-        row: dict[str, Any] = {"cutoff": k, "time_idx": origin, "windows": int(sel.sum())}
-        for t, name in enumerate(module.target_names):
+        at = valid & (first == origin)
+        row: dict[str, Any] = {"cutoff": k, "time_idx": origin, "windows": int(at.sum())}
+        for name, t, mask in parts:
+            sel = at if mask is None else at & mask
             actual = scored["result"]["actual"][t][sel]
             row[f"{name}/tft/mae"] = float(
                 (point(scored["result"]["quantiles"][t][sel]) - actual).abs().mean()
@@ -248,7 +254,7 @@ def backtest(
             row[f"{name}/snaive/mae"] = float((scored["baselines"]["snaive"][t][sel] - actual).abs().mean())
         table.append(row)
     summary = {"backtest/cutoffs": float(len(table))}
-    for name in module.target_names:
+    for name, _, _ in parts:
         model = float(np.mean([r[f"{name}/tft/mae"] for r in table]))
         base = float(np.mean([r[f"{name}/snaive/mae"] for r in table]))
         summary[f"backtest/{name}/tft/mae"] = model
