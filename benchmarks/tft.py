@@ -153,14 +153,17 @@ def bench_train(shared: Path, cache: Path, device: str, steps: int = 20) -> dict
 
 SPEED_RECIPES = {
     # experiment=tft_alibaba / tft_etth1: their data settings and networks (conf/experiment/*.yaml).
-    "alibaba": {"net": {"hidden_size": 32, "attention_head_size": 4, "hidden_continuous_size": 16, "dropout": 0.1}, "lr": 3e-3},
-    "etth1": {"net": {"hidden_size": 16, "attention_head_size": 4, "hidden_continuous_size": 8, "dropout": 0.2}, "lr": 3e-3},
+    "alibaba": {"net": {"hidden_size": 32, "attention_head_size": 4, "hidden_continuous_size": 16, "dropout": 0.1}, "lr": 3e-3,
+                "channel_independent": True},
+    "etth1": {"net": {"hidden_size": 16, "attention_head_size": 4, "hidden_continuous_size": 8, "dropout": 0.2}, "lr": 3e-3,
+              "channel_independent": True},
 }  # fmt: skip
 
 
 def recipe_dm(recipe: str, shared: Path, cache: Path, loader: str) -> Any:
     if recipe == "alibaba":
-        return alibaba_dm(shared, cache, loader=loader, eval_stride=6)
+        return alibaba_dm(shared, cache, loader=loader, eval_stride=6,
+                          channel_independent=SPEED_RECIPES["alibaba"]["channel_independent"])  # fmt: skip
     return etth1_dm(shared, cache, "channels", encoder_length=96, loader=loader)
 
 
@@ -362,13 +365,16 @@ def fit_and_score(dm: Any, split: str, device: str, max_steps: int, epoch_batche
 
 
 def bench_alibaba(shared: Path, cache: Path, device: str, max_steps: int, out_dir: Path, seed: int = 1337,
-                  fused: bool = True, dropout: float = 0.1, ema: float = 0.0) -> dict[str, Any]:  # fmt: skip
-    dm = alibaba_dm(shared, cache, eval_stride=6, num_workers=0)
+                  fused: bool = True, dropout: float = 0.1, ema: float = 0.0, layout: str = "channels",
+                  normalizer: str = "group") -> dict[str, Any]:  # fmt: skip
+    dm = alibaba_dm(shared, cache, eval_stride=6, num_workers=0, channel_independent=layout == "channels",
+                    target_normalizer=normalizer)  # fmt: skip
     net = {"hidden_size": 32, "attention_head_size": 4, "hidden_continuous_size": 16, "dropout": dropout}
     res = fit_and_score(
         dm, "val", device, max_steps, 100, net, 3e-3, out_dir / "alibaba", seed=seed, fused=fused, ema=ema
     )
     res["seed"], res["fused"], res["dropout"], res["ema"] = seed, fused, dropout, ema
+    res["layout"], res["target_normalizer"] = layout, normalizer
     res["windows"] = {k: len(v) for k, v in dm.datasets.items()}
     return res
 
@@ -608,6 +614,11 @@ def _regularization(r: dict[str, Any]) -> str:
     return f"dropout {r.get('dropout', 0.1)}, " + (f"EMA {ema}" if ema else "no EMA")
 
 
+def _layout(r: dict[str, Any]) -> str:
+    """Target layout and normalizer of an Alibaba run (runs before these options: joint, group)."""
+    return f"{r.get('layout', 'joint')}, {r.get('target_normalizer', 'group')}"
+
+
 def alibaba_markdown(results: dict[str, Any]) -> list[str]:
     """A section per Alibaba run (``alibaba`` or ``--alibaba-key``), then their MAE ratios side by side,
     each against the ``alibaba`` run's (the one issue 13 quotes: H100, before the fused forward)."""
@@ -616,10 +627,15 @@ def alibaba_markdown(results: dict[str, Any]) -> list[str]:
     for key in keys:
         r = results[key]
         m = r["metrics"]
-        how = f"seed {r['seed']}, {_forward(r)} forward, {_regularization(r)}; " if "seed" in r else ""
+        how = (
+            f"seed {r['seed']}, {_forward(r)} forward, {_regularization(r)}, {_layout(r)}; "
+            if "seed" in r
+            else ""
+        )
+        per = " (each window one channel: 3 per origin)" if r.get("layout") == "channels" else ""
         lines += [f"## Alibaba 2018 sample: TFT vs baselines (validation windows, last 20 % of each machine) [`{key}`]", "",
                   f"{how}{r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, "
-                  f"{int(m['windows'])} windows (every 6th origin). The coverage column is the network's own band: the "
+                  f"{int(m['windows'])} windows{per} (every 6th origin). The coverage column is the network's own band: the "
                   "calibration is fitted on these very windows.", "",
                   "| target | TFT MAE | seasonal-naive MAE | naive MAE | **MAE ratio TFT / s-naive** | TFT MASE | s-naive MASE | raw P10-P90 coverage | TFT sMAPE |",
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -635,13 +651,13 @@ def alibaba_markdown(results: dict[str, Any]) -> list[str]:
     if len(keys) > 1:
         ref = _alibaba_ratios(results["alibaba"]) if "alibaba" in keys else None
         lines += ["## Alibaba MAE ratios vs seasonal-naive, run by run (lower is better)", "",
-                  "| run | seed | forward | dropout, EMA | device | cpu | memory | disk | mean | no worse than `alibaba` on |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| run | seed | forward | dropout, EMA | layout, normalizer | device | cpu | memory | disk | mean | no worse than `alibaba` on |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for key in keys:
             r = results[key]
             ratios = _alibaba_ratios(r)
             kept = "-" if ref is None else f"{sum(v <= w for v, w in zip(ratios, ref))} of 3"
-            lines.append(f"| `{key}` | {r.get('seed', 1337)} | {_forward(r)} | {_regularization(r)} | {r.get('_env', {}).get('device', '?')} | "
+            lines.append(f"| `{key}` | {r.get('seed', 1337)} | {_forward(r)} | {_regularization(r)} | {_layout(r)} | {r.get('_env', {}).get('device', '?')} | "
                          + " | ".join(f"{v:.3f}" for v in ratios) + f" | {sum(ratios) / 3:.3f} | {kept} |")  # fmt: skip
         lines.append("")
     return lines
@@ -781,6 +797,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--alibaba-dropout", type=float, default=0.1)
     p.add_argument("--alibaba-ema", type=float, default=0.0, help="EMA decay of the weights (0: off)")
+    p.add_argument("--alibaba-layout", choices=["joint", "channels"], default="channels",
+                   help="channels (the recipe): data.channel_independent=true; joint: one model forecasts the 3 targets")  # fmt: skip
+    p.add_argument(
+        "--alibaba-normalizer", choices=["group", "encoder"], default="group", help="data.target_normalizer"
+    )
     p.add_argument("--stock-forward", action="store_true", help="alibaba/etth1: train with model.fused=false")
     p.add_argument("--etth1-steps", type=int, default=3000)
     p.add_argument(
@@ -862,6 +883,8 @@ def main(argv: list[str] | None = None) -> int:
                     not args.stock_forward,
                     args.alibaba_dropout,
                     args.alibaba_ema,
+                    args.alibaba_layout,
+                    args.alibaba_normalizer,
                 )
             elif part == "etth1":
                 res = bench_etth1(

@@ -28,22 +28,31 @@ def test_alibaba_runs_render_their_own_sections_and_compare_with_the_reference()
             "alibaba": run(0.84, 0.75, 0.78),
             "alibaba_b": run(0.86, 0.56, 0.78, seed=1, fused=True),
             "alibaba_c": run(0.83, 0.70, 0.77, seed=1, fused=True, dropout=0.2, ema=0.99),
+            "alibaba_d": run(
+                0.81, 0.50, 0.75, seed=2, fused=True, layout="channels", target_normalizer="group"
+            ),
         }
     )
     text = "\n".join(lines)
     assert (
-        text.count("## Alibaba 2018 sample") == 3
+        text.count("## Alibaba 2018 sample") == 4
         and "[`alibaba_b`]" in text
-        and "seed 1, fused forward, dropout 0.1, no EMA" in text
+        and "seed 1, fused forward, dropout 0.1, no EMA, joint, group" in text
+        and "seed 2, fused forward, dropout 0.1, no EMA, channels, group" in text
+        and "814 windows (each window one channel: 3 per origin)" in text
     )
     # the raw band's coverage, not the calibrated one (fitted on these very windows)
     assert "| cpu_percent | 0.860 | 1.000 | 1.000 | **0.860** | 0.860 | 1.000 | 0.61 | 10.0 |" in text
     assert (
-        "| `alibaba_b` | 1 | fused | dropout 0.1, no EMA | cpu | 0.860 | 0.560 | 0.780 | 0.733 | 2 of 3 |"
+        "| `alibaba_b` | 1 | fused | dropout 0.1, no EMA | joint, group | cpu | 0.860 | 0.560 | 0.780 | 0.733 | 2 of 3 |"
         in text
     )
     assert (
-        "| `alibaba_c` | 1 | fused | dropout 0.2, EMA 0.99 | cpu | 0.830 | 0.700 | 0.770 | 0.767 | 3 of 3 |"
+        "| `alibaba_c` | 1 | fused | dropout 0.2, EMA 0.99 | joint, group | cpu | 0.830 | 0.700 | 0.770 | 0.767 | 3 of 3 |"
+        in text
+    )
+    assert (
+        "| `alibaba_d` | 2 | fused | dropout 0.1, no EMA | channels, group | cpu | 0.810 | 0.500 | 0.750 |"
         in text
     )
     assert "**NOT met** (worst 0.860" in text
@@ -58,6 +67,8 @@ def test_the_speed_benchmark_times_the_recipes_networks(compose):
     for recipe, r in SPEED_RECIPES.items():
         model = compose(f"experiment=tft_{recipe}").model
         assert {k: model.net[k] for k in r["net"]} == r["net"], recipe
+        data = compose(f"experiment=tft_{recipe}").data
+        assert data.channel_independent == r["channel_independent"], recipe
         assert model.optim.lr == r["lr"], recipe
 
 
