@@ -14,6 +14,7 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 )
 
 from zoo.tft import vsn
+from zoo.tft.model import Float32LSTM
 from zoo.tft.module import TFTModule
 
 NETS = {
@@ -56,7 +57,13 @@ def every_row_count(monkeypatch):
 def test_fuse_swaps_classes_and_keeps_the_state_dict(multi_dm):
     fused, stock = pair(multi_dm, NETS["resampled"])
     kinds = {type(m) for m in fused.net.modules()}
-    assert {vsn.FusedVariableSelection, vsn.FusedGRN, vsn.FusedAttention, vsn.FastDropout} <= kinds
+    assert {
+        vsn.FusedVariableSelection,
+        vsn.FusedGRN,
+        vsn.FusedAttention,
+        vsn.FastDropout,
+        vsn.FullLengthLSTM,
+    } <= kinds
     assert not kinds & {
         VariableSelectionNetwork,
         GatedResidualNetwork,
@@ -64,7 +71,14 @@ def test_fuse_swaps_classes_and_keeps_the_state_dict(multi_dm):
         torch.nn.Dropout,
     }
     stock_kinds = {type(m) for m in stock.net.modules()}
-    assert not stock_kinds & {vsn.FusedVariableSelection, vsn.FusedGRN, vsn.FusedAttention, vsn.FastDropout}
+    assert not stock_kinds & {
+        vsn.FusedVariableSelection,
+        vsn.FusedGRN,
+        vsn.FusedAttention,
+        vsn.FastDropout,
+        vsn.FullLengthLSTM,
+    }
+    assert Float32LSTM in stock_kinds
     a, b = fused.net.state_dict(), stock.net.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     plain = TFTModule(**multi_dm.model_kwargs(), net=NETS["resampled"], plots=False, fused=False)
@@ -186,3 +200,35 @@ def test_fast_dropout_keeps_rate_scale_and_seed():
     assert drop(x) is x
     assert torch.equal(vsn.FastDropout(0.0).train()(x), x)
     assert torch.equal(vsn.FastDropout(1.0).train()(x), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("lengths", [[6, 6, 6, 6], [6, 3, 0, 6]])
+def test_full_length_lstm_equals_the_packed_one(lengths):
+    """Full-length batches skip packing with the same outputs, states and gradients; any shorter
+    sequence (zero-length included) takes pytorch-forecasting's packed path."""
+    torch.manual_seed(0)
+    stock = Float32LSTM(input_size=5, hidden_size=7, batch_first=True)
+    fast = copy.deepcopy(stock)
+    fast.__class__ = vsn.FullLengthLSTM
+    x = torch.randn(4, 6, 5)
+    hx = (torch.randn(1, 4, 7).expand(1, 4, 7), torch.randn(1, 4, 7))
+    lengths = torch.tensor(lengths)
+    packs = []
+    original = torch.nn.utils.rnn.pack_padded_sequence
+    results = []
+    for module in (stock, fast):
+        packs.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(
+                torch.nn.utils.rnn,
+                "pack_padded_sequence",
+                lambda *a, **k: packs.append(1) or original(*a, **k),
+            )
+            xi = x.clone().requires_grad_()
+            out, (h, c) = module(xi, hx, lengths=lengths, enforce_sorted=False)
+            (out.square().sum() + h.sum() + 2 * c.sum()).backward()
+        results.append((out, h, c, xi.grad, [p.grad for p in module.parameters()], len(packs)))
+    (out_s, h_s, c_s, g_s, pg_s, packed_s), (out_f, h_f, c_f, g_f, pg_f, packed_f) = results
+    assert packed_s == 1 and packed_f == (0 if int(lengths.min()) == 6 else 1)
+    for a, b in [(out_f, out_s), (h_f, h_s), (c_f, c_s), (g_f, g_s), *zip(pg_f, pg_s)]:
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
