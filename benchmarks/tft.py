@@ -396,6 +396,7 @@ def bench_etth1(
     fused: bool = True,
     ema: float = 0.0,
     weight_decay: float = 0.0,
+    lstm_layers: int = 1,
 ) -> dict[str, Any]:
     dm = etth1_dm(shared, cache, layout, encoder_length=encoder_length)
     net = {
@@ -403,12 +404,13 @@ def bench_etth1(
         "attention_head_size": 4,
         "hidden_continuous_size": hidden // 2,
         "dropout": dropout,
+        "lstm_layers": lstm_layers,
     }
     res = fit_and_score(dm, "test", device, max_steps, 100, net, lr, out_dir / "etth1", point=point,
                         point_loss_weight=point_loss_weight, seed=seed, fused=fused, ema=ema,
                         weight_decay=weight_decay)  # fmt: skip
     res["seed"], res["fused"], res["ema"], res["weight_decay"] = seed, fused, ema, weight_decay
-    res["encoder_length"], res["hidden_size"] = encoder_length, hidden
+    res["encoder_length"], res["hidden_size"], res["lstm_layers"] = encoder_length, hidden, lstm_layers
     res["windows"] = {k: len(v) for k, v in dm.datasets.items()}
     res["target_normalizer"] = dm.target_normalizer
     res["layout"], res["batch_size"], res["dropout"], res["lr"] = layout, dm.batch_size, dropout, lr
@@ -571,7 +573,7 @@ def markdown(results: dict[str, Any]) -> str:
             for label in ("tft", "tft_mean")
         }
         lines += [f"## ETTh1 multivariate, horizon 96 (test split, z-normalized) [`{key}`]", "",
-                  f"History {r.get('encoder_length', 336)} h, hidden size {r.get('hidden_size', 32)}, target normalizer "
+                  f"History {r.get('encoder_length', 336)} h, hidden size {r.get('hidden_size', 32)}, {r.get('lstm_layers', 1)} LSTM layer(s), target normalizer "
                   f"{r.get('target_normalizer', 'group')}, {LAYOUTS[r.get('layout', 'joint')]}, batch {r.get('batch_size', 64)}, dropout {r.get('dropout', 0.1)}, lr {r.get('lr', 1e-3):g}, point forecast {point}, point_loss_weight {r.get('point_loss_weight', 0.0):g}{ema}; {r['steps']} steps / {r['epochs']} epochs in {r['fit_seconds']:.0f} s, {r['params']:,} parameters, {int(m['windows'])} test windows.", "",
                   "| model | MSE | MAE | validation MSE |", "|---|---|---|---|",
                   f"| zoo TFT ({point}: `model.point`) | {'**' * (chosen == 'tft')}{m['all/tft/mse']:.3f}{'**' * (chosen == 'tft')} | {m['all/tft/mae']:.3f} | {val_col['tft']} |",
@@ -808,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         "--etth1-encoder", type=int, default=336, help="ETTh1 history length (the horizon stays 96)"
     )
     p.add_argument("--etth1-hidden", type=int, default=32)
+    p.add_argument("--etth1-lstm-layers", type=int, default=1, help="model.net.lstm_layers")
     p.add_argument("--etth1-layout", choices=["channels", "joint"], default="channels")
     p.add_argument("--etth1-dropout", type=float, default=0.1)
     p.add_argument("--etth1-lr", type=float, default=1e-3)
@@ -904,6 +907,7 @@ def main(argv: list[str] | None = None) -> int:
                     not args.stock_forward,
                     args.etth1_ema,
                     args.etth1_weight_decay,
+                    args.etth1_lstm_layers,
                 )
                 if args.etth1_group:
                     res["group"] = args.etth1_group

@@ -291,7 +291,8 @@ class FastDropout(nn.Dropout):
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
         threshold = torch.tensor([2 * drop - 32768] * 3 + [drop], dtype=torch.int16, device=x.device)
         keep = (bits.view(torch.int16).view(-1, 4) >= threshold).view(-1)[:n].view(x.shape)
-        return x * keep * (32768.0 / (32768 - drop))
+        # One float mask (0 or the scale) in x's dtype: one multiply forward and one backward, not two each.
+        return x * keep.to(x.dtype).mul_(32768.0 / (32768 - drop))
 
 
 FUSED = {VariableSelectionNetwork: FusedVariableSelection, GatedResidualNetwork: FusedGRN,
