@@ -19,7 +19,7 @@ modules' up to float rounding (tests/tft/test_vsn.py compares them, and the stoc
 - `FusedAttention`. In a training step, all heads in one `scaled_dot_product_attention`.
 - `FullLengthLSTM`. pytorch-forecasting's LSTM packs every batch to allow zero-length sequences; the
   zoo's windows all have the full length, and then the padded LSTM's outputs and states are the packed
-  one's without the sort, pack and unpack (exactly: 26 % less time per LSTM forward + backward on CPU).
+  one's without the sort, pack and unpack (exactly; about 27 % less time per LSTM forward + backward on CPU).
 - `FastDropout`. ``nn.Dropout`` on CPU draws one random number per element (``bernoulli_``) at 50x
   the cost of a multiply, 9 % of the step; this splits each 64-bit draw into four elements' words,
   with the drop probability rounded to a multiple of 1/32768 (0.1 -> 0.100006). The same rate and
