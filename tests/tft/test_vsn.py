@@ -232,3 +232,29 @@ def test_full_length_lstm_equals_the_packed_one(lengths):
     assert packed_s == 1 and packed_f == (0 if int(lengths.min()) == 6 else 1)
     for a, b in [(out_f, out_s), (h_f, h_s), (c_f, c_s), (g_f, g_s), *zip(pg_f, pg_s)]:
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [6, 32])
+def test_short_row_softmax_and_layer_norm_equal_torch(width):
+    """The selection weights' softmax and layer norm over a few variables take other kernels on CPU; any
+    width, values and gradients stay torch's (up to float rounding)."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(width)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(300, width) * 3 + 1
+    for ours, theirs in (
+        (vsn._softmax, lambda t: torch.softmax(t, -1)),
+        (lambda t: vsn._layer_norm(norm, t), norm),
+    ):
+        grads = []
+        for f in (ours, theirs):
+            xi = x.clone().requires_grad_()
+            norm.zero_grad()
+            out = f(xi)
+            (out * torch.linspace(-1, 1, width)).sum().backward()
+            grads.append((out, xi.grad, norm.weight.grad, norm.bias.grad))
+        for a, b in zip(*grads):
+            if a is not None or b is not None:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
