@@ -14,7 +14,8 @@ modules' up to float rounding (tests/tft/test_vsn.py compares them, and the stoc
   one ``[N, variables]`` matmul instead of a matmul over the concatenation of all embeddings. The rest
   of each network (ELU, second layer, gated linear unit, layer norm) is pytorch-forecasting's own.
   Batching the variables' whole networks as ``[variables, N, d]`` was tried first and was slower: the
-  stacked tensors left the CPU caches.
+  stacked tensors left the CPU caches. The selection weights' softmax and layer norms, over one entry
+  per variable, avoid torch's slow CPU kernels for such short rows (`_softmax`, `_layer_norm`).
 - `FusedGRN`. A static context expanded over time goes through the context layer once per series.
 - `FusedAttention`. In a training step, all heads in one `scaled_dot_product_attention`.
 - `FullLengthLSTM`. pytorch-forecasting's LSTM packs every batch to allow zero-length sequences; the
