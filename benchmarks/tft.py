@@ -161,10 +161,10 @@ SPEED_RECIPES = {
 
 
 def recipe_dm(recipe: str, shared: Path, cache: Path, loader: str) -> Any:
+    channels = SPEED_RECIPES[recipe]["channel_independent"]
     if recipe == "alibaba":
-        return alibaba_dm(shared, cache, loader=loader, eval_stride=6,
-                          channel_independent=SPEED_RECIPES["alibaba"]["channel_independent"])  # fmt: skip
-    return etth1_dm(shared, cache, "channels", encoder_length=96, loader=loader)
+        return alibaba_dm(shared, cache, loader=loader, eval_stride=6, channel_independent=channels)
+    return etth1_dm(shared, cache, "channels" if channels else "joint", encoder_length=96, loader=loader)
 
 
 def bench_speed(shared: Path, cache: Path, device: str, steps: int = 40, recipes: tuple[str, ...] = ("alibaba", "etth1"),
