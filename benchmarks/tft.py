@@ -520,32 +520,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {r['_env']['machine']} ({r['device']}) | {r['fast_train_samples_per_s']:,.0f} samples/s | {r['stock_train_samples_per_s']:,.0f} samples/s |"
             )
         lines.append("")
-    if "speed" in results:
-        r = results["speed"]
-        lines += [f"## End-to-end training vs the stock loop ({r['device']}, {r['steps']} steps per loop in {r.get('rounds', 1)} rounds, "
-                  f"{r.get('threads', '?')} torch threads, torch.compile {'on' if r.get('compile') else 'off'})", "",
-                  "Same weights and batches in every loop. *stock*: `TimeSeriesDataSet.__getitem__` + `_collate_fn` feeding "
-                  "pytorch-forecasting's own forward; *fast loader*: the precomputed loader feeding that same forward; *zoo*: the "
-                  "precomputed loader feeding the fused forward (`zoo.tft.vsn`, numerically the same network)"
-                  f"{' and the fused Adam step (the others: `torch.optim.Adam` as constructed by default)' if r.get('fused_adam') else ''}, "
-                  "what `model=tft` trains; "
-                  "*compute-only*: the zoo network on batches fetched beforehand. The loops take turns round by round; "
-                  "**zoo / stock** is the median of the rounds' ratios (range beside it).", "",
-                  "| recipe | stock loop | fast loader, stock forward | zoo loop | **zoo / stock** (goal >= 1.6x) | compute-only limit | batch |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for recipe in ("alibaba", "etth1"):
-            if recipe in r:
-                q = r[recipe]
-                spread = q.get("round_speedups") or [q["speedup"]]
-                fast = (
-                    f"{q['fast_loader_samples_per_s']:,.0f} samples/s"
-                    if "fast_loader_samples_per_s" in q
-                    else "—"
-                )
-                lines.append(f"| tft_{recipe} | {q['stock_samples_per_s']:,.0f} samples/s | {fast} | {q['zoo_samples_per_s']:,.0f} samples/s | "
-                             f"**{q['speedup']:.2f}x** ({min(spread):.2f}–{max(spread):.2f}) | "
-                             f"{q['compute_only_samples_per_s']:,.0f} samples/s | {q['batch_size']} |")  # fmt: skip
-        lines.append("")
+    for i, key in enumerate(sorted(k for k in results if k == "speed" or k.startswith("speed_"))):
+        lines += speed_markdown(results[key], describe=i == 0)
     if "fleet" in results:
         r = results["fleet"]
         lines += [f"## Fleet memory ({r['hosts']} generated hosts x {r['days']:g} days x {r['step_minutes']}-min steps, `model=tft` data settings)", "",
@@ -599,6 +575,36 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 ALIBABA_TARGETS = ("cpu_percent", "memory_percent", "disk_percent")
+
+
+def speed_markdown(r: dict[str, Any], describe: bool = True) -> list[str]:
+    """The speed part's table (one per thread count measured; the loops described above the first)."""
+    lines = [f"## End-to-end training vs the stock loop ({r['device']}, {r['steps']} steps per loop in {r.get('rounds', 1)} rounds, "
+             f"{r.get('threads', '?')} torch threads, torch.compile {'on' if r.get('compile') else 'off'})", ""]  # fmt: skip
+    if describe:
+        lines += ["Same weights and batches in every loop. *stock*: `TimeSeriesDataSet.__getitem__` + `_collate_fn` feeding "
+                  "pytorch-forecasting's own forward; *fast loader*: the precomputed loader feeding that same forward; *zoo*: the "
+                  "precomputed loader feeding the fused forward (`zoo.tft.vsn`, numerically the same network)"
+                  f"{' and the fused Adam step (the others: `torch.optim.Adam` as constructed by default)' if r.get('fused_adam') else ''}, "
+                  "what `model=tft` trains; "
+                  "*compute-only*: the zoo network on batches fetched beforehand. The loops take turns round by round; "
+                  "**zoo / stock** is the median of the rounds' ratios (range beside it).", ""]  # fmt: skip
+    lines += ["| recipe | stock loop | fast loader, stock forward | zoo loop | **zoo / stock** (goal >= 1.6x) | compute-only limit | batch |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for recipe in ("alibaba", "etth1"):
+        if recipe in r:
+            q = r[recipe]
+            spread = q.get("round_speedups") or [q["speedup"]]
+            fast = (
+                f"{q['fast_loader_samples_per_s']:,.0f} samples/s"
+                if "fast_loader_samples_per_s" in q
+                else "—"
+            )
+            lines.append(f"| tft_{recipe} | {q['stock_samples_per_s']:,.0f} samples/s | {fast} | {q['zoo_samples_per_s']:,.0f} samples/s | "
+                         f"**{q['speedup']:.2f}x** ({min(spread):.2f}–{max(spread):.2f}) | "
+                         f"{q['compute_only_samples_per_s']:,.0f} samples/s | {q['batch_size']} |")  # fmt: skip
+    lines.append("")
+    return lines
 
 
 def _alibaba_ratios(r: dict[str, Any]) -> list[float]:
@@ -838,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed-rounds", type=int, default=5, help="rounds the speed part's loops take turns in")
     p.add_argument("--speed-recipes", default="alibaba,etth1")
     p.add_argument("--speed-compile", action="store_true", help="torch.compile the network in the zoo loop")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (model.cpu_threads)")
     p.add_argument("--fleet-hosts", type=int, default=500)
     p.add_argument("--fleet-days", type=float, default=30.0)
     p.add_argument("--fleet-step-minutes", type=int, default=5)
@@ -848,6 +855,9 @@ def main(argv: list[str] | None = None) -> int:
         "--merge", nargs="*", default=None, help="JSON results to merge into the Markdown (no benchmarking)"
     )
     args = p.parse_args(argv)
+    if args.merge is not None and not args.merge:
+        print("zoo: error: --merge needs the JSON files to merge (a run's --json)", file=sys.stderr)
+        return 2
     if args.merge:
         results: dict[str, Any] = {}
         for f in args.merge:
@@ -859,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[zoo] tft bench skipped: {shared}/metrics not found (set --shared or ZOO_SHARED_DATA)")
             return 0
         if args.device == "cpu":
-            torch.set_num_threads(1)  # see TFTModule.cpu_threads
+            torch.set_num_threads(args.threads)  # see TFTModule.cpu_threads
         env = {"machine": f"{platform.machine()} {os.cpu_count()} cpus" + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
                "torch": torch.__version__, "device": args.device, "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": "python -m benchmarks.tft " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
         results = {}
@@ -931,6 +941,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             res["_env"] = env | {"seconds": round(time.perf_counter() - start, 1)}
             key = {"etth1": args.etth1_key, "alibaba": args.alibaba_key}.get(part, part)
+            if part == "speed" and args.device == "cpu" and args.threads != 1:
+                key = f"speed_{args.threads}threads"  # beside the 1-thread table (the recipes' default)
             results[key] = res
             print(
                 f"[zoo] {part}: "

@@ -45,9 +45,9 @@ class TFTModule(ZooModule):
         precision: the trainer's precision; ``16-*`` switches to an fp16-safe attention mask bias.
         mask_bias: explicit attention mask bias (overrides the precision rule).
         plots: write/log forecast and interpretation figures when training ends.
-        cpu_threads: torch intra-op threads when running on CPU (null: leave torch's default). The
-            TFT's matrices are tiny, so extra threads only add OpenMP synchronization; with the cores
-            shared, 2 threads measured 60x slower per step than 1 here.
+        cpu_threads: torch intra-op threads when running on CPU (null: leave torch's default). 1 by
+            default: 2 threads train the recipes 1.5x faster on an idle 2-core machine, but 15x slower than 1
+            when another process keeps a core busy (docs/tft.md, "CPU threads").
         point: the point forecast read from the predicted quantiles: ``median`` (the 0.5 quantile, the
             MAE-optimal point) or ``mean`` (the mean of the distribution the quantiles describe, the
             MSE-optimal point; `zoo.tft.evaluate.quantile_mean`). It is what ``val/mae/*``, the
