@@ -96,3 +96,27 @@ def test_seed_groups_report_the_point_chosen_on_validation_and_both_means():
     # (0.39 + 0.37 + 0.38) / 3 and (0.69 + 0.68 + 0.72) / 3
     assert "**0.380** (goal <= 0.385 over 3 seeds: **met**); mean validation MSE 0.6967." in text
     assert "over 1 seeds: **0.500** (goal <= 0.385 over 3 seeds: **NOT met**)" in text
+
+
+def speed(threads: int, alibaba: float) -> dict:
+    q = {"stock_samples_per_s": 500.0, "fast_loader_samples_per_s": 550.0, "zoo_samples_per_s": 500.0 * alibaba,
+         "compute_only_samples_per_s": 510.0 * alibaba, "speedup": alibaba, "round_speedups": [alibaba - 0.02, alibaba + 0.03],
+         "batch_size": 128}  # fmt: skip
+    return {"device": "cpu", "steps": 40, "rounds": 5, "threads": threads, "fused_adam": True, "alibaba": q,
+            "_env": {"device": "cpu"}}  # fmt: skip
+
+
+def test_speed_runs_at_two_thread_counts_get_a_table_each_and_the_loops_are_described_once():
+    from benchmarks.tft import markdown
+
+    text = markdown({"speed_2threads": speed(2, 1.65), "speed": speed(1, 1.57)})
+    one, two = text.index("5 rounds, 1 torch threads"), text.index("5 rounds, 2 torch threads")
+    assert one < two and text.count("Same weights and batches in every loop") == 1
+    assert "**1.57x** (1.55–1.60)" in text[one:two] and "**1.65x** (1.63–1.68)" in text[two:]
+
+
+def test_merge_without_files_is_an_error_not_a_benchmark_run(capsys):
+    from benchmarks.tft import main
+
+    assert main(["--merge"]) == 2
+    assert "--merge needs the JSON files" in capsys.readouterr().err
