@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from zoo.core.logs import quiet_script
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ZOO_SHARED_DATA", ROOT.parent / "shared" / "data"))
 RESULTS_TAG = "zoo-tft-bench-results"
@@ -855,6 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         "--merge", nargs="*", default=None, help="JSON results to merge into the Markdown (no benchmarking)"
     )
     args = p.parse_args(argv)
+    quiet_script()
     if args.merge is not None and not args.merge:
         print("zoo: error: --merge needs the JSON files to merge (a run's --json)", file=sys.stderr)
         return 2

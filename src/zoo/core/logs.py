@@ -36,6 +36,15 @@ def ignore_noise() -> None:
         warnings.filterwarnings("ignore", message=pattern, category=category)
 
 
+def quiet_script() -> None:
+    """For scripts that train outside Hydra (the benchmarks): the same warnings ignored and the same
+    advertisement dropped as in the entry points; Lightning keeps its own console handler."""
+    ignore_noise()
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropMessages) for f in logger.filters):
+        logger.addFilter(_DropMessages())
+
+
 def configure() -> None:
     """Call once logging is set up (inside the Hydra task): route Lightning through the root handlers."""
     ignore_noise()
