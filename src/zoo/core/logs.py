@@ -47,7 +47,7 @@ def quiet_script() -> None:
 
 def configure() -> None:
     """Call once logging is set up (inside the Hydra task): route Lightning through the root handlers."""
-    ignore_noise()
+    quiet_script()
     import lightning.pytorch  # noqa: F401  (its import adds the console handlers removed below)
 
     for name in (
@@ -65,4 +65,3 @@ def configure() -> None:
     drop = _DropMessages()
     for handler in logging.getLogger().handlers:
         handler.addFilter(drop)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(drop)
