@@ -15,7 +15,7 @@ help: ## Show this help
 
 install: ## Install torch (CPU build here, CUDA build on GPU machines) then zoo with dev extras
 	$(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
-	$(PYTHON) -m pip install -e '.[dev,onnx]'
+	$(PYTHON) -m pip install -e '.[dev,onnx,serve,hf,track,prom]'
 
 train: ## Train (default: small GPT on CPU in ~2 min); pass overrides with ARGS="model=tft trainer=cpu"
 	$(PYTHON) -m zoo.train $(ARGS)
