@@ -89,6 +89,19 @@ class ZooModule(pl.LightningModule):
         ``prompt``/``input``/``output``/``backend``...), written where `cfg` says or under `output_dir`."""
         raise ZooError(f"the {self.family or type(self).__name__} family has no predict command")
 
+    @classmethod
+    def collect(cls, cfg: DictConfig) -> Any:
+        """``python -m zoo.collect family=<name>``: sample this machine into data the family trains on
+        (conf/collect.yaml's keys), until ``samples`` or Ctrl-C. Default: the family has no collector."""
+        raise ZooError(f"family={cls.family}: the {cls.family or cls.__name__} family has no collector")
+
+    @classmethod
+    def watch(cls, cfg: DictConfig) -> Any:
+        """``python -m zoo.monitor family=<name>``: load the run ``cfg`` names (``export=``/``ckpt_path=``)
+        and forecast this machine live as its samples arrive (conf/monitor.yaml's keys). Default: the
+        family has no live monitor."""
+        raise ZooError(f"family={cls.family}: the {cls.family or cls.__name__} family has no live monitor")
+
 
 def metric_values(metrics: dict[str, Any]) -> dict[str, float]:
     return {

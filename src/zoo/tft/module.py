@@ -487,6 +487,20 @@ class TFTModule(ZooModule):
 
         return forecast(self, df, **kwargs)
 
+    @classmethod
+    def collect(cls, cfg: Any) -> int:
+        """``python -m zoo.collect``: this machine's metrics in the layout ``data=tft/file`` reads."""
+        from zoo.tft.collect import collect
+
+        return collect(cfg)
+
+    @classmethod
+    def watch(cls, cfg: Any) -> dict[str, int]:
+        """``python -m zoo.monitor``: forecast this machine live, flag actuals outside their bands."""
+        from zoo.tft.monitor import watch
+
+        return watch(cfg)
+
     def predict(self, cfg: Any, output_dir: Path, run: Any) -> Any:
         """``python -m zoo.predict input=recent.csv``: forecast.csv (+ forecast.png), see `zoo.tft.predict`."""
         from zoo.tft.predict import predict_command
