@@ -40,6 +40,11 @@ class ZooModule(pl.LightningModule):
     """Metric the checkpoint callback, early stopping and sweeps read when the config sets no ``monitor``."""
     flops_per_token: float | None = None
     """Training FLOPs (forward + backward) per token, for the Throughput callback's MFU; None: no MFU."""
+    how_to_predict: ClassVar[str] = "python -m zoo.predict ckpt_path={folder}"
+    """The prediction command an export's model card shows (``{folder}``: the export folder)."""
+    generates: ClassVar[bool] = False
+    """Whether `predict` samples text continuations of prompts: ``zoo.generate`` (an alias of ``zoo.predict``
+    with conf/generate.yaml's keys) takes this family's runs."""
 
     def batch_stats(self, batch: Any) -> tuple[int, int]:
         """(samples, tokens) in a training batch, for the Throughput callback; default: tokens == samples."""

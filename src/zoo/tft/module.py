@@ -67,6 +67,7 @@ class TFTModule(ZooModule):
 
     family = "tft"
     monitor = "val/loss"
+    how_to_predict = "python -m zoo.predict ckpt_path={folder} input=recent.csv"
 
     def __init__(
         self,
