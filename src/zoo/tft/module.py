@@ -59,7 +59,7 @@ class TFTModule(ZooModule):
         calibrate: when training ends, fit the band calibration (`zoo.tft.calibrate`) on the validation
             windows and store it in the best/last checkpoints and the export; evaluation, ``forecast()``,
             the figures and ``zoo.monitor`` then use calibrated quantiles.
-        fused: compute the variable selections and the dropouts with fewer kernels (`zoo.tft.vsn`):
+        fused: compute the variable selections and the dropouts with fewer kernels (`zoo.tft.fused`):
             the same parameters and, up to float rounding, the same outputs as pytorch-forecasting's
             modules (dropout: the same rate, another random stream); false runs pytorch-forecasting's
             own forward passes.
@@ -148,7 +148,7 @@ class TFTModule(ZooModule):
             )
         float32_lstms(self.net)
         if fused:
-            from zoo.tft.vsn import fuse
+            from zoo.tft.fused import fuse
 
             fuse(self.net)
         self.encoder_length = int(self.dataset_parameters["max_encoder_length"])
