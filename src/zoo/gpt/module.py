@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +72,19 @@ class GPTModule(ZooModule):
         block_size: int,
         compile: bool = False,
         tokenizer_json: str | None = None,
+        init_from: str | None = None,
     ):
+        """`init_from`: a Hugging Face folder or hub id (GPT-2 family, or a zoo ``format=hf`` export) whose
+        architecture replaces ``net``'s and whose weights start the training (`zoo.gpt.hf.load_hf`)."""
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_json"])
         known = {f.name for f in fields(GPTConfig)} - {"vocab_size", "block_size"}
         unknown = set(net) - known
         if unknown:
             raise ZooError(f"model.net: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
+        init_state = None
+        if init_from:
+            net, init_state = self._init_from(str(init_from), net, vocab_size, block_size, tokenizer_json)
         try:
             self.config = GPTConfig(vocab_size=vocab_size, block_size=block_size, **net)
         except ValueError as err:
@@ -90,11 +96,47 @@ class GPTModule(ZooModule):
         if self.optim.name not in ("adamw", "sgd"):
             raise ZooError(f"model.optim.name={self.optim.name}: expected adamw or sgd")
         self.net = GPT(self.config)
+        if init_state is not None:
+            from zoo.gpt.hf import load_state
+
+            load_state(self.net, init_state, f"model.init_from={init_from}")
         self.compile = compile
         self.tokenizer_json = tokenizer_json
         self.flops_per_token = self.net.flops_per_token()
         self.val_loss_sum = SumMetric()
         self.val_tokens = SumMetric()
+
+    def _init_from(
+        self,
+        init_from: str,
+        net: dict[str, Any],
+        vocab_size: int,
+        block_size: int,
+        tokenizer_json: str | None,
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The checkpoint's architecture (dropout and vocabulary padding from ``net``) and weights, after
+        checking the data was tokenized by its tokenizer. The hyperparameters then hold the architecture and
+        no `init_from`, so checkpoints of this run load without the HF folder."""
+        from zoo.gpt.hf import load_hf
+        from zoo.gpt.tokenizer import same_ids, tokenizer_from_json
+
+        cfg, state, theirs = load_hf(init_from, block_size=block_size)
+        where = f"model.init_from={init_from}"
+        fix = f"expected data tokenized by its tokenizer (data.tokenizer=pretrained data.tokenizer_name={init_from})"
+        if theirs and tokenizer_json:
+            if not same_ids(tokenizer_from_json(tokenizer_json), tokenizer_from_json(theirs)):
+                raise ZooError(f"{where}: the data's tokenizer is not this checkpoint's; {fix}")
+        if cfg.vocab_size != vocab_size:
+            raise ZooError(
+                f"{where}: vocabulary of {cfg.vocab_size} tokens, the data's has {vocab_size}; {fix}"
+            )
+        keep = {k: net[k] for k in ("dropout", "pad_vocab_to") if k in net}
+        arch = {k: v for k, v in asdict(cfg).items() if k not in ("vocab_size", "block_size")} | keep
+        if keep.get("pad_vocab_to", cfg.pad_vocab_to) != cfg.pad_vocab_to:  # re-pad the vocabulary rows
+            cfg = GPTConfig(**{**asdict(cfg), **keep})
+            state = load_hf(init_from, block_size=block_size, config=cfg)[1]
+        self.hparams["net"], self.hparams["init_from"] = arch, None
+        return arch, state
 
     def configure_model(self) -> None:
         if self.compile and not isinstance(self.net, torch._dynamo.eval_frame.OptimizedModule):
@@ -199,10 +241,15 @@ class GPTModule(ZooModule):
 
     def export(self, out_dir: str | Path, datamodule: Any = None, format: str = "safetensors") -> Path:
         """Write model.safetensors, config.json and tokenizer.json (loadable with `zoo.gpt.export.load` or
-        `from_export`); ``format=onnx`` adds model.onnx, checked against this network."""
+        `from_export`); ``format=onnx`` adds model.onnx, checked against this network; ``format=hf`` writes a
+        Hugging Face folder instead (GPT-2 or GPT-NeoX, `zoo.gpt.hf.save_hf`), checked the same way."""
         from zoo.gpt.export import ONNX_FILE, save, save_onnx
 
         net = getattr(self.net, "_orig_mod", self.net)
+        if format == "hf":
+            from zoo.gpt.hf import save_hf
+
+            return save_hf(net, self.tokenizer_json, out_dir)
         folder = save(net, self.tokenizer_json, out_dir)
         if format == "onnx":
             save_onnx(net, folder)
@@ -219,6 +266,14 @@ class GPTModule(ZooModule):
 
         folder = Path(folder)
         cfg = read_config(folder)
+        hf = "model_type" in cfg  # a format=hf export: transformers' names and layout
+        if hf:
+            from zoo.gpt.hf import load_hf, load_state
+
+            net_cfg, state, tokenizer_json = load_hf(str(folder))
+            cfg = asdict(net_cfg)
+        else:
+            tokenizer_json = read_tokenizer(folder)
         run_config = (
             read_export_marker(folder).get("config") or {} if (folder / EXPORT_MARKER).is_file() else {}
         )
@@ -228,9 +283,12 @@ class GPTModule(ZooModule):
             optim=optim,
             vocab_size=cfg["vocab_size"],
             block_size=cfg["block_size"],
-            tokenizer_json=read_tokenizer(folder),
+            tokenizer_json=tokenizer_json,
         )
-        load_weights(module.net, folder)
+        if hf:
+            load_state(module.net, state, str(folder))
+        else:
+            load_weights(module.net, folder)
         return module.to(map_location).eval()
 
     def predict(self, cfg: Any, output_dir: Path, run: Any) -> list[str]:
