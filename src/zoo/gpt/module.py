@@ -14,7 +14,7 @@ from torchmetrics import SumMetric
 from zoo.core.callbacks import log_grad_norm, logs_this_step
 from zoo.core.errors import ZooError
 from zoo.core.family import ZooModule
-from zoo.core.optim import fused_adam
+from zoo.core.optim import MuonWithAdamW, fused_adam
 from zoo.gpt.evaluate import char_metrics
 from zoo.gpt.model import GPT, GPTConfig
 
@@ -22,7 +22,8 @@ from zoo.gpt.model import GPT, GPTConfig
 @dataclass
 class OptimConfig:
     name: str = "adamw"
-    """adamw | sgd."""
+    """adamw | sgd | muon (Muon for the blocks' 2-D matrices, AdamW with ``lr`` for embeddings, head, gains
+    and biases: `zoo.core.optim.MuonWithAdamW`; refused under FSDP)."""
     lr: float = 2e-3
     """Peak learning rate."""
     min_lr: float = 2e-4
@@ -43,6 +44,15 @@ class OptimConfig:
     """SGD momentum."""
     fused: bool | None = None
     """Fused AdamW kernel (default: on CUDA and CPU, except under 16-mixed with gradient clipping)."""
+    muon_lr: float = 0.02
+    """Muon: peak learning rate of the hidden matrices (the same warmup and decay as ``lr``)."""
+    muon_momentum: float = 0.95
+    """Muon: Nesterov momentum."""
+    muon_weight_decay: float = 0.0
+    """Muon: decoupled weight decay of the hidden matrices (AdamW's groups keep ``weight_decay``)."""
+    muon_adjust_lr: str = "original"
+    """Muon: ``original`` (Keller Jordan's sqrt(max(1, rows/cols)) scaling, for lr ~0.02) or
+    ``match_rms_adamw`` (Moonshot's 0.2 sqrt(max(rows, cols)): updates of AdamW's size, for AdamW-like lr)."""
 
 
 def lr_factor(step: int, cfg: OptimConfig, total: int) -> float:
@@ -93,8 +103,12 @@ class GPTModule(ZooModule):
         if unknown:
             raise ZooError(f"model.optim: unknown keys {sorted(unknown)}")
         self.optim = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
-        if self.optim.name not in ("adamw", "sgd"):
-            raise ZooError(f"model.optim.name={self.optim.name}: expected adamw or sgd")
+        if self.optim.name not in ("adamw", "sgd", "muon"):
+            raise ZooError(f"model.optim.name={self.optim.name}: expected adamw, sgd or muon")
+        if self.optim.muon_adjust_lr not in ("original", "match_rms_adamw"):
+            raise ZooError(
+                f"model.optim.muon_adjust_lr={self.optim.muon_adjust_lr}: expected original or match_rms_adamw"
+            )
         self.net = GPT(self.config)
         if init_state is not None:
             from zoo.gpt.hf import load_state
@@ -199,8 +213,10 @@ class GPTModule(ZooModule):
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        if cfg.name == "adamw":
-            fused = fused_adam(self) if cfg.fused is None else cfg.fused
+        fused = fused_adam(self) if cfg.fused is None else cfg.fused
+        if cfg.name == "muon":
+            optimizer = self._muon(fused)
+        elif cfg.name == "adamw":
             optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)
         else:
             optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -210,6 +226,34 @@ class GPTModule(ZooModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def _muon(self, fused: bool) -> MuonWithAdamW:
+        """Muon for the 2-D matrices inside the blocks (qkv, proj, fc: the "hidden" weights Muon is made
+        for); AdamW for the token/position embeddings and the output head (Muon's authors keep those on
+        AdamW) and for every 1-D gain and bias (no decay)."""
+        cfg = self.optim
+        strategy = type(getattr(self._trainer, "strategy", None)).__name__
+        if "FSDP" in strategy:
+            # Newton-Schulz orthogonalizes a whole matrix; FSDP leaves each rank a flat shard of it.
+            raise ZooError(
+                "model.optim.name=muon: not supported under FSDP (Muon orthogonalizes whole matrices, FSDP "
+                "shards them across ranks); expected model.optim.name=adamw with trainer=fsdp, or DDP"
+            )
+        named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        hidden = [p for n, p in named if p.dim() == 2 and n.startswith(("blocks.", "_orig_mod.blocks."))]
+        ids = {id(p) for p in hidden}
+        rest = [p for _, p in named if id(p) not in ids]
+        adamw_groups = [
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return MuonWithAdamW(
+            [{"params": hidden}],
+            adamw_groups,
+            muon=dict(lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
+                      adjust_lr_fn=cfg.muon_adjust_lr),
+            adamw=dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused),
+        )  # fmt: skip
 
     # -- persistence -----------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
