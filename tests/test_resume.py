@@ -46,6 +46,11 @@ KILL_AT, RESUMED_FROM = 5, 3
 FAMILIES = {
     "gpt": (["data=gpt/synthetic", "model.net.n_layer=1", "model.net.n_embd=32", "model.net.n_head=2",
              "model.net.dropout=0.1", "data.block_size=32", "data.batch_size=8"], "val/loss"),
+    # The modern recipe options with Muon + AdamW as one optimizer (zoo.core.optim.MuonWithAdamW).
+    "gpt-muon": (["data=gpt/synthetic", "model.net.n_layer=1", "model.net.n_embd=32", "model.net.n_head=2",
+                  "model.net.dropout=0.1", "data.block_size=32", "data.batch_size=8", "model.optim.name=muon",
+                  "model.net.qk_norm=true", "model.net.activation=relu2", "model.net.zero_init_proj=true",
+                  "model.net.logit_softcap=15", "model.net.rope=true"], "val/loss"),
     "events": (["model=event_predictor", "data.batch_size=16"], "val/loss"),
     "tft": (["experiment=tft_small", "data.num_workers=0", "data.batch_size=16"], "val/loss"),
     # The weight average too (validated and saved averaged; the raw weights resume from the checkpoint).

@@ -1,4 +1,4 @@
-"""`python -m zoo.export ckpt_path=<checkpoint | run folder> [format=safetensors|onnx] [out=folder]`.
+"""`python -m zoo.export ckpt_path=<checkpoint | run folder> [format=safetensors|onnx|hf] [out=folder]`.
 
 Writes the family's self-contained export folder (weights and the config/tokenizer/vocab/normalizer files
 it needs; ``format=onnx`` adds ``model.onnx``), a model card (README.md) and the ``zoo.json`` marker that

@@ -27,7 +27,7 @@ from zoo.core.errors import ZooError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-EXPORT_FORMATS = ("safetensors", "onnx")
+EXPORT_FORMATS = ("safetensors", "onnx", "hf")
 EXPORT_MARKER = "zoo.json"  # written last into every export folder: family, formats, config
 
 

@@ -228,7 +228,7 @@ class TextDataModule(ZooDataModule):
             fraction of the (gathered, maybe shuffled) documents, as Mainrun does. One split text: the last
             fraction of its characters.
         tokenizer: ``byte`` | ``char`` | ``bpe`` (byte-level BPE trained on the training split) |
-            ``pretrained`` (``tokenizer_name``: a HF hub repo or a local tokenizer.json).
+            ``pretrained`` (``tokenizer_name``: a HF hub repo, a local tokenizer.json or a folder holding one).
         vocab_size: BPE vocabulary size.
         block_size: tokens per training window (the model's context).
         train_stride: offset between training windows (default ``block_size``: non-overlapping).
@@ -305,8 +305,11 @@ class TextDataModule(ZooDataModule):
         }  # fmt: skip
         if path:  # a changed or added file must not reuse a stale cache
             self.settings["path_stat"] = sources.files_digest(sources.resolve_files(path)[0])
-        if tokenizer_name and Path(tokenizer_name).expanduser().is_file():
-            self.settings["tokenizer_stat"] = sources.files_digest([Path(tokenizer_name).expanduser()])
+        tok_path = Path(tokenizer_name).expanduser() if tokenizer_name else None
+        if tok_path is not None and tok_path.is_dir():  # a HF folder (model.init_from's)
+            tok_path = tok_path / "tokenizer.json"
+        if tok_path is not None and tok_path.is_file():
+            self.settings["tokenizer_stat"] = sources.files_digest([tok_path])
         self.name = name
         self.block_size = int(block_size)
         self.train_stride = int(train_stride or block_size)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,19 @@ class GPTConfig:
     pad_vocab_to: int = 1
     """Round the embedding/output rows up to a multiple of this; the extra logits are cut off. 64 keeps
     GPU matmuls on aligned tensor-core kernels (GPT-2's 50257 rows fall back to slow ones)."""
+    activation: str = "gelu"
+    """MLP nonlinearity: ``gelu`` (exact, nanoGPT), ``gelu_tanh`` (GPT-2's tanh approximation, "gelu_new" in
+    HF; set when GPT-2 weights are loaded) or ``relu2`` (ReLU squared, Primer / modded-nanogpt: sparser,
+    learns faster per step on small models)."""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys (learned gain per channel) before RoPE and attention:
+    bounds the attention logits, which lets higher learning rates stay stable (OLMo 2, Qwen3, speedruns)."""
+    zero_init_proj: bool = False
+    """Start the residual-branch output projections (attention and MLP ``proj``) at zero, so every block
+    begins as the identity (modded-nanogpt); off: GPT-2's depth-scaled normal init."""
+    logit_softcap: float = 0.0
+    """Cap the logits smoothly at +-this value, ``cap * tanh(logits / cap)`` (Gemma 2, modded-nanogpt);
+    0: off. Keeps early, overconfident logits from dominating the loss."""
 
     @property
     def padded_vocab_size(self) -> int:
@@ -56,6 +70,17 @@ class GPTConfig:
             raise ValueError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
         if self.rope and (self.n_embd // self.n_head) % 2:
             raise ValueError("RoPE needs an even head size (n_embd / n_head)")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+        if self.logit_softcap < 0:
+            raise ValueError(f"logit_softcap={self.logit_softcap}: expected 0 (off) or a positive cap")
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": partial(F.gelu, approximate="tanh"), "relu2": relu2}
 
 
 def rope_tables(
@@ -81,6 +106,9 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
+        head = cfg.n_embd // cfg.n_head
+        self.q_norm = nn.RMSNorm(head, eps=1e-6) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(head, eps=1e-6) if cfg.qk_norm else None
 
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, cache: dict | None
@@ -88,6 +116,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # sampling: keys/values of earlier positions are reused, not recomputed
@@ -112,9 +142,10 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):
@@ -146,7 +177,10 @@ class GPT(nn.Module):
         # Residual projections are scaled down by depth (GPT-2) so the residual stream's variance stays put.
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                if cfg.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -195,6 +229,9 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         if self.cfg.padded_vocab_size != self.cfg.vocab_size:
             logits = logits[..., : self.cfg.vocab_size]
+        if self.cfg.logit_softcap:
+            cap = self.cfg.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         return logits
 
     @torch.no_grad()

@@ -116,6 +116,8 @@ class HFTokenizer:
 
         if Path(name_or_path).is_file():
             return cls(HFTok.from_file(name_or_path))
+        if (Path(name_or_path) / "tokenizer.json").is_file():  # a folder saved by transformers / format=hf
+            return cls(HFTok.from_file(str(Path(name_or_path) / "tokenizer.json")))
         try:
             from huggingface_hub import hf_hub_download
 
@@ -167,3 +169,21 @@ def tokenizer_from_json(blob: str) -> Tokenizer:
 
         return HFTokenizer(HFTok.from_str(spec["tokenizer"]))
     raise ZooError(f"unknown tokenizer kind {spec['kind']!r} in saved tokenizer")
+
+
+PROBE = "The quick brown fox jumps over the lazy dog.\nFIRST Citizen: 0123456789 -- 'a,b;c?' é 東"
+
+
+def same_ids(a: Tokenizer, b: Tokenizer) -> bool:
+    """Whether two tokenizers give the same ids, whatever their JSON (a HF library rewrites tokenizer.json
+    when it saves it; a zoo char vocabulary exported as a BPE is the same tokenizer): the same vocabulary
+    size and end-of-text id, every token decoding to the same text, and the same ids on a probe text."""
+    if (a.vocab_size, a.eot_id) != (b.vocab_size, b.eot_id):
+        return False
+    if any(a.decode([i]) != b.decode([i]) for i in range(a.vocab_size) if i != a.eot_id):
+        return False
+    probe = "".join(c for c in PROBE if c in a.stoi) if isinstance(a, CharTokenizer) else PROBE
+    try:
+        return a.encode(probe) == b.encode(probe)
+    except ZooError:  # a character vocabulary without some probe character
+        return False
