@@ -8,7 +8,19 @@ ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format sweep bench bench-gpt-scale bench-events-full bench-tft-full tensorboard notebooks clean
+.PHONY: help install train test test-fast lint format sweep bench bench-gpt-scale bench-events-full bench-tft-full tensorboard notebooks clean docker-wheels docker docker-cuda test-docker bench-docker
+
+# Container image (docs/docker.md). The CPU image: a slim Python base, torch from the CPU index; the CUDA
+# image: DOCKER_TORCH_INDEX empty (PyPI's torch is the CUDA build) on an NVIDIA base.
+DOCKER ?= docker
+DOCKER_IMAGE ?= zoo:cpu
+DOCKER_BASE ?= python:3.11-slim-bookworm
+DOCKER_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+DOCKER_CUDA_BASE ?= nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+DOCKER_EXTRAS ?= onnx
+# The base image's Python, for the torch wheel fetched into the wheelhouse.
+DOCKER_PYTHON_VERSION ?= 3.11
+DOCKER_WHEELS := build/docker/wheels
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -61,6 +73,27 @@ tensorboard: ## TensorBoard over all runs in logs/
 
 notebooks: ## Execute every notebook (as CI does)
 	$(PYTHON) -m pytest --nbmake notebooks -q
+
+docker-wheels: ## The image's wheelhouse: the zoo wheel, and (CPU image) the torch wheel the host's pip resolves
+	rm -rf $(DOCKER_WHEELS) && mkdir -p $(DOCKER_WHEELS)
+	$(PYTHON) -m pip wheel --no-deps . -w $(DOCKER_WHEELS)
+	$(if $(DOCKER_TORCH_INDEX),$(PYTHON) -m pip download "torch==$(TORCH_VERSION)" --no-deps --only-binary=:all: \
+		--python-version $(DOCKER_PYTHON_VERSION) --extra-index-url $(DOCKER_TORCH_INDEX) -d $(DOCKER_WHEELS))
+
+docker: docker-wheels ## Build the image (zoo:cpu; DOCKER_BASE=, DOCKER_IMAGE=, DOCKER_EXTRAS=onnx,track ...)
+	$(DOCKER) build --network host -f docker/Dockerfile -t $(DOCKER_IMAGE) \
+		--build-arg BASE_IMAGE=$(DOCKER_BASE) --build-arg TORCH_VERSION=$(TORCH_VERSION) \
+		--build-arg TORCH_INDEX=$(DOCKER_TORCH_INDEX) --build-arg ZOO_EXTRAS=$(DOCKER_EXTRAS) $(DOCKER_WHEELS)
+
+docker-cuda: ## Build the CUDA image (zoo:cuda) on an NVIDIA CUDA runtime base (DOCKER_CUDA_BASE=)
+	$(MAKE) docker DOCKER_IMAGE=zoo:cuda DOCKER_BASE=$(DOCKER_CUDA_BASE) DOCKER_TORCH_INDEX=
+
+test-docker: ## The image for real: own dockerd, debootstrap base, build, train 5 steps, TensorBoard (root; ~15 min)
+	ZOO_DOCKER_TEST=1 PYTHON=$(PYTHON) $(PYTHON) -m pytest tests/docker -q -p no:cacheprovider -n 0 -p no:benchmark -s
+
+bench-docker: ## Image size and build time -> docs/benchmarks/docker.md (same steps as test-docker)
+	PYTHON=$(PYTHON) $(PYTHON) -m benchmarks.docker
+	$(PYTHON) -m benchmarks.report
 
 clean: ## Remove caches, logs and build files (keeps data/)
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache build dist src/*.egg-info

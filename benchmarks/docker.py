@@ -1,0 +1,351 @@
+"""`python -m benchmarks.docker` (make bench-docker): build the zoo's image from scratch in a private Docker
+daemon, train 5 steps in it, read a scalar back from its TensorBoard, and write docs/benchmarks/docker.md
+(image size, build time). tests/docker/test_image.py (make test-docker) runs the same steps as a test.
+
+Built for machines that reach Debian's packages and PyPI but no image registry (CI): docker.io and
+debootstrap come from apt-get where missing; the base image is Debian bookworm with its Python 3.11, made
+by debootstrap + `docker import` (kept as a tarball under build/docker/ between runs); the daemon is our
+own (private socket and data root in a temporary folder, vfs storage, no iptables, no bridge), stopped by
+its pid and its data root removed, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build" / "docker"
+SUITE = "bookworm"
+# python3-venv brings ensurepip, which the Dockerfile's venv needs; python3-pip is what the brief of a
+# "Python image" means on Debian. ca-certificates: pip and apt over https inside the build.
+BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
+BASE_TAR = BUILD / f"base-{SUITE}-py311.tar"
+BASE_TAG = f"zoo-base:{SUITE}-py311"
+MIRROR = "http://deb.debian.org/debian"
+IMAGE = "zoo:docker-test"
+# The container user when the invoking user is root: a uid that is neither root nor the image's own
+# `zoo` (1000), so the test shows that `--user` alone decides who owns the outputs.
+STAND_IN_UID = 4242
+TRAIN_ARGS = ("trainer.max_steps=5", "trainer.limit_val_batches=2")
+
+
+def sh(cmd: list[str], *, env: dict | None = None, timeout: float, log: Path | None = None, **kw):
+    """Run `cmd` (bounded by `timeout`), its output appended to `log` when given; raise on failure."""
+    if log is None:
+        return subprocess.run(cmd, env=env, timeout=timeout, check=True, **kw)
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(cmd)}\n")
+        out.flush()
+        try:
+            return subprocess.run(cmd, env=env, timeout=timeout, check=True, stdout=out, stderr=out, **kw)
+        except subprocess.CalledProcessError as err:
+            tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+            raise RuntimeError(f"{cmd[:3]} failed ({err.returncode}); last lines of {log}:\n{tail}") from None
+
+
+def why_not() -> str | None:
+    """The one-line reason this machine cannot run the Docker check, or None."""
+    have = shutil.which("dockerd") and shutil.which("docker") and shutil.which("debootstrap")
+    if not have and not shutil.which("apt-get"):
+        return "neither docker (dockerd, debootstrap) nor apt-get is available"
+    if os.geteuid() != 0:
+        return "needs root (apt-get, debootstrap and a private dockerd)"
+    return None
+
+
+def ensure_tools(log: Path) -> list[str]:
+    """apt-get install what is missing of docker.io and debootstrap; returns the packages installed.
+
+    While it runs, /usr/sbin/policy-rc.d refuses service starts (exit 101), so the package's own dockerd
+    does not start; a policy-rc.d we created is removed afterwards, one that existed is left as it was.
+    """
+    need = [
+        pkg
+        for tool, pkg in (("dockerd", "docker.io"), ("debootstrap", "debootstrap"))
+        if not shutil.which(tool)
+    ]
+    if not shutil.which("docker") and "docker.io" not in need:
+        need.append("docker.io")
+    if not need:
+        return []
+    policy = Path("/usr/sbin/policy-rc.d")
+    created = not policy.exists()
+    if created:
+        policy.write_text(
+            "#!/bin/sh\n# written by zoo's benchmarks/docker.py while it installs packages\nexit 101\n"
+        )
+        policy.chmod(0o755)
+    try:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        sh(["apt-get", "update", "-qq"], env=env, timeout=600, log=log)
+        sh(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *need],
+            env=env,
+            timeout=900,
+            log=log,
+        )
+    finally:
+        if created:
+            policy.unlink(missing_ok=True)
+    return need
+
+
+def _unmount_under(path: Path) -> None:
+    """Lazily unmount whatever a daemon left mounted below `path` (deepest first), so it can be removed."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for m in sorted((m for m in mounts if m.startswith(str(path) + "/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], check=False, capture_output=True)
+
+
+@contextlib.contextmanager
+def private_dockerd(log: Path, timeout: float = 120) -> Iterator[dict]:
+    """Start dockerd on a private socket and data root; yield the environment that talks to it.
+
+    On the way out (also on failure): SIGTERM to the pid it started (SIGKILL after 60 s), and its
+    temporary folder removed (vfs layers are whole copies of the file system: gigabytes).
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="zoo-dockerd-"))
+    sock = tmp / "docker.sock"
+    cmd = [
+        "dockerd", "--data-root", str(tmp / "data"), "--exec-root", str(tmp / "exec"),
+        "--pidfile", str(tmp / "docker.pid"), "--host", f"unix://{sock}",
+        "--storage-driver", "vfs", "--iptables=false", "--bridge=none",
+    ]  # fmt: skip
+    out = open(log, "a")  # noqa: SIM115 (closed in finally, after the daemon)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True)
+    env = dict(os.environ, DOCKER_HOST=f"unix://{sock}", DOCKER_BUILDKIT="0")
+    env.pop("DOCKER_CONTEXT", None)
+    try:
+        deadline = time.monotonic() + timeout
+        while subprocess.run(["docker", "info"], env=env, capture_output=True, timeout=30).returncode:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd did not come up (exit {proc.poll()}); see {log}")
+            time.sleep(1)
+        yield env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+        out.close()
+        _unmount_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def base_tarball(log: Path) -> tuple[Path, float | None]:
+    """Debian bookworm + Python 3.11 as a root file system tarball, made once by debootstrap (seconds, or
+    None when it was already under build/docker/)."""
+    if BASE_TAR.exists():
+        return BASE_TAR, None
+    BUILD.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="zoo-rootfs-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        sh(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(rootfs), MIRROR],
+           timeout=1200, log=log)  # fmt: skip
+        # apt's package lists and caches: 50 MB the image does not need (its Dockerfile runs apt only for
+        # a base without Python).
+        for junk in ("var/cache/apt", "var/lib/apt/lists"):
+            for p in (rootfs / junk).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        part = BASE_TAR.with_suffix(".part")
+        sh(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(part), "."], timeout=600, log=log)
+        part.rename(BASE_TAR)
+    return BASE_TAR, time.perf_counter() - start
+
+
+def image_size(env: dict, image: str) -> int:
+    out = sh(["docker", "image", "inspect", image, "--format", "{{.Size}}"], env=env, timeout=60,
+             capture_output=True, text=True)  # fmt: skip
+    return int(out.stdout.strip())
+
+
+def build(env: dict, log: Path, image: str = IMAGE) -> dict:
+    """Import the base and `make docker` on it; the timings and the image's size."""
+    tar, debootstrap_s = base_tarball(log)
+    sh(["docker", "import", "--change", 'CMD ["python3"]', str(tar), BASE_TAG], env=env, timeout=600, log=log)
+    start = time.perf_counter()
+    # The make target as a user runs it: wheelhouse (zoo wheel + the host pip's torch wheel) then build.
+    sh(["make", "-C", str(ROOT), "docker", f"PYTHON={sys.executable}",
+        f"DOCKER_BASE={BASE_TAG}", f"DOCKER_IMAGE={image}"], env=env, timeout=2400, log=log)  # fmt: skip
+    build_s = time.perf_counter() - start
+    return {"debootstrap_s": debootstrap_s, "build_s": build_s, "size": image_size(env, image),
+            "base_size": image_size(env, BASE_TAG)}  # fmt: skip
+
+
+def inspect_image(env: dict, image: str = IMAGE) -> dict:
+    """What the image says about itself: its user and entry point, and torch/zoo as installed in it."""
+    cfg = json.loads(sh(["docker", "image", "inspect", image, "--format", "{{json .Config}}"], env=env,
+                        timeout=60, capture_output=True, text=True).stdout)  # fmt: skip
+    probe = (
+        "import json, torch, zoo, importlib.metadata as m;"
+        "d = m.distribution('zoo');"
+        "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'zoo_file': zoo.__file__,"
+        "'direct_url': d.read_text('direct_url.json')}))"
+    )
+    out = sh(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", probe],
+             env=env, timeout=300, capture_output=True, text=True)  # fmt: skip
+    return {"user": cfg.get("User"), "entrypoint": cfg.get("Entrypoint"), "volumes": sorted(cfg.get("Volumes") or {}),
+            **json.loads(out.stdout.strip().splitlines()[-1])}  # fmt: skip
+
+
+def container_user() -> tuple[int, int]:
+    """Who the container runs as: the invoking user; for root, a non-root stand-in (STAND_IN_UID)."""
+    if os.getuid() != 0:
+        return os.getuid(), os.getgid()
+    return STAND_IN_UID, STAND_IN_UID
+
+
+def train(env: dict, logs: Path, log: Path, image: str = IMAGE) -> tuple[Path, float]:
+    """`zoo-train trainer.max_steps=5` in the image, offline, logs on a bind mount; the run folder, seconds."""
+    uid, gid = container_user()
+    logs.mkdir(parents=True, exist_ok=True)
+    os.chown(logs, uid, gid)
+    start = time.perf_counter()
+    sh(["docker", "run", "--rm", "--network", "none", "--user", f"{uid}:{gid}", "-v", f"{logs}:/zoo/logs",
+        image, *TRAIN_ARGS], env=env, timeout=1200, log=log)  # fmt: skip
+    seconds = time.perf_counter() - start
+    runs = sorted((logs / "train" / "runs").glob("*"))
+    if len(runs) != 1:
+        raise RuntimeError(f"expected one run folder under {logs}/train/runs, found {runs}")
+    return runs[0], seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tensorboard_command(port: int) -> list[str]:
+    """The compose file's TensorBoard service (entry point + command), bound to 127.0.0.1:`port`."""
+    import yaml
+
+    svc = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["services"]["tensorboard"]
+    cmd = [*svc["entrypoint"], *map(str, svc["command"])]
+    cmd = ["--host" if a == "--bind_all" else a for a in cmd]
+    cmd.insert(cmd.index("--host") + 1, "127.0.0.1")
+    cmd[cmd.index("--port") + 1] = str(port)
+    return cmd
+
+
+def tensorboard_scalar(env: dict, logs: Path, log: Path, image: str = IMAGE, timeout: float = 240) -> dict:
+    """Start the TensorBoard service on the logs (host network, 127.0.0.1, a free port), and read one scalar
+    series back over HTTP; stops the container it started, also on failure."""
+    uid, gid = container_user()
+    port = free_port()
+    cmd = tensorboard_command(port)
+    cid = sh(["docker", "run", "-d", "--network", "host", "--user", f"{uid}:{gid}", "-v", f"{logs}:/zoo/logs:ro",
+              "--entrypoint", cmd[0], image, *cmd[1:]], env=env, timeout=120, capture_output=True,
+             text=True).stdout.strip()  # fmt: skip
+    base = f"http://127.0.0.1:{port}/data/plugin/scalars"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/tags", timeout=10) as r:
+                    tags = json.load(r)
+                run = next((r for r, t in tags.items() if "val/loss" in t), None)
+                if run:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                logs_out = subprocess.run(["docker", "logs", cid], env=env, capture_output=True, text=True)
+                raise RuntimeError(
+                    f"TensorBoard served no val/loss in {timeout:.0f} s:\n{logs_out.stderr[-2000:]}"
+                )
+            time.sleep(2)
+        query = urllib.parse.urlencode({"run": run, "tag": "val/loss"})
+        with urllib.request.urlopen(f"{base}/scalars?{query}", timeout=30) as r:
+            points = json.load(r)  # [[wall_time, step, value], ...]
+        return {"run": run, "port": port, "points": points}
+    finally:
+        subprocess.run(["docker", "rm", "-f", cid], env=env, capture_output=True, timeout=120)
+
+
+def run_all(work: Path) -> dict:
+    """Every step, in a private daemon: tools, base, image, training, TensorBoard. Returns the measurements."""
+    log = work / "docker.log"
+    installed = ensure_tools(log)
+    with private_dockerd(log) as env:
+        numbers = build(env, log)
+        numbers["image"] = inspect_image(env)
+        logs = work / "logs"
+        numbers["run_dir"], numbers["train_s"] = train(env, logs, log)
+        numbers["tensorboard"] = tensorboard_scalar(env, logs, log)
+    numbers["installed"] = installed
+    return numbers
+
+
+def page(numbers: dict, total_s: float) -> str:
+    import torch
+
+    from benchmarks.common import machine
+
+    gb = numbers["size"] / 1e9
+    deb = numbers["debootstrap_s"]
+    return f"""## Docker image (CPU)
+
+- command: `make bench-docker` (`python -m benchmarks.docker`: `make docker DOCKER_BASE={BASE_TAG}` in a
+  private dockerd 20.10, vfs storage, legacy builder; then `zoo-train {" ".join(TRAIN_ARGS)}` and the
+  compose file's TensorBoard in it)
+- machine: {machine()}; torch in the image {numbers["image"]["torch"]}
+- date: {datetime.date.today().isoformat()}
+
+| | |
+|---|---|
+| image size (`docker image inspect`, uncompressed) | **{gb:.2f} GB** (goal ≤ 2.5 GB: {"met" if gb <= 2.5 else "missed"}) |
+| of which the base (Debian {SUITE} + Python 3.11, debootstrap) | {numbers["base_size"] / 1e9:.2f} GB |
+| `make docker` (wheelhouse + `docker build`, base already imported) | {numbers["build_s"] / 60:.1f} min |
+| debootstrap of the base (once; cached in build/docker/) | {f"{deb / 60:.1f} min" if deb else "cached"} |
+| `zoo-train {" ".join(TRAIN_ARGS)}` in the container | {numbers["train_s"]:.0f} s |
+| the whole check, daemon start to stop | {total_s / 60:.1f} min |
+
+torch {torch.__version__} is what the host's pip resolves `torch==` to here (the CPU wheel; the image's
+`TORCH_INDEX` would fetch the same from download.pytorch.org elsewhere). The build runs on a shared
+2-core machine with vfs storage, which copies the whole file system for every build step: a developer
+machine with overlay2 builds faster. The dependencies come from PyPI during the build.
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--no-page", action="store_true", help="measure only; leave docs/benchmarks/docker.md")
+    args = ap.parse_args()
+    reason = why_not()
+    if reason:
+        raise SystemExit(f"benchmarks.docker: {reason}")
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="zoo-docker-bench-") as tmp:
+        start = time.perf_counter()
+        numbers = run_all(Path(tmp))
+        total = time.perf_counter() - start
+        print(json.dumps({k: v for k, v in numbers.items() if k != "tensorboard"}, default=str, indent=1))
+    if not args.no_page:
+        out = ROOT / "docs" / "benchmarks" / "docker.md"
+        out.write_text(page(numbers, total))
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
