@@ -407,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "logs" / "bench" / "tft"), help="run folders")
     p.add_argument("--results", default=str(RESULTS), help="results JSON; the page is its .md beside it")
     args = p.parse_args(argv)
+    from zoo.core.logs import quiet_script
+
+    quiet_script()  # the entry points' warning filters (the stock loop's sklearn warning per window, ...)
     parts = args.parts.split(",")
     unknown = [x for x in parts if x not in PARTS]
     if unknown:
