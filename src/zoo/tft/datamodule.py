@@ -37,7 +37,7 @@ from zoo.tft import sources as S
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "file", "alibaba", "bitbrains", "nab", "ett")
+SOURCES = ("synthetic", "file", "alibaba", "bitbrains", "nab", "ett", "prometheus")
 
 
 def batch_identity(batch: Any) -> Any:
@@ -626,6 +626,10 @@ class MetricsDataModule(ZooDataModule):
         max_series: keep the first N series (after sorting by id).
         drop_short_series: drop series shorter than encoder+prediction instead of failing.
         synthetic: settings of `zoo.tft.sources.synthetic_hosts`.
+        url, queries, start, end, series_labels, pull: ``source=prometheus`` (`zoo.tft.prometheus`): the
+            server, target -> PromQL expression (node_exporter defaults), the time range (unix seconds, a
+            date or ``now-7d``; aligned to ``step``), the labels identifying a series, and the
+            `zoo.tft.prometheus.PullSettings` (parallel queries, retries, points per query).
     """
 
     family = "tft"
@@ -664,13 +668,19 @@ class MetricsDataModule(ZooDataModule):
         max_series: int | None = None,
         drop_short_series: bool = False,
         synthetic: dict[str, Any] | None = None,
+        url: str | None = None,
+        queries: dict[str, str] | None = None,
+        start: Any = None,
+        end: Any = None,
+        series_labels: list[str] | None = None,
+        pull: dict[str, Any] | None = None,
         name: str = "metrics",
         **loader_kwargs: Any,
     ):
         super().__init__(**loader_kwargs)
         if source not in SOURCES:
             raise ZooError(f"data.source={source}: expected one of {', '.join(SOURCES)}")
-        if source not in ("synthetic",) and not path:
+        if source not in ("synthetic", "prometheus") and not path:
             raise ZooError(f"data.source={source} needs data.path")
         if duplicates not in ("error", "mean"):
             raise ZooError(f"data.duplicates={duplicates}: expected error or mean")
@@ -706,6 +716,12 @@ class MetricsDataModule(ZooDataModule):
             "drop_short_series": drop_short_series, "synthetic": dict(synthetic or {}),
             "min_length": int(encoder_length) + int(prediction_length),
         }  # fmt: skip
+        if source == "prometheus":  # the resolved range and queries name the cache (a new range: a new pull)
+            from zoo.tft import prometheus as prom
+
+            self.prometheus = prom.make_source(url, queries, targets, start, end, step, series_labels, pull)
+            self.settings["prometheus"] = self.prometheus.key()
+            self.resumable_cache = True  # a killed pull keeps its finished chunks in the .tmp folder
         if path and source != "synthetic":  # a changed file must not reuse a stale cache
             p = Path(path).expanduser()
             if not p.exists() and not any(c in str(p) for c in "*?["):
@@ -759,6 +775,12 @@ class MetricsDataModule(ZooDataModule):
             return S.load_nab(s["path"])
         if s["source"] == "ett":
             return S.load_ett(s["path"])
+        if s["source"] == "prometheus":
+            from zoo.tft import prometheus as prom
+
+            tmp = self.folder.with_name(self.folder.name + ".tmp")  # prepare_data's build folder
+            frame = prom.load(self.prometheus, tmp / "pull")
+            return frame.drop(columns=[c for c in frame.columns if c.startswith(prom.LABEL_PREFIX)])
         df = S.read_table(s["path"], s["format"], s["read_kwargs"])
         df = S.map_columns(df, s["columns"], f"{where} {s['path']}")
         if "series" not in df.columns and "timestamp" in df.columns:
