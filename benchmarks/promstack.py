@@ -38,7 +38,9 @@ def missing_parts() -> str | None:
                               ("prometheus-node-exporter", binary(*NODE_EXPORTER_NAMES))) if b is None]  # fmt: skip
     if not missing:
         return None
-    return f"{', '.join(missing)} not installed (make test-prometheus installs Debian's packages with apt-get)"
+    return (
+        f"{', '.join(missing)} not installed (make test-prometheus installs Debian's packages with apt-get)"
+    )
 
 
 def free_port() -> int:

@@ -128,7 +128,9 @@ def make_source(url: str | None, queries: dict[str, str] | None, targets: list[s
     """A `Source` from the data config, its times resolved and aligned to the step grid (so the same
     relative range within one step pulls, and caches, the same data)."""
     if not url:
-        raise ZooError("data.url is not set: the Prometheus server to read, e.g. data.url=http://127.0.0.1:9090")
+        raise ZooError(
+            "data.url is not set: the Prometheus server to read, e.g. data.url=http://127.0.0.1:9090"
+        )
     if not re.match(r"^https?://", str(url)):
         raise ZooError(f"data.url={url}: expected an http:// or https:// URL of a Prometheus server")
     try:
@@ -154,7 +156,9 @@ def make_source(url: str | None, queries: dict[str, str] | None, targets: list[s
         raise ZooError(f"data.start={start} is not before data.end={end} (at data.step={step})")
     labels = list(series_labels or DEFAULT_SERIES_LABELS)
     if not labels:
-        raise ZooError("data.series_labels is empty: name the labels that identify a series (e.g. [instance])")
+        raise ZooError(
+            "data.series_labels is empty: name the labels that identify a series (e.g. [instance])"
+        )
     unknown = set(pull or {}) - set(PullSettings.__dataclass_fields__)
     if unknown:
         raise ZooError(
@@ -165,7 +169,9 @@ def make_source(url: str | None, queries: dict[str, str] | None, targets: list[s
         raise ZooError(
             f"data.pull: max_points={settings.max_points} (>= 2), parallel={settings.parallel} (>= 1), retries={settings.retries} (>= 0)"
         )
-    return Source(str(url).rstrip("/"), {t: chosen[t] for t in targets}, float(t0), float(t1), step_s, labels, settings)
+    return Source(
+        str(url).rstrip("/"), {t: chosen[t] for t in targets}, float(t0), float(t1), step_s, labels, settings
+    )
 
 
 # -- one query ------------------------------------------------------------------------------------------
@@ -213,7 +219,9 @@ def query_range(session: Any, source: Source, expr: str, first: float, last: flo
             )
         if body.get("status") != "success":
             error = str(body.get("error", "")).splitlines()[0][:200] if body.get("error") else "no error text"
-            raise ZooError(f"{where}: Prometheus refused the query ({body.get('errorType', r.status_code)}: {error})")
+            raise ZooError(
+                f"{where}: Prometheus refused the query ({body.get('errorType', r.status_code)}: {error})"
+            )
         data = body.get("data") or {}
         if data.get("resultType") != "matrix":
             raise ZooError(
@@ -296,7 +304,9 @@ def pull(source: Source, folder: str | Path, progress: bool = False) -> Path:
         raise ZooError(f"{folder}: a pull folder of other settings (remove it or use another cache_dir)")
     key_file.write_text(json.dumps(source.key(), indent=1))
     chunks = source.chunks()
-    todo = [(t, k) for t in source.queries for k in range(len(chunks)) if not part_path(folder, t, k).is_file()]
+    todo = [
+        (t, k) for t in source.queries for k in range(len(chunks)) if not part_path(folder, t, k).is_file()
+    ]
     if not todo:
         return folder
     local = __import__("threading").local()
@@ -307,7 +317,9 @@ def pull(source: Source, folder: str | Path, progress: bool = False) -> Path:
             local.session = _session()
         expr = source.queries[target]
         first, last = chunks[k]
-        frame = result_frame(query_range(local.session, source, expr, first, last, target), source, target, expr)
+        frame = result_frame(
+            query_range(local.session, source, expr, first, last, target), source, target, expr
+        )
         check_spacing(frame, source, target, expr)
         out = part_path(folder, target, k)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
