@@ -177,7 +177,7 @@ def bench_speed(shared: Path, cache: Path, device: str, steps: int = 40, recipes
     - stock: the stock `TimeSeriesDataSet` loader (``__getitem__`` + ``_collate_fn``) feeding
       pytorch-forecasting's own network forward;
     - fast loader: the zoo's precomputed loader feeding that same stock forward;
-    - zoo: the precomputed loader feeding the fused forward (`zoo.tft.vsn`) and the fused Adam step,
+    - zoo: the precomputed loader feeding the fused forward (`zoo.tft.fused`) and the fused Adam step,
       what ``model=tft`` trains;
     - compute-only: the zoo network on batches fetched beforehand (the limit any loader can reach).
 
@@ -586,7 +586,7 @@ def speed_markdown(r: dict[str, Any], describe: bool = True) -> list[str]:
     if describe:
         lines += ["Same weights and batches in every loop. *stock*: `TimeSeriesDataSet.__getitem__` + `_collate_fn` feeding "
                   "pytorch-forecasting's own forward; *fast loader*: the precomputed loader feeding that same forward; *zoo*: the "
-                  "precomputed loader feeding the fused forward (`zoo.tft.vsn`, numerically the same network)"
+                  "precomputed loader feeding the fused forward (`zoo.tft.fused`, numerically the same network)"
                   f"{' and the fused Adam step (the others: `torch.optim.Adam` as constructed by default)' if r.get('fused_adam') else ''}, "
                   "what `model=tft` trains; "
                   "*compute-only*: the zoo network on batches fetched beforehand. The loops take turns round by round; "

@@ -5,6 +5,7 @@ writing inside the installed package."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "zoo"
 FAMILIES = ("gpt", "events", "tft")
-ENTRY_POINTS = ("train", "eval", "predict", "export", "monitor", "collect")
+# Every `python -m zoo.<command>`: each top-level module but the package's and the built-in family table.
+ENTRY_POINTS = tuple(sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "families")))
 
 
 def module_name(path: Path) -> str:
@@ -109,6 +111,44 @@ def test_core_knows_no_family():
             assert not bad, f"{name} imports {bad}"
 
 
+def test_every_command_is_an_entry_point():
+    assert {"train", "eval", "predict", "generate", "export", "monitor", "collect"} <= set(ENTRY_POINTS)
+
+
+def family_names_in_code(path: Path) -> list[str]:
+    """Family names in `path`'s code: names and string constants other than docstrings (prose may say which
+    family does what; code that branches on, or keys by, a family name may not)."""
+    word = re.compile(r"\b(" + "|".join(FAMILIES) + r")\b", re.IGNORECASE)
+    tree = ast.parse(path.read_text())
+    prose = {
+        id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+            text = node.value
+        elif isinstance(node, ast.Name | ast.Attribute | ast.arg):
+            text = getattr(node, "id", None) or getattr(node, "attr", None) or node.arg
+        else:
+            continue
+        if word.search(text):
+            found.append(f"line {node.lineno}: {text[:80]!r}")
+    return found
+
+
+def test_the_family_name_finder_finds_one(tmp_path):
+    code = tmp_path / "m.py"
+    code.write_text('"""Any family: gpt, tft."""\nTABLE = {"gpt": 1}\nif run.family == "TFT":\n    pass\n')
+    assert family_names_in_code(code) == ["line 2: 'gpt'", "line 3: 'TFT'"]
+
+
+@pytest.mark.parametrize("where", ["core", *ENTRY_POINTS])
+def test_no_family_name_in_the_core_or_an_entry_point(where):
+    paths = sorted((PACKAGE / "core").glob("*.py")) if where == "core" else [PACKAGE / f"{where}.py"]
+    found = {str(p.relative_to(SRC)): family_names_in_code(p) for p in paths}
+    assert not any(found.values()), {k: v for k, v in found.items() if v}
+
+
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_entry_points_reach_families_only_through_the_registry(entry):
     deps = graph().get(f"zoo.{entry}")
@@ -160,3 +200,17 @@ def test_the_registry_names_every_family_and_each_module_declares_it():
     for name in FAMILIES:
         cls = family(name)
         assert issubclass(cls, ZooModule) and cls.family == name
+
+
+def test_every_family_says_how_to_predict_and_the_model_card_shows_it(tmp_path):
+    """The model card's command comes from the family's class (`ZooModule.how_to_predict`), not a table
+    keyed by family name in the core."""
+    from zoo.core.export import model_card
+    from zoo.core.family import ZooModule, family
+
+    for name in FAMILIES:
+        cls = family(name)
+        assert "{folder}" in cls.how_to_predict and cls.how_to_predict != ZooModule.how_to_predict, name
+        card = model_card(name, tmp_path, {}, ["safetensors"], None, cls.how_to_predict)
+        assert cls.how_to_predict.format(folder=tmp_path) in card
+    assert [n for n in FAMILIES if family(n).generates] == ["gpt"]

@@ -580,46 +580,37 @@ def existing_collection(out: Path) -> Path:
     return out
 
 
-def collect_main(*argv: str) -> Callable[[], str]:
-    import contextlib
-    import io
+def collect_main(tmp: Path, *overrides: str) -> Callable[[], str]:
+    """`python -m zoo.collect *overrides` in this process, its config composed as the CLI composes it."""
+    from zoo.collect import collect
 
-    from zoo.collect import main
-
-    def run() -> str:
-        stderr = io.StringIO()
-        with contextlib.redirect_stderr(stderr):
-            assert main(list(argv)) == 2
-        lines = stderr.getvalue().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("zoo: error: "), lines
-        return lines[0].removeprefix("zoo: error: ")
-
-    return run
+    return lambda: raises(lambda: collect(compose_config(list(overrides), tmp / "run", "collect")))
 
 
 @case(
     "collect-out-is-a-file-cli",
-    r"^--out=.*metrics.parquet: .*metrics.parquet is a file \(expected a folder of Parquet parts\)$",
+    r"^out=.*metrics.parquet: .*metrics.parquet is a file \(expected a folder of Parquet parts\)$",
 )
 def _(tmp, t, cache):
     (tmp / "metrics.parquet").write_bytes(b"PAR1 collected earlier")  # a single-file export of samples
     earlier = tmp / "metrics.parquet"
-    return lambda: cli("zoo.collect", "--out", str(earlier), "--samples", "1"), [earlier]
+    run_dir = f"hydra.run.dir={tmp / 'run'}"
+    return lambda: cli("zoo.collect", f"out={earlier}", "samples=1", run_dir), [earlier]
 
 
 @case(
     "collect-bad-disk-path",
-    r"^--disk-path=/no/such/mount: no such file or folder \(expected a path on the filesystem",
+    r"^disk_path=/no/such/mount: no such file or folder \(expected a path on the filesystem",
 )
 def _(tmp, t, cache):
     out = existing_collection(tmp / "collected")
-    return collect_main("--out", str(out), "--samples", "1", "--disk-path", "/no/such/mount"), [out]
+    return collect_main(tmp, f"out={out}", "samples=1", "disk_path=/no/such/mount"), [out]
 
 
-@case("collect-zero-interval", r"^--interval=0.0 must be positive$")
+@case("collect-zero-interval", r"^interval=0 must be a positive number$")
 def _(tmp, t, cache):
     out = existing_collection(tmp / "collected")
-    return collect_main("--out", str(out), "--interval", "0"), [out]
+    return collect_main(tmp, f"out={out}", "interval=0"), [out]
 
 
 # -- the test -----------------------------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """`python -m zoo.generate ckpt_path=... prompt="..." max_new_tokens=... temperature=... top_k=...`
 
-An alias of ``python -m zoo.predict`` for GPT runs (checkpoint, run folder or export folder): the same
-code (`zoo.gpt.predict`), the same keys (conf/generate.yaml); without ``prompt=``/``input=`` it samples
-from an empty context.
+An alias of ``python -m zoo.predict`` for the families whose predictions are text continuations
+(`ZooModule.generates`: the GPT's), for a checkpoint, run folder or export folder: the same code (the
+family's `ZooModule.predict`), the same keys (conf/generate.yaml); without ``prompt=``/``input=`` it
+samples from an empty context.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
@@ -15,14 +19,21 @@ from zoo.core.cli import hydra_entry
 from zoo.core.errors import ZooError
 
 
-def _request(cfg: DictConfig):
+def _generating_families() -> list[str]:
+    from zoo.core.family import family, registry
+
+    return [name for name in registry() if family(name).generates]
+
+
+def _request(cfg: DictConfig) -> Any:
     from zoo.core.family import load_run
 
     run = load_run(cfg.ckpt_path)
-    if run.family != "gpt":
+    if not run.cls.generates:
+        names = " or ".join(name.upper() for name in _generating_families())
         raise ZooError(
             f"ckpt_path={run.path}: a model of the {run.family} family ({run.cls.__module__}.{run.cls.__qualname__}); "
-            "zoo.generate samples GPT models only (python -m zoo.predict takes every family)"
+            f"zoo.generate samples {names} models only (python -m zoo.predict takes every family)"
         )
     if cfg.get("prompt") is None and not cfg.get("input"):
         with open_dict(cfg):
@@ -30,20 +41,19 @@ def _request(cfg: DictConfig):
     return run
 
 
-def generate(cfg: DictConfig) -> list[str]:
-    """The sampled texts (prompt + continuation), one per prompt and sample; nothing printed."""
-    from zoo.gpt.predict import continuations
-
-    run = _request(cfg)
-    return [r["text"] for r in continuations(run.module, cfg, run)]
-
-
-def _print_samples(cfg: DictConfig) -> list[str]:
+def _predict(cfg: DictConfig) -> list[str]:
+    """The command: the family's `predict` (texts printed, or written to ``output=``)."""
     run = _request(cfg)
     return run.module.predict(cfg, Path(cfg.paths.output_dir), run)
 
 
-main = hydra_entry("generate", _print_samples)
+def generate(cfg: DictConfig) -> list[str]:
+    """The sampled texts (prompt + continuation), one per prompt and sample; nothing printed."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _predict(cfg)
+
+
+main = hydra_entry("generate", _predict)
 
 
 if __name__ == "__main__":

@@ -366,3 +366,56 @@ def test_hindsight_table_covers_nominally_on_the_scored_windows_per_channel():
         assert abs(out[f"{c}/tft/coverage_p2_p98_hindsight"] - 0.96) < 0.02, out
     b = torch.arange(N) >= N // 2
     assert out["b/tft/pinball_hindsight"] < pinball(q[b], actual[b], levels) * 0.9
+
+
+# -- reference checks of the hand-written math -------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 7, 50, 333])
+def test_conformal_order_statistics_equal_torch_quantile(n):
+    """`_order_statistics` against torch.quantile. The split-conformal bound of level tau (Lei et al. 2018)
+    is the k-th smallest residual, k = ceil((n+1) tau) above the median and floor((n+1) tau) below it,
+    clamped to [1, n]. torch.quantile at q reads position q (n-1) of the sorted sample; 'higher' rounds it
+    up and 'lower' down, so q = (k-1.5)/(n-1) with 'higher' and q = (k-0.5)/(n-1) with 'lower' both land
+    on index k-1 with half a position of margin against float rounding."""
+    import math
+
+    from zoo.tft.calibrate import _order_statistics
+
+    g = torch.Generator().manual_seed(n)
+    r = torch.randn(n, 3, dtype=torch.float64, generator=g)
+    r[:, 2] = r[:, 2].round(decimals=1)  # ties
+    for tau in [0.001, 0.02, 0.1, 0.25, 0.49, 0.51, 0.75, 0.9, 0.98, 0.999]:
+        k = math.ceil((n + 1) * tau) if tau > 0.5 else math.floor((n + 1) * tau)
+        k = min(max(k, 1), n)
+        got = _order_statistics(r, torch.full((3,), tau, dtype=torch.float64))
+        if n == 1:
+            assert torch.equal(got, r[0])
+            continue
+        higher = (
+            torch.quantile(r, (k - 1.5) / (n - 1), dim=0, interpolation="higher")
+            if k > 1
+            else r.min(0).values
+        )
+        lower = torch.quantile(r, min(k - 0.5, n - 1) / (n - 1), dim=0, interpolation="lower")
+        assert torch.equal(got, higher) and torch.equal(got, lower), (n, tau, k)
+
+
+def test_adaptive_update_follows_the_published_formula_on_a_worked_example():
+    """Adaptive conformal inference (Gibbs & Candes 2021, eq. 2: alpha_{t+1} = alpha_t + gamma (alpha -
+    err_t)) written for a quantile level: level' = level + gamma_tau (tau - share of actuals at or below the
+    calibrated quantile), gamma_tau = rate * min(1, tau (1 - tau) / 0.09), clipped to [0, 1], the median
+    fixed. The numbers below are worked by hand from that formula (rate 0.05, 4 matured windows)."""
+    tau = torch.tensor([0.02, 0.1, 0.5, 0.9, 0.98])
+    level = torch.tensor([[0.02, 0.1, 0.5, 0.9, 0.98], [0.001, 0.1, 0.5, 0.9, 0.999]])
+    # below[window, horizon, level]: horizon 0 has 1, 2, -, 3, 4 of 4 actuals below; horizon 1 all 4 below.
+    below = torch.zeros(4, 2, 5, dtype=torch.bool)
+    below[:1, 0, 0] = below[:2, 0, 1] = below[:3, 0, 3] = below[:, 0, 4] = True
+    below[:, 1] = True
+    tail = 0.05 * (0.02 * 0.98 / 0.09)  # 0.0108889: the tails' smaller step
+    expected = torch.tensor(
+        [
+            [0.02 + tail * (0.02 - 0.25), 0.1 + 0.05 * (0.1 - 0.5), 0.5, 0.9 + 0.05 * (0.9 - 0.75), 0.98 + tail * (0.98 - 1)],
+            [0.0, 0.1 + 0.05 * (0.1 - 1), 0.5, 0.9 + 0.05 * (0.9 - 1), 0.999 + tail * (0.98 - 1)],
+        ]
+    )  # fmt: skip
+    assert torch.allclose(expected[0], torch.tensor([0.0174956, 0.08, 0.5, 0.9075, 0.9797822]), atol=1e-7)
+    assert torch.allclose(adapted(level, tau, below, 0.05), expected, atol=1e-7)

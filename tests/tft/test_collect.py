@@ -7,7 +7,7 @@ import json
 import pandas as pd
 
 from tests.conftest import run_cli
-from zoo.collect import JOURNAL, Collector, read
+from zoo.tft.collect import JOURNAL, Collector, read
 
 
 def test_collector_writes_and_appends(tmp_path):
@@ -42,18 +42,8 @@ def test_interrupted_journal_is_recovered(tmp_path):
 
 def test_cli_and_training_on_collected_data(tmp_path):
     out = tmp_path / "me"
-    proc = run_cli(
-        "zoo.collect",
-        "--out",
-        str(out),
-        "--interval",
-        "0.01",
-        "--samples",
-        "4",
-        "--flush-every",
-        "2",
-        timeout=120,
-    )
+    proc = run_cli("zoo.collect", f"out={out}", "interval=0.01", "samples=4", "flush_every=2",
+                   f"hydra.run.dir={tmp_path / 'run'}", timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "collected 4 samples" in proc.stdout
     df = read(out)
@@ -62,8 +52,8 @@ def test_cli_and_training_on_collected_data(tmp_path):
         "host",
         "cpu_percent",
     }
-    bad = run_cli("zoo.collect", "--out", str(out), "--interval", "0", timeout=120)
-    assert bad.returncode == 2 and "must be positive" in bad.stderr
+    bad = run_cli("zoo.collect", f"out={out}", "interval=0", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    assert bad.returncode == 2 and "must be a positive number" in bad.stderr
 
 
 def test_collected_folder_is_a_data_file_source(tmp_path):

@@ -62,3 +62,25 @@ def test_datamodule_instantiates_from_config(compose, cache_dir):
     cfg = compose("experiment=tft_small", "trainer=cpu")
     dm = instantiate(cfg.data)
     assert dm.family == "tft" and dm.encoder_length == 24 and dm.loader == "fast"
+
+
+@pytest.mark.parametrize(
+    ("config_name", "settings"),
+    [("monitor", "zoo.tft.monitor:MonitorSettings"), ("collect", "zoo.tft.collect:CollectSettings")],
+)
+def test_monitor_and_collect_yaml_state_the_typed_settings_defaults(compose, config_name, settings):
+    """One source for the monitor's and the collector's defaults: the dataclass defines each, the YAML states
+    the same value (so `Monitor(...)` in Python and `python -m zoo.monitor` behave alike)."""
+    import dataclasses
+    import importlib
+
+    module, _, name = settings.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    cfg = compose(config_name=config_name)
+    for f in dataclasses.fields(cls):
+        assert f.name in cfg, f"conf/{config_name}.yaml lacks {f.name}"
+        assert cfg[f.name] == f.default, (
+            f"conf/{config_name}.yaml {f.name}={cfg[f.name]}, {name} default {f.default}"
+        )
+    where = {"task_name", "seed", "family", "export", "ckpt_path", "out", "paths", "hydra"}
+    assert set(cfg) - where == {f.name for f in dataclasses.fields(cls)}, "a YAML key the settings lack"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tests.tft.test_loader import assert_same
-from zoo.tft.datamodule import WindowBatches
+from tests.tft.test_fastpath import assert_same
+from zoo.tft.fastpath import WindowBatches
 
 
 def full_history_eval_dataset(dm, split):
@@ -98,7 +98,7 @@ def test_duplicate_check_still_fires_on_sorted_data():
 
 def test_cached_frame_round_trips_by_row_group(tmp_path):
     """write_frame/read_frame (row group by row group) give back the frame `pd.read_parquet` would."""
-    from zoo.tft.datamodule import read_frame, write_frame
+    from zoo.tft.frames import read_frame, write_frame
 
     frame = pd.DataFrame({
         "timestamp": pd.date_range("2024-01-01", periods=2500, freq="5min"),

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from zoo.collect import JOURNAL, read
-from zoo.monitor import FLAGS, FORECASTS, SAMPLES, Monitor
 from zoo.tft.calibrate import ADAPT_RATE
+from zoo.tft.collect import JOURNAL, read
+from zoo.tft.monitor import FLAGS, FORECASTS, SAMPLES, Monitor
 
 TARGETS = ["cpu_percent", "memory_percent", "disk_percent", "load_average"]
 STEP = "200ms"  # the model's data.step: a few samples per step at interval=0.05
@@ -126,7 +126,7 @@ def test_bad_options_are_one_line_errors(tmp_path):
     from omegaconf import OmegaConf
 
     from zoo.core.errors import ZooError
-    from zoo.monitor import _check
+    from zoo.tft.monitor import _check
 
     def cfg(**kw):
         return OmegaConf.create({"export": str(tmp_path), "ckpt_path": None, "interval": 1, "forecast_every": 2,

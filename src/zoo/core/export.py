@@ -11,12 +11,6 @@ from typing import Any
 
 from zoo.core.family import EXPORT_MARKER, ZooModule, check_export_format
 
-HOW_TO_PREDICT = {
-    "gpt": 'python -m zoo.predict ckpt_path={folder} prompt="Once upon a time" max_new_tokens=100',
-    "events": "python -m zoo.predict ckpt_path={folder} input=history.csv k=5",
-    "tft": "python -m zoo.predict ckpt_path={folder} input=recent.csv",
-}
-
 
 def _plain(config: Any) -> dict[str, Any]:
     from omegaconf import DictConfig, OmegaConf
@@ -35,9 +29,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def model_card(
-    family: str, folder: Path, config: dict[str, Any], formats: list[str], run_dir: Path | None
+    family: str,
+    folder: Path,
+    config: dict[str, Any],
+    formats: list[str],
+    run_dir: Path | None,
+    how_to_predict: str = ZooModule.how_to_predict,
 ) -> str:
-    """README.md of an export: what it is, how it was trained, how well it does, how to use it."""
+    """README.md of an export: what it is, how it was trained, how well it does, how to use it
+    (`how_to_predict`: the family's `ZooModule.how_to_predict`)."""
     import yaml
 
     info = config.get("zoo_run") or {}
@@ -78,7 +78,7 @@ def model_card(
         "## Use",
         "",
         "```bash",
-        HOW_TO_PREDICT.get(family, "python -m zoo.predict ckpt_path={folder}").format(folder=folder),
+        how_to_predict.format(folder=folder),
         *([f"python -m zoo.predict ckpt_path={folder} backend=onnx ..."] if "onnx" in formats else []),
         "```",
         "",
@@ -127,7 +127,8 @@ def export_run(
     folder = Path(module.export(out, datamodule, format=fmt))
     plain = _plain(config)
     formats = ["safetensors"] + (["onnx"] if (folder / "model.onnx").is_file() else [])
-    _write(folder / "README.md", model_card(module.family, folder, plain, formats, run_dir))
+    card = model_card(module.family, folder, plain, formats, run_dir, type(module).how_to_predict)
+    _write(folder / "README.md", card)
     payload = {"family": module.family, "formats": formats, "config": plain}
     _write(marker, json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return folder

@@ -40,6 +40,11 @@ class ZooModule(pl.LightningModule):
     """Metric the checkpoint callback, early stopping and sweeps read when the config sets no ``monitor``."""
     flops_per_token: float | None = None
     """Training FLOPs (forward + backward) per token, for the Throughput callback's MFU; None: no MFU."""
+    how_to_predict: ClassVar[str] = "python -m zoo.predict ckpt_path={folder}"
+    """The prediction command an export's model card shows (``{folder}``: the export folder)."""
+    generates: ClassVar[bool] = False
+    """Whether `predict` samples text continuations of prompts: ``zoo.generate`` (an alias of ``zoo.predict``
+    with conf/generate.yaml's keys) takes this family's runs."""
 
     def batch_stats(self, batch: Any) -> tuple[int, int]:
         """(samples, tokens) in a training batch, for the Throughput callback; default: tokens == samples."""
@@ -88,6 +93,19 @@ class ZooModule(pl.LightningModule):
         """``python -m zoo.predict``: predictions for the request in `cfg` (the predict config's keys:
         ``prompt``/``input``/``output``/``backend``...), written where `cfg` says or under `output_dir`."""
         raise ZooError(f"the {self.family or type(self).__name__} family has no predict command")
+
+    @classmethod
+    def collect(cls, cfg: DictConfig) -> Any:
+        """``python -m zoo.collect family=<name>``: sample this machine into data the family trains on
+        (conf/collect.yaml's keys), until ``samples`` or Ctrl-C. Default: the family has no collector."""
+        raise ZooError(f"family={cls.family}: the {cls.family or cls.__name__} family has no collector")
+
+    @classmethod
+    def watch(cls, cfg: DictConfig) -> Any:
+        """``python -m zoo.monitor family=<name>``: load the run ``cfg`` names (``export=``/``ckpt_path=``)
+        and forecast this machine live as its samples arrive (conf/monitor.yaml's keys). Default: the
+        family has no live monitor."""
+        raise ZooError(f"family={cls.family}: the {cls.family or cls.__name__} family has no live monitor")
 
 
 def metric_values(metrics: dict[str, Any]) -> dict[str, float]:

@@ -47,6 +47,7 @@ class EventModule(ZooModule):
 
     family = "events"
     monitor = "val/loss/mean"
+    how_to_predict = "python -m zoo.predict ckpt_path={folder} input=history.csv k=5"
 
     def __init__(
         self,

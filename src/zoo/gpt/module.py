@@ -63,6 +63,8 @@ class GPTModule(ZooModule):
 
     family = "gpt"
     monitor = "val/loss"
+    how_to_predict = 'python -m zoo.predict ckpt_path={folder} prompt="Once upon a time" max_new_tokens=100'
+    generates = True
 
     def __init__(
         self,

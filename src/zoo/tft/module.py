@@ -59,7 +59,7 @@ class TFTModule(ZooModule):
         calibrate: when training ends, fit the band calibration (`zoo.tft.calibrate`) on the validation
             windows and store it in the best/last checkpoints and the export; evaluation, ``forecast()``,
             the figures and ``zoo.monitor`` then use calibrated quantiles.
-        fused: compute the variable selections and the dropouts with fewer kernels (`zoo.tft.vsn`):
+        fused: compute the variable selections and the dropouts with fewer kernels (`zoo.tft.fused`):
             the same parameters and, up to float rounding, the same outputs as pytorch-forecasting's
             modules (dropout: the same rate, another random stream); false runs pytorch-forecasting's
             own forward passes.
@@ -67,6 +67,7 @@ class TFTModule(ZooModule):
 
     family = "tft"
     monitor = "val/loss"
+    how_to_predict = "python -m zoo.predict ckpt_path={folder} input=recent.csv"
 
     def __init__(
         self,
@@ -147,7 +148,7 @@ class TFTModule(ZooModule):
             )
         float32_lstms(self.net)
         if fused:
-            from zoo.tft.vsn import fuse
+            from zoo.tft.fused import fuse
 
             fuse(self.net)
         self.encoder_length = int(self.dataset_parameters["max_encoder_length"])
@@ -486,6 +487,20 @@ class TFTModule(ZooModule):
         from zoo.tft.predict import forecast
 
         return forecast(self, df, **kwargs)
+
+    @classmethod
+    def collect(cls, cfg: Any) -> int:
+        """``python -m zoo.collect``: this machine's metrics in the layout ``data=tft/file`` reads."""
+        from zoo.tft.collect import collect
+
+        return collect(cfg)
+
+    @classmethod
+    def watch(cls, cfg: Any) -> dict[str, int]:
+        """``python -m zoo.monitor``: forecast this machine live, flag actuals outside their bands."""
+        from zoo.tft.monitor import watch
+
+        return watch(cfg)
 
     def predict(self, cfg: Any, output_dir: Path, run: Any) -> Any:
         """``python -m zoo.predict input=recent.csv``: forecast.csv (+ forecast.png), see `zoo.tft.predict`."""

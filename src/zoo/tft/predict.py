@@ -181,7 +181,7 @@ def forecast(
     from pytorch_forecasting import TimeSeriesDataSet
 
     from zoo.tft import sources as S
-    from zoo.tft.datamodule import StockBatches, WindowBatches
+    from zoo.tft.fastpath import StockBatches, WindowBatches
 
     if onnx is not None and not callable(onnx):
         from zoo.tft.export import OnnxForecaster

@@ -3,7 +3,7 @@
 On a 2-core CPU the TFT's step is compute-bound in many small ops; the variable selection was half of
 the forward pass (docs/tft.md). `fuse` switches five module classes in place. The parameters, the
 state dict, the checkpoints and the export stay as they are; outputs and gradients equal the stock
-modules' up to float rounding (tests/tft/test_vsn.py compares them, and the stock forward is one
+modules' up to float rounding (tests/tft/test_fused.py compares them, and the stock forward is one
 ``unfuse`` away).
 
 - `FusedVariableSelection`. A real variable is a scalar per time step; pytorch-forecasting takes it

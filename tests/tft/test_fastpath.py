@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.tft.datamodule import WindowBatches, stock_collate
+from zoo.tft.fastpath import WindowBatches, stock_collate
 
 
 def assert_same(a, b, name="batch"):
@@ -128,7 +128,7 @@ def test_encoder_normalizer_fast_batches_equal_stock(encoder_dms, layout, split)
 
 
 def test_encoder_scale_is_bitwise_torch_per_row():
-    from zoo.tft.datamodule import encoder_scale
+    from zoo.tft.fastpath import encoder_scale
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 97, generator=g) * 50 + 30
@@ -143,7 +143,7 @@ def test_encoder_normalizer_refuses_other_options(encoder_dms):
     from pytorch_forecasting.data import EncoderNormalizer
 
     from zoo.core.errors import ZooError
-    from zoo.tft.datamodule import StockBatches
+    from zoo.tft.fastpath import StockBatches
 
     dm = encoder_dms["channels"]
     params = dm.datasets["train"].get_parameters()
@@ -249,7 +249,7 @@ def test_group_norm_is_get_norm(multi_dm):
     import numpy as np
     import pandas as pd
 
-    from zoo.tft.datamodule import group_norm
+    from zoo.tft.fastpath import group_norm
 
     norm = multi_dm.datasets["train"].target_normalizer.normalizers[1]
     codes = multi_dm.datasets["val"].data["groups"][:, 0].numpy()

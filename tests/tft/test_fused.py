@@ -1,4 +1,4 @@
-"""The fused forward (zoo.tft.vsn) against pytorch-forecasting's own: same state dict, same outputs and
+"""The fused forward (zoo.tft.fused) against pytorch-forecasting's own: same state dict, same outputs and
 gradients up to float rounding, in training and in evaluation; the faster dropout keeps the rate."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
     VariableSelectionNetwork,
 )
 
-from zoo.tft import vsn
+from zoo.tft import fused as fused_modules
 from zoo.tft.model import Float32LSTM
 from zoo.tft.module import TFTModule
 
@@ -36,7 +36,7 @@ def pair(dm, net):
     torch.manual_seed(0)
     fused = TFTModule(**dm.model_kwargs(), net=net, plots=False)
     stock = copy.deepcopy(fused)
-    vsn.unfuse(stock.net)
+    fused_modules.unfuse(stock.net)
     return fused, stock
 
 
@@ -51,18 +51,18 @@ def forward_backward(module, x, y):
 @pytest.fixture
 def every_row_count(monkeypatch):
     """The tests' batches are small: take the composed maps however few the rows (MIN_ROWS)."""
-    monkeypatch.setattr(vsn, "MIN_ROWS", 0)
+    monkeypatch.setattr(fused_modules, "MIN_ROWS", 0)
 
 
 def test_fuse_swaps_classes_and_keeps_the_state_dict(multi_dm):
     fused, stock = pair(multi_dm, NETS["resampled"])
     kinds = {type(m) for m in fused.net.modules()}
     assert {
-        vsn.FusedVariableSelection,
-        vsn.FusedGRN,
-        vsn.FusedAttention,
-        vsn.FastDropout,
-        vsn.FullLengthLSTM,
+        fused_modules.FusedVariableSelection,
+        fused_modules.FusedGRN,
+        fused_modules.FusedAttention,
+        fused_modules.FastDropout,
+        fused_modules.FullLengthLSTM,
     } <= kinds
     assert not kinds & {
         VariableSelectionNetwork,
@@ -72,30 +72,33 @@ def test_fuse_swaps_classes_and_keeps_the_state_dict(multi_dm):
     }
     stock_kinds = {type(m) for m in stock.net.modules()}
     assert not stock_kinds & {
-        vsn.FusedVariableSelection,
-        vsn.FusedGRN,
-        vsn.FusedAttention,
-        vsn.FastDropout,
-        vsn.FullLengthLSTM,
+        fused_modules.FusedVariableSelection,
+        fused_modules.FusedGRN,
+        fused_modules.FusedAttention,
+        fused_modules.FastDropout,
+        fused_modules.FullLengthLSTM,
     }
     assert Float32LSTM in stock_kinds
     a, b = fused.net.state_dict(), stock.net.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     plain = TFTModule(**multi_dm.model_kwargs(), net=NETS["resampled"], plots=False, fused=False)
-    assert not {type(m) for m in plain.net.modules()} & {vsn.FusedVariableSelection, vsn.FastDropout}
+    assert not {type(m) for m in plain.net.modules()} & {
+        fused_modules.FusedVariableSelection,
+        fused_modules.FastDropout,
+    }
 
 
 @pytest.mark.parametrize("net", list(NETS))
 def test_training_step_equals_pytorch_forecasting(multi_dm, net, every_row_count):
     fused, stock = pair(multi_dm, NETS[net])
     calls = []
-    original = vsn.FusedVariableSelection._real_maps
+    original = fused_modules.FusedVariableSelection._real_maps
     fused.train()
     stock.train()
     x, y = next(iter(multi_dm.train_dataloader()))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(
-            vsn.FusedVariableSelection,
+            fused_modules.FusedVariableSelection,
             "_real_maps",
             lambda self, reals: calls.append(reals) or original(self, reals),
         )
@@ -166,10 +169,12 @@ def test_few_rows_take_the_stock_selection(multi_dm):
     fused, stock = pair(multi_dm, NETS["resampled"])
     x, y = next(iter(multi_dm.train_dataloader()))
     rows = x["encoder_cont"].shape[0] * x["encoder_cont"].shape[1]
-    assert rows < vsn.MIN_ROWS
+    assert rows < fused_modules.MIN_ROWS
     calls = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(vsn.FusedVariableSelection, "_real_maps", lambda self, reals: calls.append(reals))
+        mp.setattr(
+            fused_modules.FusedVariableSelection, "_real_maps", lambda self, reals: calls.append(reals)
+        )
         out_f, _ = forward_backward(fused, x, y)
     assert calls == []
     out_s, _ = forward_backward(stock, x, y)
@@ -178,7 +183,7 @@ def test_few_rows_take_the_stock_selection(multi_dm):
 
 
 def test_fast_dropout_keeps_rate_scale_and_seed():
-    drop = vsn.FastDropout(0.1)
+    drop = fused_modules.FastDropout(0.1)
     x = torch.ones(400, 1001)  # not a multiple of 4 elements per draw
     torch.manual_seed(3)
     y = drop(x)
@@ -198,8 +203,8 @@ def test_fast_dropout_keeps_rate_scale_and_seed():
     assert torch.equal(grad.grad, out.detach())  # d(x * keep * scale)/dx = keep * scale
     drop.eval()
     assert drop(x) is x
-    assert torch.equal(vsn.FastDropout(0.0).train()(x), x)
-    assert torch.equal(vsn.FastDropout(1.0).train()(x), torch.zeros_like(x))
+    assert torch.equal(fused_modules.FastDropout(0.0).train()(x), x)
+    assert torch.equal(fused_modules.FastDropout(1.0).train()(x), torch.zeros_like(x))
 
 
 @pytest.mark.parametrize("lengths", [[6, 6, 6, 6], [6, 3, 0, 6]])
@@ -209,7 +214,7 @@ def test_full_length_lstm_equals_the_packed_one(lengths):
     torch.manual_seed(0)
     stock = Float32LSTM(input_size=5, hidden_size=7, batch_first=True)
     fast = copy.deepcopy(stock)
-    fast.__class__ = vsn.FullLengthLSTM
+    fast.__class__ = fused_modules.FullLengthLSTM
     x = torch.randn(4, 6, 5)
     hx = (torch.randn(1, 4, 7).expand(1, 4, 7), torch.randn(1, 4, 7))
     lengths = torch.tensor(lengths)
@@ -245,8 +250,8 @@ def test_short_row_softmax_and_layer_norm_equal_torch(width):
         norm.bias.normal_()
     x = torch.randn(300, width) * 3 + 1
     for ours, theirs in (
-        (vsn._softmax, lambda t: torch.softmax(t, -1)),
-        (lambda t: vsn._layer_norm(norm, t), norm),
+        (fused_modules._softmax, lambda t: torch.softmax(t, -1)),
+        (lambda t: fused_modules._layer_norm(norm, t), norm),
     ):
         grads = []
         for f in (ours, theirs):
