@@ -80,7 +80,8 @@ def stop(proc: subprocess.Popen) -> None:
 def prometheus(folder: Path, scrape: list[dict[str, Any]] | None = None, interval: str = "1s",
                port: int | None = None) -> Iterator[str]:  # fmt: skip
     """A Prometheus on 127.0.0.1:<free port> with its data in `folder/data` (backfilled blocks placed
-    there first are served), scraping `scrape` (``[{job, targets}]``) every `interval`; yields its URL."""
+    there first are served), scraping `scrape` (``[{job, targets, honor_labels}]``) every `interval`;
+    yields its URL."""
     import yaml
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,12 @@ def prometheus(folder: Path, scrape: list[dict[str, Any]] | None = None, interva
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": [
-            {"job_name": s["job"], "scrape_interval": interval, "static_configs": [{"targets": s["targets"]}]}
+            {
+                "job_name": s["job"],
+                "scrape_interval": interval,
+                "static_configs": [{"targets": s["targets"]}],
+                "honor_labels": bool(s.get("honor_labels", False)),
+            }
             for s in scrape or []
         ],
     }
@@ -115,7 +121,9 @@ def node_exporter(folder: Path) -> Iterator[str]:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = open(folder / "node_exporter.log", "wb")
-    proc = subprocess.Popen([binary(*NODE_EXPORTER_NAMES), f"--web.listen-address=127.0.0.1:{port}"],
+    # overlay counts as a filesystem here: in a container "/" is one, and disk_percent reads "/"
+    fs_types = "--collector.filesystem.fs-types-exclude=^(autofs|binfmt_misc|cgroup2?|devpts|mqueue|nsfs|proc|sysfs|tracefs)$"
+    proc = subprocess.Popen([binary(*NODE_EXPORTER_NAMES), f"--web.listen-address=127.0.0.1:{port}", fs_types],
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{port}/metrics", 30, proc)
