@@ -1,9 +1,13 @@
-"""What every benchmark page states about the machine it ran on."""
+"""What every benchmark page shares: the machine it ran on, the stamp of a measurement, Markdown tables, and
+results kept as JSON beside the page rendered from them."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,3 +23,46 @@ def machine(threads: int | None = None) -> str:
     if torch.cuda.is_available():
         desc += f", {torch.cuda.get_device_name()}"
     return desc
+
+
+def stamp(command: str, threads: int | None = None) -> dict[str, str]:
+    """What every measurement is stored with: the command that made it, the machine and the date."""
+    import time
+
+    return {"command": command, "machine": machine(threads), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table: floats with 4 significant digits, None as '-'."""
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
+    ]
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_page(
+    md: Path, results_json: Path, results: dict[str, Any], body: list[str], keep_from: str | None = None
+) -> None:
+    """Write the results (JSON, the source of truth) and their page (Markdown rendered from them). The
+    page's text from the `keep_from` heading on (a dated history section) is carried over as it is."""
+    results_json.parent.mkdir(parents=True, exist_ok=True)
+    results_json.write_text(json.dumps(results, indent=1, sort_keys=True, default=float) + "\n")
+    kept = ""
+    if keep_from and md.is_file():
+        old = md.read_text()
+        at = old.find(keep_from)
+        kept = old[at:] if at >= 0 else ""
+    md.write_text("\n".join(body).rstrip() + "\n" + ("\n" + kept if kept else ""))

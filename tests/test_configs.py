@@ -79,6 +79,8 @@ def test_fsdp_trainer_config_builds_a_wrapping_strategy(compose):
         ("gpt", "net", "zoo.gpt.model:GPTConfig"),
         ("event_predictor", "optim", "zoo.events.module:OptimConfig"),
         ("event_predictor", "net", "zoo.events.model:NetConfig"),
+        ("tft", "optim", "zoo.tft.module:OptimConfig"),
+        ("tft", "net", "zoo.tft.model:NetConfig"),
     ],
 )
 def test_model_yaml_states_the_typed_settings_defaults(compose, model, section, settings):

@@ -308,41 +308,6 @@ def test_eval_without_a_table_fits_it_from_one_prediction_of_the_validation_spli
     assert torch.equal(fit_module(model, dm, "val").shift, model.calibration.shift)
 
 
-def test_bench_calibration_section_renders_and_survives_other_parts(tmp_path):
-    from benchmarks.tft import main, markdown, previous_results
-
-    m = {"cpu/coverage_p10_p90": 0.79, "cpu/coverage_p10_p90_raw": 0.55, "cpu/coverage_p2_p98": 0.95,
-         "cpu/coverage_p2_p98_raw": 0.70, "cpu/pinball": 1.0, "cpu/pinball_raw": 1.5}  # fmt: skip
-    env = {"machine": "m", "torch": "t", "device": "cpu", "command": "c", "date": "2026-12-01"}
-    res = {"calibration": {"runs": {"synthetic": {"checkpoint": "x.ckpt", "stored_calibration": True, "split": "test",
-           "targets": ["cpu"], "val_windows": 10, "test_windows": 12, "overrides": ["a=b"], "metrics": m}}, "_env": env}}  # fmt: skip
-    md = tmp_path / "tft.md"
-    md.write_text(markdown(res))
-    text = md.read_text()
-    assert "| cpu | 55.0 % | **79.0 %** | **-** | 70.0 % | **95.0 %** | **-** | 1.5 | 1 | - | - |" in text
-    assert "Goal met on static 3 of 3 checks" in text and "2026-12-01" in text
-    other = tmp_path / "train.json"
-    other.write_text(
-        '{"train": {"device": "cpu", "fast_train_samples_per_s": 5.0, "stock_train_samples_per_s": 4.0, "_env": {"machine": "m"}}}'
-    )
-    assert main(["--merge", str(other), "--md", str(md)]) == 0
-    assert previous_results(md)["calibration"] == res["calibration"] and "**79.0 %**" in md.read_text()
-    m |= {
-        "cpu/coverage_p10_p90_rolling": 0.70,
-        "cpu/coverage_p2_p98_rolling": 0.96,
-        "cpu/pinball_rolling": 0.9,
-    }
-    rolled = markdown(res)
-    assert (
-        "| cpu | 55.0 % | **79.0 %** | **70.0 %** | 70.0 % | **95.0 %** | **96.0 %** | 1.5 | 1 | 0.9 | - |"
-        in rolled
-    )
-    assert "static 3 of 3, rolling 2 of 3 checks" in rolled and "even in hindsight" not in rolled
-    m["cpu/pinball_hindsight"] = 1.6
-    assert "| 1.5 | 1 | 0.9 | 1.6 |" in markdown(res)
-    assert "Nominal coverage costs pinball loss on cpu even in hindsight" in markdown(res)
-
-
 def test_hindsight_table_covers_nominally_on_the_scored_windows_per_channel():
     from types import SimpleNamespace
 

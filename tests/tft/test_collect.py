@@ -72,34 +72,3 @@ def test_collected_folder_is_a_data_file_source(tmp_path):
                            max_gap="5min", encoder_length=20, prediction_length=5, cache_dir=str(tmp_path / "c"), num_workers=0)  # fmt: skip
     dm.setup()
     assert len(dm.frame) == 80 and list(dm.frame["series"].unique()) == ["box"]
-
-
-def test_bench_page_keeps_earlier_parts(tmp_path):
-    """Running one benchmark part must not erase the others' measurements from docs/benchmarks/tft.md."""
-    from benchmarks.tft import main, markdown, previous_results
-
-    env = {"machine": "m", "torch": "t", "device": "cpu", "command": "c"}
-    loader = {"loader": {"stock_samples_per_s": 100.0, "stock_2workers_samples_per_s": 150.0, "zoo_samples_per_s": 2000.0,
-                         "speedup": 20.0, "train_windows": 10, "_env": env}}  # fmt: skip
-    md = tmp_path / "tft.md"
-    md.write_text(markdown(loader))
-    assert previous_results(md) == loader
-    other = tmp_path / "train.json"
-    other.write_text(
-        json.dumps(
-            {
-                "train": {
-                    "device": "cpu",
-                    "fast_train_samples_per_s": 5.0,
-                    "stock_train_samples_per_s": 4.0,
-                    "_env": env,
-                }
-            }
-        )
-    )
-    assert main(["--merge", str(other), "--md", str(md)]) == 0
-    text = md.read_text()
-    assert "**20.0x**" in text and "| 5 samples/s | 4 samples/s |" in text
-    assert (
-        main(["--shared", str(tmp_path / "absent"), "--parts", "loader", "--md", str(tmp_path / "x.md")]) == 0
-    )

@@ -84,3 +84,58 @@ def test_monitor_and_collect_yaml_state_the_typed_settings_defaults(compose, con
         )
     where = {"task_name", "seed", "family", "export", "ckpt_path", "out", "paths", "hydra"}
     assert set(cfg) - where == {f.name for f in dataclasses.fields(cls)}, "a YAML key the settings lack"
+
+
+def test_data_base_yaml_states_the_typed_settings_defaults():
+    """One source for each data default: `DataConfig` defines it; conf/data/tft/_base.yaml states the same
+    value for every setting it names (each data config then sets what its dataset needs)."""
+    import dataclasses
+
+    import yaml
+
+    from zoo.tft.settings import DataConfig
+
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(DataConfig)
+    }
+    stated = yaml.safe_load((CONF / "data" / "tft" / "_base.yaml").read_text())
+    shared = {
+        "_target_",
+        "batch_size",
+        "num_workers",
+        "pin_memory",
+        "persistent_workers",
+        "seed",
+        "cache_dir",
+    }
+    assert set(stated) - shared <= set(defaults), "a setting DataConfig lacks"
+    assert len(set(stated) & set(defaults)) >= 20, "the base config states the defaults"
+    for key in set(stated) & set(defaults):
+        assert stated[key] == defaults[key], (
+            f"_base.yaml {key}={stated[key]}, DataConfig default {defaults[key]}"
+        )
+
+
+def test_typed_settings_refuse_bad_values_in_one_line():
+    from zoo.core.errors import ZooError
+    from zoo.tft.model import NetConfig
+    from zoo.tft.module import OptimConfig, typed
+    from zoo.tft.settings import DataConfig
+
+    for cls, values, message in (
+        (NetConfig, {"hidden_size": 0}, r"model.net.hidden_size=0 must be a positive integer"),
+        (NetConfig, {"dropout": 1.5}, r"model.net.dropout=1.5 must be in \[0, 1\)"),
+        (NetConfig, {"hiden_size": 8}, r"model.net: unknown keys \['hiden_size'\]"),
+        (OptimConfig, {"lr": 0}, r"model.optim.lr=0 must be > 0"),
+        (
+            OptimConfig,
+            {"reduce_on_plateau_factor": 1.0},
+            r"model.optim.reduce_on_plateau_factor=1.0 must be in",
+        ),
+    ):
+        with pytest.raises(ZooError, match=message):
+            typed(cls, values, "model.net" if cls is NetConfig else "model.optim")
+    with pytest.raises(ZooError, match="data.loader=quick: expected fast or stock"):
+        DataConfig(loader="quick")
+    assert DataConfig(targets="cpu_percent").targets == ["cpu_percent"]

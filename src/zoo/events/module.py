@@ -1,5 +1,5 @@
 """The event predictor LightningModule: loss over fields, per-field metrics, optimizer recipes,
-vocabulary in (and beside) the checkpoint, export, and the family's own evaluation (`zoo_evaluate`)."""
+vocabulary in (and beside) the checkpoint, export, and the family's own evaluation (`evaluate`)."""
 
 from __future__ import annotations
 

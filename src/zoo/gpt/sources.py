@@ -170,6 +170,9 @@ def _arrow_type(value: Any):
     return pa.string()
 
 
+Batches = Iterator[tuple[tuple[int, int], list[str | None], list[str | None] | None]]
+
+
 def iter_table(
     path: Path,
     column: str | None,
@@ -177,109 +180,153 @@ def iter_table(
     after: tuple[int, int] | None = None,
     rows: int = 1024,
     where: str | None = None,
-) -> Iterator[tuple[tuple[int, int], list[str | None], list[str | None] | None]]:
+) -> Batches:
     """Batches of (``(group, batch)``, texts, ids) of one file, read incrementally with pyarrow.
 
     Parquet is read row group by row group in batches of `rows`; CSV and JSON lines in blocks of a few
     MB; a text file is one document. Only the batches after `after` are yielded; Parquet row groups
-    before it are not read at all.
+    before it are not read at all. One reader per format (`_READERS`).
     """
-    import pyarrow as pa
-
     where = where or f"data.path={path}"
     kind = file_kind(path)
-    cols = [column] + ([id_column] if id_column else [])
+    if kind not in _READERS:
+        raise ZooError(f"{where}: not one of the supported {SUPPORTED} files")
 
     def skip(group: int, batch: int) -> bool:
         return after is not None and (group, batch) <= tuple(after)
 
-    def split_ids(batch) -> tuple[list[str | None], list[str | None] | None]:
-        texts = _strings(batch.column(0))
-        return texts, (_strings(batch.column(1)) if id_column else None)
+    yield from _READERS[kind](_Request(path, column, id_column, rows, where, skip, after[0] if after else 0))
 
-    if kind == "txt":
-        if not skip(0, 0):
-            yield (0, 0), [_read_text(path)], None
-        return
-    if kind == "json":  # one JSON document (a list of records): small by nature, read whole
-        try:
-            records = json.loads(_read_text(path))
-        except ValueError as err:
-            raise _read_error(where, "json", err) from err
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise ZooError(f"{where}: expected a JSON list of records (or use .jsonl, one record a line)")
-        check_column(sorted({k for r in records for k in r}), column, where)
-        for b, i in enumerate(range(0, len(records), rows)):
-            part = records[i : i + rows]
-            if not skip(0, b):
-                texts = [None if r.get(column) is None else str(r.get(column)) for r in part]
-                ids = [None if r.get(id_column) is None else str(r.get(id_column)) for r in part] if id_column else None  # fmt: skip
-                yield (0, b), texts, ids
-        return
-    if kind == "parquet":
-        import pyarrow.parquet as pq
 
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as err:
-            raise _read_error(where, "parquet", err) from err
-        names = pf.schema_arrow.names
-        check_column(names, column, where)
-        if id_column:
-            check_column(names, id_column, where, "data.id_column")
-        first = after[0] if after is not None else 0
-        for g in range(first, pf.num_row_groups):
-            try:
-                batches = pf.iter_batches(batch_size=rows, row_groups=[g], columns=cols, use_threads=False)
-                for b, batch in enumerate(batches):
-                    if not skip(g, b):
-                        yield (g, b), *split_ids(batch)
-            except (OSError, pa.ArrowException) as err:
-                raise _read_error(where, "parquet", err) from err
-        return
-    if kind == "csv":
-        import pyarrow.csv as pcsv
+@dataclass
+class _Request:
+    """What a format's reader reads: the file, its columns, the batch size, and which batches to skip."""
 
-        opener = gzip.open if str(path).lower().endswith(".gz") else open
+    path: Path
+    """The file."""
+    column: str | None
+    """The text column."""
+    id_column: str | None
+    """The document id column (None: none)."""
+    rows: int
+    """Rows per batch."""
+    where: str
+    """What errors name (``data.path=...``)."""
+    skip: Any
+    """skip(group, batch): a batch already consumed (resuming)."""
+    first_group: int
+    """The first Parquet row group to read."""
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.column] + ([self.id_column] if self.id_column else [])
+
+    def check(self, names: list[str]) -> None:
+        check_column(names, self.column, self.where)
+        if self.id_column:
+            check_column(names, self.id_column, self.where, "data.id_column")
+
+    def split(self, batch: Any) -> tuple[list[str | None], list[str | None] | None]:
+        """(texts, ids) of an Arrow batch holding `columns`."""
+        return _strings(batch.column(0)), (_strings(batch.column(1)) if self.id_column else None)
+
+
+def _txt_batches(req: _Request) -> Batches:
+    if not req.skip(0, 0):
+        yield (0, 0), [_read_text(req.path)], None
+
+
+def _json_batches(req: _Request) -> Batches:
+    """One JSON document (a list of records): small by nature, read whole."""
+    try:
+        records = json.loads(_read_text(req.path))
+    except ValueError as err:
+        raise _read_error(req.where, "json", err) from err
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ZooError(f"{req.where}: expected a JSON list of records (or use .jsonl, one record a line)")
+    check_column(sorted({k for r in records for k in r}), req.column, req.where)
+
+    def text(r: dict[str, Any], key: str | None) -> str | None:
+        return None if r.get(key) is None else str(r.get(key))
+
+    for b, i in enumerate(range(0, len(records), req.rows)):
+        part = records[i : i + req.rows]
+        if not req.skip(0, b):
+            ids = [text(r, req.id_column) for r in part] if req.id_column else None
+            yield (0, b), [text(r, req.column) for r in part], ids
+
+
+def _parquet_batches(req: _Request) -> Batches:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(req.path)
+    except Exception as err:
+        raise _read_error(req.where, "parquet", err) from err
+    req.check(pf.schema_arrow.names)
+    for g in range(req.first_group, pf.num_row_groups):
         try:
-            with opener(path, "rt", encoding="utf-8", newline="") as f:
-                names = next(csv.reader(f), [])
-        except (OSError, UnicodeDecodeError, csv.Error) as err:
-            raise _read_error(where, "csv", err) from err
-        if not names:
-            raise ZooError(f"{where}: the file is empty (no text to train on)")
-        check_column(names, column, where)
-        if id_column:
-            check_column(names, id_column, where, "data.id_column")
-        try:
-            reader = pcsv.open_csv(
-                pa.input_stream(str(path), compression="detect"),
-                read_options=pcsv.ReadOptions(block_size=16 << 20, use_threads=False),
-                parse_options=pcsv.ParseOptions(newlines_in_values=True),
-                convert_options=pcsv.ConvertOptions(
-                    include_columns=cols, column_types={c: pa.string() for c in cols}
-                ),
+            batches = pf.iter_batches(
+                batch_size=req.rows, row_groups=[g], columns=req.columns, use_threads=False
             )
+            for b, batch in enumerate(batches):
+                if not req.skip(g, b):
+                    yield (g, b), *req.split(batch)
         except (OSError, pa.ArrowException) as err:
-            raise _read_error(where, "csv", err) from err
-    elif kind == "jsonl":
-        import pyarrow.json as pjson
+            raise _read_error(req.where, "parquet", err) from err
 
-        record = _first_json_record(path, where)
-        check_column(list(record), column, where)
-        if id_column:
-            check_column(list(record), id_column, where, "data.id_column")
-        schema = pa.schema([(c, pa.string() if c == column else _arrow_type(record[c])) for c in cols])
-        try:
-            reader = pjson.open_json(
-                pa.input_stream(str(path), compression="detect"),
-                read_options=pjson.ReadOptions(block_size=16 << 20, use_threads=False),
-                parse_options=pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
-            )
-        except (OSError, pa.ArrowException) as err:
-            raise _read_error(where, "jsonl", err) from err
-    else:
-        raise ZooError(f"{where}: not one of the supported {SUPPORTED} files")
+
+def _csv_batches(req: _Request) -> Batches:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    opener = gzip.open if str(req.path).lower().endswith(".gz") else open
+    try:
+        with opener(req.path, "rt", encoding="utf-8", newline="") as f:
+            names = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise _read_error(req.where, "csv", err) from err
+    if not names:
+        raise ZooError(f"{req.where}: the file is empty (no text to train on)")
+    req.check(names)
+    cols = req.columns
+    try:
+        reader = pcsv.open_csv(
+            pa.input_stream(str(req.path), compression="detect"),
+            read_options=pcsv.ReadOptions(block_size=16 << 20, use_threads=False),
+            parse_options=pcsv.ParseOptions(newlines_in_values=True),
+            convert_options=pcsv.ConvertOptions(
+                include_columns=cols, column_types={c: pa.string() for c in cols}
+            ),
+        )
+    except (OSError, pa.ArrowException) as err:
+        raise _read_error(req.where, "csv", err) from err
+    yield from _stream_batches(req, reader, "csv")
+
+
+def _jsonl_batches(req: _Request) -> Batches:
+    import pyarrow as pa
+    import pyarrow.json as pjson
+
+    record = _first_json_record(req.path, req.where)
+    req.check(list(record))
+    schema = pa.schema([(c, pa.string() if c == req.column else _arrow_type(record[c])) for c in req.columns])
+    try:
+        reader = pjson.open_json(
+            pa.input_stream(str(req.path), compression="detect"),
+            read_options=pjson.ReadOptions(block_size=16 << 20, use_threads=False),
+            parse_options=pjson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
+        )
+    except (OSError, pa.ArrowException) as err:
+        raise _read_error(req.where, "jsonl", err) from err
+    yield from _stream_batches(req, reader, "jsonl")
+
+
+def _stream_batches(req: _Request, reader: Any, kind: str) -> Batches:
+    """A pyarrow CSV/JSON-lines stream's blocks (a few MB each), cut into batches of `rows` like Parquet's."""
+    import pyarrow as pa
+
     with reader:
         b = 0
         while True:
@@ -288,12 +335,21 @@ def iter_table(
             except StopIteration:
                 return
             except (OSError, pa.ArrowException) as err:
-                raise _read_error(where, kind, err) from err
-            batch = batch.select(cols)
-            for i in range(0, batch.num_rows, rows):  # blocks hold ~MBs: cut them like Parquet batches
-                if not skip(0, b):
-                    yield (0, b), *split_ids(batch.slice(i, rows))
+                raise _read_error(req.where, kind, err) from err
+            batch = batch.select(req.columns)
+            for i in range(0, batch.num_rows, req.rows):
+                if not req.skip(0, b):
+                    yield (0, b), *req.split(batch.slice(i, req.rows))
                 b += 1
+
+
+_READERS = {
+    "txt": _txt_batches,
+    "json": _json_batches,
+    "parquet": _parquet_batches,
+    "csv": _csv_batches,
+    "jsonl": _jsonl_batches,
+}
 
 
 def _read_text(path: Path) -> str:

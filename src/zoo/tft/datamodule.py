@@ -15,6 +15,7 @@ import copy
 import json
 import logging
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,9 @@ from zoo.tft.fastpath import (
     window_series,
 )
 from zoo.tft.frames import read_frame, write_frame
+from zoo.tft.settings import DataConfig
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("synthetic", "file", "alibaba", "bitbrains", "nab", "ett", "prometheus")
 
 
 def dropped_message(where: str, lost: dict[str, tuple[int, int]], min_length: int, warmup: int) -> str:
@@ -57,156 +57,47 @@ def dropped_message(where: str, lost: dict[str, tuple[int, int]], min_length: in
 
 
 class MetricsDataModule(ZooDataModule):
-    """Server metrics (or any multi-series table) for the TFT family.
-
-    Args (besides the shared loader settings of `ZooDataModule`):
-        source: ``synthetic`` | ``file`` (Parquet/CSV/JSON, with ``columns``) | ``alibaba`` | ``bitbrains`` |
-            ``nab`` | ``ett`` (the public traces' own layouts; ``path`` points at them).
-        path, format, read_kwargs: the file (or glob/folder) and extra ``pandas.read_*`` arguments.
-        columns: zoo name -> source column (``timestamp``, ``series``, each target and covariate).
-        timestamp_unit: unit of numeric timestamps (``s``, ``ms``...).
-        targets: columns to forecast (several: multi-target).
-        known_reals / unknown_reals / static_reals / static_categoricals: covariates from the table;
-            ``host`` (the original series id) is a valid static categorical.
-        calendar: known calendar features (hour, weekday, hour_sin, hour_cos, weekday_sin, weekday_cos, is_weekend).
-        lags / rolling: lagged targets and trailing rolling mean/std windows (in steps); unknown reals.
-        step: resampling step (``5min``); max_gap: gaps up to this long are forward-filled, longer ones
-            split the series.
-        duplicates: ``error`` | ``mean`` for repeated timestamps in a series.
-        encoder_length / prediction_length: window lengths in steps.
-        val_fraction / test_fraction: the last fractions of every series (a time cutoff per series), or
-        split_rows: ``[train, val, test]`` rows from each series' start (ETTh1's standard 12/4/4 months).
-        standardize: z-normalize targets and covariates with training-split statistics (ETT protocol;
-            metrics are then on that scale).
-        target_normalizer: ``group`` (per-series GroupNormalizer fitted on the training split) or
-            ``encoder`` (EncoderNormalizer: every window scaled by its own history, which follows level
-            shifts such as ETT's; both loaders reproduce it).
-        target_transformation: normalizer transformation (null, softplus, log1p, relu).
-        channel_independent: forecast every target as its own series (``<series>/<target>``, one
-            univariate model shared by all channels, the channel a static categorical) instead of all
-            targets jointly (ETTh1's default; docs/benchmarks/tft.md compares the two).
-        season: seasonal period for seasonal-naive baselines and MASE (``1D``).
-        eval_stride: keep every n-th validation/test window (they overlap by design).
-        loader: ``fast`` (precomputed, `WindowBatches`) | ``stock`` (TimeSeriesDataSet + its collate).
-        max_series: keep the first N series (after sorting by id).
-        drop_short_series: drop series shorter than encoder+prediction instead of failing.
-        synthetic: settings of `zoo.tft.sources.synthetic_hosts`.
-        url, queries, start, end, series_labels, pull: ``source=prometheus`` (`zoo.tft.prometheus`): the
-            server, target -> PromQL expression (node_exporter defaults), the time range (unix seconds, a
-            date or ``now-7d``; aligned to ``step``), the labels identifying a series, and the
-            `zoo.tft.prometheus.PullSettings` (parallel queries, retries, points per query).
-    """
+    """Server metrics (or any multi-series table) for the TFT family: the settings of
+    `zoo.tft.settings.DataConfig` (typed, one docstring each) plus the shared loader settings of
+    `ZooDataModule` and ``name`` (of the cache folder)."""
 
     family = "tft"
 
-    def __init__(
-        self,
-        source: str = "synthetic",
-        path: str | None = None,
-        format: str | None = None,
-        read_kwargs: dict[str, Any] | None = None,
-        columns: dict[str, str] | None = None,
-        timestamp_unit: str | None = None,
-        targets: list[str] | str | None = None,
-        known_reals: list[str] | None = None,
-        unknown_reals: list[str] | None = None,
-        static_reals: list[str] | None = None,
-        static_categoricals: list[str] | None = None,
-        calendar: list[str] | None = None,
-        lags: list[int] | None = None,
-        rolling: list[int] | None = None,
-        step: str = "5min",
-        max_gap: str = "15min",
-        duplicates: str = "error",
-        encoder_length: int = 96,
-        prediction_length: int = 24,
-        val_fraction: float = 0.2,
-        test_fraction: float = 0.0,
-        split_rows: list[int] | None = None,
-        standardize: bool = False,
-        target_normalizer: str = "group",
-        target_transformation: str | None = None,
-        channel_independent: bool = False,
-        season: str = "1D",
-        eval_stride: int = 1,
-        loader: str = "fast",
-        max_series: int | None = None,
-        drop_short_series: bool = False,
-        synthetic: dict[str, Any] | None = None,
-        url: str | None = None,
-        queries: dict[str, str] | None = None,
-        start: Any = None,
-        end: Any = None,
-        series_labels: list[str] | None = None,
-        pull: dict[str, Any] | None = None,
-        name: str = "metrics",
-        **loader_kwargs: Any,
-    ):
-        super().__init__(**loader_kwargs)
-        if source not in SOURCES:
-            raise ZooError(f"data.source={source}: expected one of {', '.join(SOURCES)}")
-        if source not in ("synthetic", "prometheus") and not path:
-            raise ZooError(f"data.source={source} needs data.path")
-        if duplicates not in ("error", "mean"):
-            raise ZooError(f"data.duplicates={duplicates}: expected error or mean")
-        if target_normalizer not in ("group", "encoder"):
-            raise ZooError(f"data.target_normalizer={target_normalizer}: expected group or encoder")
-        if channel_independent and (lags or rolling):
-            raise ZooError(
-                "data.channel_independent=true forecasts each target alone: drop data.lags and data.rolling "
-                "(lagged copies of the other targets would leak across channels)"
-            )
-        if loader not in ("fast", "stock"):
-            raise ZooError(f"data.loader={loader}: expected fast or stock")
-        if int(encoder_length) <= 0 or int(prediction_length) <= 0:
-            raise ZooError(
-                f"data.encoder_length={encoder_length} and data.prediction_length={prediction_length} must be positive"
-            )
-        if split_rows is None and not (
-            0.0 < val_fraction < 1.0 and 0.0 <= test_fraction < 1.0 and val_fraction + test_fraction < 1.0
-        ):
-            raise ZooError(
-                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in [0, 1) and sum below 1"
-            )
-        targets = [targets] if isinstance(targets, str) else list(targets or S.DEFAULT_TARGETS)
-        if not targets:
-            raise ZooError("data.targets is empty: name at least one column to forecast")
-        self.settings: dict[str, Any] = {
-            "source": source, "path": path, "format": format, "read_kwargs": dict(read_kwargs or {}),
-            "columns": dict(columns or {}), "timestamp_unit": timestamp_unit, "targets": targets,
-            "known_reals": list(known_reals or []), "unknown_reals": list(unknown_reals or []),
-            "static_reals": list(static_reals or []), "calendar": list(calendar or []),
-            "lags": [int(v) for v in lags or []], "rolling": [int(v) for v in rolling or []],
-            "step": step, "max_gap": max_gap, "duplicates": duplicates, "max_series": max_series,
-            "drop_short_series": drop_short_series, "synthetic": dict(synthetic or {}),
-            "min_length": int(encoder_length) + int(prediction_length),
-        }  # fmt: skip
-        if source == "prometheus":  # the resolved range and queries name the cache (a new range: a new pull)
+    def __init__(self, name: str = "metrics", **kwargs: Any):
+        own = {f.name for f in fields(DataConfig)}
+        super().__init__(**{k: v for k, v in kwargs.items() if k not in own})
+        c = self.config = DataConfig(**{k: v for k, v in kwargs.items() if k in own})
+        self.settings: dict[str, Any] = c.fingerprinted()
+        if (
+            c.source == "prometheus"
+        ):  # the resolved range and queries name the cache (a new range: a new pull)
             from zoo.tft import prometheus as prom
 
-            self.prometheus = prom.make_source(url, queries, targets, start, end, step, series_labels, pull)
+            self.prometheus = prom.make_source(
+                c.url, c.queries, c.targets, c.start, c.end, c.step, c.series_labels, c.pull
+            )
             self.settings["prometheus"] = self.prometheus.key()
             self.resumable_cache = True  # a killed pull keeps its finished chunks in the .tmp folder
-        if path and source != "synthetic":  # a changed file must not reuse a stale cache
-            p = Path(path).expanduser()
-            if not p.exists() and not any(c in str(p) for c in "*?["):
+        if c.path and c.source != "synthetic":  # a changed file must not reuse a stale cache
+            p = Path(c.path).expanduser()
+            if not p.exists() and not any(ch in str(p) for ch in "*?["):
                 raise ZooError(f"data.path={p}: no such file")
             if p.exists():
                 st = p.stat()
                 self.settings["path_stat"] = [str(p.resolve()), st.st_size, st.st_mtime_ns]
-        self.static_categoricals = list(static_categoricals if static_categoricals is not None else [])
-        self.encoder_length, self.prediction_length = int(encoder_length), int(prediction_length)
-        self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
-        self.split_rows = [int(v) for v in split_rows] if split_rows else None
-        self.standardize = bool(standardize)
-        self.target_normalizer = target_normalizer
-        self.target_transformation = target_transformation
-        self.channel_independent = bool(channel_independent)
-        self.season = season
-        self.eval_stride = max(1, int(eval_stride))
-        self.loader = loader
+        self.static_categoricals = list(c.static_categoricals)
+        self.encoder_length, self.prediction_length = int(c.encoder_length), int(c.prediction_length)
+        self.val_fraction, self.test_fraction = float(c.val_fraction), float(c.test_fraction)
+        self.split_rows = c.split_rows
+        self.standardize = bool(c.standardize)
+        self.target_normalizer = c.target_normalizer
+        self.target_transformation = c.target_transformation
+        self.channel_independent = bool(c.channel_independent)
+        self.season = c.season
+        self.eval_stride = max(1, int(c.eval_stride))
+        self.loader = c.loader
         self.name = name
-        self.targets = targets
+        self.targets = c.targets
         self.folder = self.cache_dir / "tft" / f"{name}-{fingerprint(self.settings)}"
         self.manifest: dict[str, Any] = {}
         self.frame: pd.DataFrame | None = None

@@ -4,6 +4,7 @@ parameters (no training data needed), with an attention mask bias that float16 c
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,14 +13,42 @@ import torch
 from pytorch_forecasting.models.nn.rnn import LSTM
 from torch import nn
 
+from zoo.core.errors import ZooError
+
 # float16's largest magnitude is 65504: pytorch-forecasting's -1e9 mask fill overflows it (inf/NaN
 # after softmax, or a hard error in masked_fill). -1e4 still gives exp(-1e4) == 0 after softmax.
 FP16_MASK_BIAS = -1.0e4
 DEFAULT_MASK_BIAS = -1.0e9
 
-NET_KEYS = {"hidden_size", "lstm_layers", "dropout", "attention_head_size", "hidden_continuous_size",
-            "share_single_variable_networks", "causal_attention"}  # fmt: skip
-OPTIM_KEYS = {"lr", "weight_decay", "reduce_on_plateau_patience", "reduce_on_plateau_factor", "min_lr"}
+
+@dataclass
+class NetConfig:
+    """The TFT's network settings (``model.net``), passed to pytorch-forecasting's
+    ``TemporalFusionTransformer.from_dataset``; conf/model/tft.yaml states the same defaults (a test keeps
+    them equal)."""
+
+    hidden_size: int = 16
+    """Width of every hidden layer (variable selection, LSTM, attention, gated residual networks)."""
+    lstm_layers: int = 1
+    """Layers of the encoder and decoder LSTMs."""
+    dropout: float = 0.1
+    """Dropout rate throughout the network."""
+    attention_head_size: int = 2
+    """Attention heads of the interpretable multi-head attention."""
+    hidden_continuous_size: int = 8
+    """Width of each real input's embedding in the variable selection networks."""
+    share_single_variable_networks: bool = False
+    """Share the per-variable networks between the encoder's and the decoder's variable selection."""
+    causal_attention: bool = True
+    """Decoder steps attend only to earlier steps (not to later decoder steps)."""
+
+    def __post_init__(self) -> None:
+        for key in ("hidden_size", "lstm_layers", "attention_head_size", "hidden_continuous_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ZooError(f"model.net.{key}={value} must be a positive integer")
+        if not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
+            raise ZooError(f"model.net.dropout={self.dropout} must be in [0, 1)")
 
 
 def mask_bias_for(precision: str, override: float | None = None) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,47 @@ from zoo.core.errors import ZooError
 from zoo.core.family import ZooModule
 from zoo.core.optim import fused_adam
 from zoo.tft import params as P
-from zoo.tft.model import NET_KEYS, OPTIM_KEYS, float32_lstms, mask_bias_for, skeleton_dataset
+from zoo.tft.model import NetConfig, float32_lstms, mask_bias_for, skeleton_dataset
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimConfig:
+    """The TFT's optimizer settings (``model.optim``): Adam and ReduceLROnPlateau on ``val/loss``;
+    conf/model/tft.yaml states the same defaults (a test keeps them equal)."""
+
+    lr: float = 3e-3
+    """Adam's learning rate (and the schedule's starting point)."""
+    weight_decay: float = 0.0
+    """Adam's (L2) weight decay."""
+    reduce_on_plateau_patience: int = 4
+    """Validation epochs without improvement before the LR is cut."""
+    reduce_on_plateau_factor: float = 0.5
+    """Factor of each LR cut."""
+    min_lr: float = 1e-5
+    """The LR is never cut below this."""
+
+    def __post_init__(self) -> None:
+        for key, ok, expected in (("lr", self.lr > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                                  ("reduce_on_plateau_patience", self.reduce_on_plateau_patience >= 0, ">= 0"),
+                                  ("reduce_on_plateau_factor", 0 < self.reduce_on_plateau_factor < 1, "in (0, 1)"),
+                                  ("min_lr", self.min_lr >= 0, ">= 0")):  # fmt: skip
+            if not ok:
+                raise ZooError(f"model.optim.{key}={getattr(self, key)} must be {expected}")
+
+
+def typed(cls: type, values: dict[str, Any] | None, where: str) -> Any:
+    """The settings dataclass `cls` from a config section; unknown keys are a one-line error naming them."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ZooError(f"{where}: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")
+    try:
+        return cls(**values)
+    except TypeError as err:  # a value of the wrong kind compared with a number
+        raise ZooError(f"{where}: {err}") from err
 
 
 class TFTModule(ZooModule):
@@ -38,10 +77,9 @@ class TFTModule(ZooModule):
             (given by the datamodule's ``model_kwargs()``).
         preprocess: resampling/feature settings of the data (given by the datamodule; kept with the
             model so prediction on new data repeats them).
-        net: TFT hyperparameters (hidden_size, lstm_layers, dropout, attention_head_size,
-            hidden_continuous_size, ...).
+        net: network settings (`zoo.tft.model.NetConfig`).
         quantiles: predicted quantiles (one QuantileLoss per target); must contain 0.1, 0.5 and 0.9.
-        optim: lr, weight_decay, reduce_on_plateau_patience, reduce_on_plateau_factor, min_lr.
+        optim: optimizer settings (`OptimConfig`).
         precision: the trainer's precision; ``16-*`` switches to an fp16-safe attention mask bias.
         mask_bias: explicit attention mask bias (overrides the precision rule).
         plots: write/log forecast and interpretation figures when training ends.
@@ -90,23 +128,8 @@ class TFTModule(ZooModule):
         from pytorch_forecasting import TemporalFusionTransformer
         from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
 
-        net = dict(net or {})
-        unknown = set(net) - NET_KEYS
-        if unknown:
-            raise ZooError(f"model.net: unknown keys {sorted(unknown)}; expected some of {sorted(NET_KEYS)}")
-        optim = {
-            "lr": 3e-3,
-            "weight_decay": 0.0,
-            "reduce_on_plateau_patience": 4,
-            "reduce_on_plateau_factor": 0.5,
-            "min_lr": 1e-5,
-        } | dict(optim or {})
-        unknown = set(optim) - OPTIM_KEYS
-        if unknown:
-            raise ZooError(
-                f"model.optim: unknown keys {sorted(unknown)}; expected some of {sorted(OPTIM_KEYS)}"
-            )
-        self.optim = optim
+        self.net_config: NetConfig = typed(NetConfig, net, "model.net")
+        self.optim: OptimConfig = typed(OptimConfig, optim, "model.optim")
         self.quantiles = [float(q) for q in (quantiles or [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98])]
         for q in (0.1, 0.5, 0.9):
             if not any(abs(q - v) < 1e-9 for v in self.quantiles):
@@ -139,12 +162,12 @@ class TFTModule(ZooModule):
             self.net = TemporalFusionTransformer.from_dataset(
                 skeleton,
                 loss=loss,
-                learning_rate=optim["lr"],
+                learning_rate=self.optim.lr,
                 log_interval=-1,
                 logging_metrics=nn.ModuleList([]),
-                reduce_on_plateau_patience=optim["reduce_on_plateau_patience"],
+                reduce_on_plateau_patience=self.optim.reduce_on_plateau_patience,
                 mask_bias=self.mask_bias,
-                **net,
+                **asdict(self.net_config),
             )
         float32_lstms(self.net)
         if fused:
@@ -295,14 +318,14 @@ class TFTModule(ZooModule):
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
         optimizer = torch.optim.Adam(
-            self.parameters(), lr=o["lr"], weight_decay=o["weight_decay"], fused=fused_adam(self)
+            self.parameters(), lr=o.lr, weight_decay=o.weight_decay, fused=fused_adam(self)
         )
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
             mode="min",
-            factor=o["reduce_on_plateau_factor"],
-            patience=o["reduce_on_plateau_patience"],
-            min_lr=o["min_lr"],
+            factor=o.reduce_on_plateau_factor,
+            patience=o.reduce_on_plateau_patience,
+            min_lr=o.min_lr,
         )
         # Stepped after each validation epoch; strict=False because a run may validate less often.
         return {
