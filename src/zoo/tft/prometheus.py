@@ -154,7 +154,7 @@ def make_source(url: str | None, queries: dict[str, str] | None, targets: list[s
     t0, t1 = np.ceil(t0 / step_s) * step_s, np.floor(t1 / step_s) * step_s
     if t1 <= t0:
         raise ZooError(f"data.start={start} is not before data.end={end} (at data.step={step})")
-    labels = list(series_labels or DEFAULT_SERIES_LABELS)
+    labels = list(DEFAULT_SERIES_LABELS if series_labels is None else series_labels)
     if not labels:
         raise ZooError(
             "data.series_labels is empty: name the labels that identify a series (e.g. [instance])"
