@@ -254,9 +254,8 @@ def result_frame(result: list[dict[str, Any]], source: Source, target: str, expr
         values = item.get("values") or []
         if not values:
             continue
-        arr = np.asarray(values, dtype=object)
-        t = arr[:, 0].astype(np.float64)
-        v = arr[:, 1].astype(np.float64)  # "NaN", "+Inf" parse as floats
+        t = np.fromiter((x[0] for x in values), np.float64, len(values))
+        v = np.array([x[1] for x in values], dtype=np.float64)  # "NaN", "+Inf" parse as floats
         frame = pd.DataFrame({"series": sid, "time": t, "value": v})
         for lb in source.series_labels:
             frame[LABEL_PREFIX + lb] = str(metric[lb])
