@@ -52,7 +52,9 @@ class FakePrometheus:
                     fake.requests.append((expr, start, end, step))
                     if fake.fail.get(expr, 0) > 0:
                         fake.fail[expr] -= 1
-                        return self._answer(503, {"status": "error", "errorType": "unavailable", "error": "busy"})
+                        return self._answer(
+                            503, {"status": "error", "errorType": "unavailable", "error": "busy"}
+                        )
                 if expr in fake.bad:
                     return self._answer(400, {"status": "error", "errorType": "bad_data",
                                               "error": f'1:5: parse error: unexpected "{expr}"'})  # fmt: skip

@@ -145,7 +145,9 @@ class FleetMonitor:
                  batch_size: int = 256, metrics_port: int | None = DEFAULT_METRICS_PORT,
                  metrics_host: str = "127.0.0.1", flush_every: int = 60, hold_down: str | None = None) -> None:  # fmt: skip
         if not url:
-            raise ZooError("source=prometheus needs url=<the Prometheus server>, e.g. url=http://127.0.0.1:9090")
+            raise ZooError(
+                "source=prometheus needs url=<the Prometheus server>, e.g. url=http://127.0.0.1:9090"
+            )
         spec = module.preprocess
         self.module = module
         self.out = Path(out)
