@@ -47,6 +47,13 @@ class FakePrometheus:
 
             def _query(self, form: dict[str, str]) -> None:
                 expr = form["query"]
+                if self.path.startswith("/api/v1/query?") or self.path == "/api/v1/query":  # count(<expr>)
+                    inner = expr[len("count(") : -1] if expr.startswith("count(") else expr
+                    n = len(fake.series.get(inner, []))
+                    result = [{"metric": {}, "value": [float(form.get("time", 0)), str(n)]}] if n else []
+                    return self._answer(
+                        200, {"status": "success", "data": {"resultType": "vector", "result": result}}
+                    )
                 start, end, step = float(form["start"]), float(form["end"]), float(form["step"])
                 with fake.lock:
                     fake.requests.append((expr, start, end, step))

@@ -183,3 +183,29 @@ def test_datamodule_builds_its_frame_from_prometheus(tmp_path):
     assert sorted(dm.frame["series"].unique()) == ["h0:9100", "h1:9100", "h2:9100"]
     assert dm.manifest["rows"] == 1800 and len(dm.datasets["train"]) > 0
     assert sorted(p.name for p in (dm.folder / "pull").glob("*.parquet"))[0] == "cpu_percent-00000.parquet"
+
+
+def test_the_chunk_plan_bounds_samples_per_query_and_survives_a_resume(tmp_path):
+    with FakePrometheus() as fake:
+        fleet(fake)
+        s = source(fake.url, max_samples=150)  # 3 series -> 50 steps per query
+        frame = prom.load(s, tmp_path / "pull", progress=False)
+        assert {round((e - b) / st) + 1 for _, b, e, st in fake.requests} == {50}
+        assert len(fake.requests) == 2 * 12 and len(frame) == 1800
+        fake.series["cpu"].append(
+            ({"instance": "h9:9100", "job": "node"}, cpu(9))
+        )  # the fleet grew meanwhile
+        (tmp_path / "pull" / "cpu_percent-00003.parquet").unlink()
+        fake.requests.clear()
+        again = prom.load(s, tmp_path / "pull", progress=False)
+        assert [(round(b), round(e)) for _, b, e, _ in fake.requests] == [(T0 + 150 * 60, T0 + 199 * 60)]
+        assert again["series"].nunique() == 4  # the new host's 50 resumed steps, NaN memory: kept
+
+
+def test_a_target_missing_for_a_while_keeps_the_other_targets(tmp_path):
+    with FakePrometheus() as fake:
+        fleet(fake)
+        fake.series["mem"][0] = (fake.series["mem"][0][0], lambda t: None if t < T0 + 100 * 60 else 5.0)
+        frame = prom.load(source(fake.url), tmp_path / "pull", progress=False)
+    h0 = frame[frame["series"] == "h0:9100"]
+    assert len(h0) == 600 and h0["memory_percent"].isna().sum() == 100 and h0["cpu_percent"].notna().all()

@@ -60,6 +60,10 @@ class PullSettings:
     """Seconds one query may take."""
     max_points: int = MAX_POINTS
     """Points per series one query may return (the server's limit)."""
+    max_samples: int = 250_000
+    """Samples (series x steps) one query should return at most: the chunk length is planned from the
+    series count (an instant ``count()`` at the start), so a query's JSON stays ~40 MB in memory however
+    large the fleet."""
     backoff: float = 0.5
     """Seconds before the first retry, doubled for each next one."""
 
@@ -82,11 +86,11 @@ class Source:
     """Labels whose values identify a series."""
     pull: PullSettings = field(default_factory=PullSettings)
 
-    def chunks(self) -> list[tuple[float, float]]:
+    def chunks(self, steps: int | None = None) -> list[tuple[float, float]]:
         """[(first, last)] sample times of each query: consecutive, not overlapping, at most
-        ``max_points`` steps each, covering start..end on the step grid."""
+        ``max_points`` (and `steps`) steps each, covering start..end on the step grid."""
         total = int(np.floor((self.end - self.start) / self.step + 1e-9)) + 1
-        per = max(1, int(self.pull.max_points))
+        per = max(1, min(int(self.pull.max_points), int(steps or self.pull.max_points)))
         return [
             (self.start + k * self.step, self.start + (min(total, k + per) - 1) * self.step)
             for k in range(0, total, per)
@@ -289,6 +293,36 @@ def check_spacing(frame: pd.DataFrame, source: Source, target: str, expr: str) -
 
 
 # -- the pull ---------------------------------------------------------------------------------------------
+def count_series(session: Any, source: Source, target: str) -> int:
+    """How many series `target`'s expression gives at the end of the range (0 on any failure: the plan
+    then falls back to ``max_points``; the range queries report real errors)."""
+    import orjson
+
+    try:
+        r = session.post(f"{source.url}/api/v1/query", timeout=source.pull.timeout,
+                         data={"query": f"count({source.queries[target]})", "time": f"{source.end:.3f}"})  # fmt: skip
+        result = orjson.loads(r.content)["data"]["result"]
+        return int(float(result[0]["value"][1])) if result else 0
+    except Exception:
+        return 0
+
+
+def plan(source: Source, folder: Path) -> int:
+    """Steps per chunk: what `folder`'s pull.json planned (a resumed pull keeps its parts' chunks), else
+    ``max_samples`` over the largest series count, at most ``max_points``; written to pull.json."""
+    key_file = folder / "pull.json"
+    if key_file.is_file():
+        saved = json.loads(key_file.read_text())
+        if saved.get("key") != source.key():
+            raise ZooError(f"{folder}: a pull folder of other settings (remove it or use another cache_dir)")
+        return int(saved["chunk_steps"])
+    session = _session()
+    series = max([count_series(session, source, t) for t in source.queries] + [1])
+    steps = max(1, min(int(source.pull.max_points), int(source.pull.max_samples) // series))
+    key_file.write_text(json.dumps({"key": source.key(), "chunk_steps": steps, "series": series}, indent=1))
+    return steps
+
+
 def part_path(folder: Path, target: str, k: int) -> Path:
     return folder / f"{target}-{k:05d}.parquet"
 
@@ -298,11 +332,7 @@ def pull(source: Source, folder: str | Path, progress: bool = False) -> Path:
     there), `parallel` at a time. Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    key_file = folder / "pull.json"
-    if key_file.is_file() and json.loads(key_file.read_text()) != source.key():
-        raise ZooError(f"{folder}: a pull folder of other settings (remove it or use another cache_dir)")
-    key_file.write_text(json.dumps(source.key(), indent=1))
-    chunks = source.chunks()
+    chunks = source.chunks(plan(source, folder))
     todo = [
         (t, k) for t in source.queries for k in range(len(chunks)) if not part_path(folder, t, k).is_file()
     ]
@@ -336,35 +366,59 @@ def pull(source: Source, folder: str | Path, progress: bool = False) -> Path:
 
 
 def read_pulled(source: Source, folder: str | Path) -> pd.DataFrame:
-    """The pulled parts as the zoo's long frame (``timestamp``, ``series``, targets, ``label_*``); an
-    expression with no sample in the whole range is an error naming it."""
+    """The pulled parts as the zoo's long frame (``timestamp``, ``series``, targets, ``label_*`` as
+    categoricals): one dense [series, step] array per target (NaN where a target has no sample), rows
+    where any target has one; an expression with no sample in the whole range is an error naming it."""
     folder = Path(folder)
-    chunks = source.chunks()
+    chunks = source.chunks(plan(source, folder))
     label_cols = [LABEL_PREFIX + lb for lb in source.series_labels]
-    wide = None
+    total = int(np.floor((source.end - source.start) / source.step + 1e-9)) + 1
+    ids: dict[str, int] = {}
+    labels: dict[str, list[str]] = {}
+    grids: dict[str, np.ndarray] = {}
     for target, expr in source.queries.items():
         parts = [pd.read_parquet(part_path(folder, target, k)) for k in range(len(chunks))]
-        frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-        if frame.empty:
+        if not any(len(p) for p in parts):
             raise ZooError(
                 f"data.queries.{target}={expr!r}: no samples between data.start and data.end at {source.url} "
                 "(check the expression in Prometheus' graph page, the time range and the label names)"
             )
-        frame = frame.rename(columns={"value": target})
-        labels = frame[["series", *label_cols]].drop_duplicates("series")
-        frame = frame[["series", "time", target]]
-        if wide is None:
-            wide, all_labels = frame, labels
-        else:
-            # outer: a host missing a target for a while keeps its other targets (gaps are filled or
-            # split downstream by data.max_gap)
-            wide = wide.merge(frame, on=["series", "time"], how="outer")
-            all_labels = pd.concat([all_labels, labels]).drop_duplicates("series")
-    assert wide is not None
-    wide = wide.merge(all_labels, on="series", how="left")
-    wide["timestamp"] = pd.to_datetime(wide.pop("time"), unit="s")
-    wide = wide.sort_values(["series", "timestamp"], kind="stable").reset_index(drop=True)
-    return wide[["timestamp", "series", *source.queries, *label_cols]]
+        cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for part in parts:
+            if not len(part):
+                continue
+            for rec in part.drop_duplicates("series")[["series", *label_cols]].itertuples(
+                index=False, name=None
+            ):
+                if rec[0] not in ids:
+                    ids[rec[0]] = len(ids)
+                    labels[rec[0]] = [str(v) for v in rec[1:]]
+            row = part["series"].map(ids).to_numpy(np.int64)
+            col = np.rint((part["time"].to_numpy() - source.start) / source.step).astype(np.int64)
+            cells.append((row, col, part["value"].to_numpy(np.float64)))
+        del parts
+        grid = np.full((len(ids), total), np.nan)
+        for row, col, value in cells:
+            grid[row, col] = value
+        grids[target] = grid
+    n = len(ids)
+    for target, grid in grids.items():  # series first seen by a later target: NaN rows for earlier ones
+        if grid.shape[0] < n:
+            grids[target] = np.vstack([grid, np.full((n - grid.shape[0], total), np.nan)])
+    names = np.array(sorted(ids), dtype=object)
+    order = np.array([ids[name] for name in names], dtype=np.int64)
+    present = np.zeros((n, total), dtype=bool)
+    for grid in grids.values():
+        present |= ~np.isnan(grid[order])
+    rows, cols = np.nonzero(present)  # series-major, time-ordered within a series
+    frame = {"timestamp": pd.to_datetime(source.start + cols * source.step, unit="s"),
+             "series": names[rows]}  # fmt: skip
+    for target, grid in grids.items():
+        frame[target] = grid[order][rows, cols]
+    for i, col in enumerate(label_cols):
+        values = np.array([labels[name][i] for name in names], dtype=object)
+        frame[col] = pd.Categorical(values[rows])
+    return pd.DataFrame(frame)
 
 
 def load(source: Source, folder: str | Path, progress: bool = True) -> pd.DataFrame:
