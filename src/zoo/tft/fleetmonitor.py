@@ -191,6 +191,7 @@ class FleetMonitor:
             self._serve(metrics_host, int(metrics_port))
         self._pool = ThreadPoolExecutor(max_workers=len(self.targets))
         self._sessions = threading.local()
+        self._labels_lock = threading.Lock()
         self.errors: set[str] = set()
 
     # -- /metrics --------------------------------------------------------------------------------------------
@@ -226,13 +227,14 @@ class FleetMonitor:
         expr = self.source.queries[target]
         result = prom.query_range(self._sessions.s, self.source, expr, first, last, target)
         frame = prom.result_frame(result, self.source, target, expr)
-        for item in result:  # the labels every target's series of one id share
-            metric = {k: str(v) for k, v in (item.get("metric") or {}).items() if k != "__name__"}
-            sid = ",".join(str(metric.get(lb, "")) for lb in self.source.series_labels)
-            known = self.labels.get(sid)
-            self.labels[sid] = (
-                metric if known is None else {k: v for k, v in known.items() if metric.get(k) == v}
-            )
+        with self._labels_lock:  # the labels every target's series of one id share (targets run in threads)
+            for item in result:
+                metric = {k: str(v) for k, v in (item.get("metric") or {}).items() if k != "__name__"}
+                sid = ",".join(str(metric.get(lb, "")) for lb in self.source.series_labels)
+                known = self.labels.get(sid)
+                self.labels[sid] = (
+                    metric if known is None else {k: v for k, v in known.items() if metric.get(k) == v}
+                )
         return frame.rename(columns={"value": target})[["series", "time", target]]
 
     def history(self, end: float) -> pd.DataFrame:
