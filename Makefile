@@ -8,7 +8,7 @@ ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format sweep bench bench-gpt-scale bench-events-full bench-tft-full tensorboard notebooks clean docker-wheels docker docker-cuda test-docker bench-docker
+.PHONY: help install train test test-fast lint format sweep bench bench-gpt-scale bench-events-full bench-tft-full tensorboard notebooks clean docker-wheels docker docker-cuda test-docker bench-docker test-prometheus
 
 # Container image (docs/docker.md). The CPU image: a slim Python base, torch from the CPU index; the CUDA
 # image: DOCKER_TORCH_INDEX empty (PyPI's torch is the CUDA build) on an NVIDIA base.
@@ -34,6 +34,10 @@ train: ## Train (default: small GPT on CPU in ~2 min); pass overrides with ARGS=
 
 test: ## Full test suite, slow tests and notebooks included (what CI runs), on TEST_WORKERS processes
 	$(PYTHON) -m pytest tests notebooks --nbmake -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal -p no:benchmark
+
+test-prometheus: ## Prometheus parts (apt-get installs prometheus, promtool, node_exporter where missing), then their tests (~4 min)
+	bash .ci/prometheus-parts.sh
+	ZOO_PROMETHEUS_TESTS=1 $(PYTHON) -m pytest tests/prometheus -q -p no:cacheprovider -n 0 -p no:benchmark
 
 test-fast: ## Tests without the slow ones and without notebooks
 	$(PYTHON) -m pytest tests -q -m "not slow"

@@ -23,7 +23,7 @@ def test_data_configs_compose(compose, data):
     cfg = compose("model=tft", "trainer=cpu", f"data=tft/{data}", *extra)
     assert cfg.model._target_ == "zoo.tft.TFTModule" and cfg.data._target_ == "zoo.tft.MetricsDataModule"
     assert cfg.data.encoder_length > 0 and cfg.data.prediction_length > 0
-    if data not in ("synthetic", "file"):
+    if data not in ("synthetic", "file", "prometheus"):  # prometheus reads data.url, no file
         assert str(cfg.data.path).endswith(
             ("machine_usage.csv", "bitbrains_rnd_2013-7", "nab_aws", "ETTh1.csv")
         )

@@ -376,13 +376,50 @@ def coverage(
     return float(((actual >= q[..., i]) & (actual <= q[..., j])).float().mean())
 
 
-def fit_module(module: Any, dm: Any, split: str = "val", result: dict[str, Any] | None = None) -> Calibration:
-    """Fit `module`'s calibration on the datamodule's `split` windows (all of them, eval mode); `result`:
-    the module's `predict_batches` of that split when the caller already has it."""
+MAX_WINDOWS = 20_000
+"""Windows a calibration is fitted on at most: beyond it, a seeded uniform sample of the split's windows
+(only those are predicted). A fleet's validation split holds ~10^6 windows whose quantiles alone are
+gigabytes; 20,000 exchangeable windows put each conformal bound within about one order statistic's
+sampling error of the full split's (P2/P98: sd of the covered share ~ sqrt(0.02 * 0.98 / 20000) = 0.001),
+tests/tft/test_calibration_cap.py and docs/benchmarks/prometheus.md measure the coverage."""
+
+
+class WindowSubset:
+    """The windows `indices` of a `WindowBatches` (or `StockBatches`), batched the same way."""
+
+    def __init__(self, batches: Any, indices: list[int]):
+        self.batches, self.indices = batches, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitems__(self, ids: list[int]) -> Any:
+        return self.batches.__getitems__([self.indices[i] for i in ids])
+
+
+def sample_windows(n: int, cap: int | None, seed: int = 0) -> list[int]:
+    """Every window index below n, or a sorted seeded uniform sample of `cap` of them."""
+    if cap is None or n <= cap:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=g)[:cap].tolist())
+
+
+def fit_module(module: Any, dm: Any, split: str = "val", result: dict[str, Any] | None = None,
+               max_windows: int | None = MAX_WINDOWS) -> Calibration:  # fmt: skip
+    """Fit `module`'s calibration on the datamodule's `split` windows (eval mode): all of them up to
+    `max_windows`, a seeded uniform sample of that many beyond (`MAX_WINDOWS`; only those are predicted,
+    so memory stays bounded whatever the fleet); `result`: the module's `predict_batches` of the whole
+    split when the caller already has it (then all its windows are used)."""
     if result is None:
-        result = module.predict_batches(dm.batches(split))
+        batches = dm.batches(split)
+        chosen = sample_windows(len(batches), max_windows)
+        result = module.predict_batches(WindowSubset(batches, chosen))
+    else:
+        chosen = list(range(result["n"]))
     channels = None
     if getattr(dm, "channel_independent", False):
         ds = dm.datasets[split if split in dm.datasets else "val"]
-        channels = [str(s).rsplit("/", 1)[-1] for s in ds.decoded_index["series"].tolist()[: result["n"]]]
+        names = ds.decoded_index["series"].to_numpy()
+        channels = [str(names[i]).rsplit("/", 1)[-1] for i in chosen]
     return fit(result["quantiles"], result["actual"], module.quantiles, module.target_names, channels, split)

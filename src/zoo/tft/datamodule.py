@@ -68,6 +68,16 @@ class MetricsDataModule(ZooDataModule):
         super().__init__(**{k: v for k, v in kwargs.items() if k not in own})
         c = self.config = DataConfig(**{k: v for k, v in kwargs.items() if k in own})
         self.settings: dict[str, Any] = c.fingerprinted()
+        if (
+            c.source == "prometheus"
+        ):  # the resolved range and queries name the cache (a new range: a new pull)
+            from zoo.tft import prometheus as prom
+
+            self.prometheus = prom.make_source(
+                c.url, c.queries, c.targets, c.start, c.end, c.step, c.series_labels, c.pull
+            )
+            self.settings["prometheus"] = self.prometheus.key()
+            self.resumable_cache = True  # a killed pull keeps its finished chunks in the .tmp folder
         if c.path and c.source != "synthetic":  # a changed file must not reuse a stale cache
             p = Path(c.path).expanduser()
             if not p.exists() and not any(ch in str(p) for ch in "*?["):
@@ -121,6 +131,12 @@ class MetricsDataModule(ZooDataModule):
             return S.load_nab(s["path"])
         if s["source"] == "ett":
             return S.load_ett(s["path"])
+        if s["source"] == "prometheus":
+            from zoo.tft import prometheus as prom
+
+            tmp = self.folder.with_name(self.folder.name + ".tmp")  # prepare_data's build folder
+            frame = prom.load(self.prometheus, tmp / "pull")
+            return frame.drop(columns=[c for c in frame.columns if c.startswith(prom.LABEL_PREFIX)])
         df = S.read_table(s["path"], s["format"], s["read_kwargs"])
         df = S.map_columns(df, s["columns"], f"{where} {s['path']}")
         if "series" not in df.columns and "timestamp" in df.columns:

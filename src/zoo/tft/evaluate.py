@@ -1,5 +1,7 @@
 """Forecast evaluation: per-target MAE, RMSE, MSE, sMAPE, MASE, P10-P90 and P2-P98 coverage and pinball
-loss of the TFT beside naive (last value) and seasonal-naive baselines on exactly the same windows, a
+loss of the TFT beside naive (last value), seasonal-naive, ``predict_linear``-style least-squares trend
+(``linear``) and Holt's double exponential smoothing (``holt``; `zoo.tft.baselines`) on exactly the same
+windows, the best baseline named per target (and said plainly when the model does not beat it), a
 walk-forward backtest over N forecast origins, and figures (forecast vs actual with the calibrated
 quantile bands; variable importances and attention) written as PNGs and logged to TensorBoard.
 
@@ -11,12 +13,14 @@ come from the raw quantiles (calibration leaves the median alone; the quantiles'
 
 MASE divides each series' absolute errors by that series' in-sample seasonal-naive MAE on its training
 split (the M4 definition). ``rel_mae_vs_snaive`` is the model's MAE over the seasonal-naive MAE on the
-same windows: below 1 means the model beats the baseline.
+same windows: below 1 means the model beats the baseline; ``rel_mae_vs_best`` divides by the best
+baseline's MAE of that target.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoo.tft import baselines as B
 from zoo.tft import sources as S
+
+BASELINES = B.NAMES
 
 
 def _metrics(pred: torch.Tensor, actual: torch.Tensor, scale: torch.Tensor) -> dict[str, float]:
@@ -50,8 +57,10 @@ def quantile_mean(q: torch.Tensor, levels: list[float]) -> torch.Tensor:
 
 
 def baselines(dm: Any, split: str, rows: torch.Tensor, E: int, P: int, season: int) -> dict[str, Any]:
-    """Naive and seasonal-naive forecasts for windows starting at dataset rows `rows`, and which windows
-    have a full season of history before their forecast origin (only those are scored)."""
+    """Naive, seasonal-naive, linear-trend and Holt forecasts for windows starting at dataset rows `rows`,
+    and which windows have a full season of history before their forecast origin (only those are scored)."""
+    from zoo.tft import baselines as B
+
     arrays = dm.series_arrays(split)
     origin = rows + E  # first forecast row
     h = torch.arange(1, P + 1)
@@ -61,7 +70,9 @@ def baselines(dm: Any, split: str, rows: torch.Tensor, E: int, P: int, season: i
     src = src.clamp_min(0)
     naive = [t[origin - 1][:, None].expand(-1, P).float() for t in arrays["targets"]]
     snaive = [t[src].float() for t in arrays["targets"]]
-    return {"naive": naive, "snaive": snaive, "valid": valid}
+    fits = [B.from_history(t, rows, E, P) for t in arrays["targets"]]  # the encoder window only
+    return {"naive": naive, "snaive": snaive, "linear": [f["linear"] for f in fits],
+            "holt": [f["holt"] for f in fits], "valid": valid}  # fmt: skip
 
 
 def mase_scales(dm: Any, split: str, series: list[str], season: int) -> dict[str, torch.Tensor]:
@@ -155,8 +166,7 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
         for label, pred in (
             ("tft", point(q)),
             ("tft_mean", quantile_mean(q, module.quantiles)),
-            ("naive", base["naive"][t][valid]),
-            ("snaive", base["snaive"][t][valid]),
+            *((b, base[b][t][valid]) for b in BASELINES),
         ):
             for k, v in _metrics(pred, actual, scale).items():
                 metrics[f"{name}/{label}/{k}"] = v
@@ -183,8 +193,7 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
             for label, pred in (
                 ("tft", point(q)),
                 ("tft_mean", quantile_mean(q, module.quantiles)),
-                ("naive", base["naive"][0][valid]),
-                ("snaive", base["snaive"][0][valid]),
+                *((b, base[b][0][valid]) for b in BASELINES),
             ):
                 for k, v in _metrics(pred[sel], actual[sel], scale[sel]).items():
                     metrics[f"{name}/{label}/{k}"] = v
@@ -193,7 +202,7 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
             )
             bands = {"": cal[sel], "_raw": q[sel], "_rolling": None if rolled is None else rolled[sel]}
             band_metrics(metrics, name, actual[sel], module.quantiles, bands)
-    for label in ("tft", "tft_mean", "naive", "snaive"):
+    for label in ("tft", "tft_mean", *BASELINES):
         for k in ("mae", "mse", "rmse", "smape", "mase"):
             metrics[f"all/{label}/{k}"] = float(
                 np.mean([metrics[f"{t}/{label}/{k}"] for t in module.target_names])
@@ -201,6 +210,9 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
     metrics["all/tft/rel_mae_vs_snaive"] = float(
         np.mean([metrics[f"{t}/tft/rel_mae_vs_snaive"] for t in module.target_names])
     )
+    verdicts = B.verdicts(metrics, [*module.target_names, *(dm.targets if channel_independent else [])])
+    for name, v in verdicts.items():
+        metrics[f"{name}/tft/rel_mae_vs_best"] = float(v["rel_mae_vs_best"])
     for key in [k.split("/", 2)[2] for k in metrics if k.startswith(f"{module.target_names[0]}/tft/") and ("coverage" in k or "pinball" in k)]:  # fmt: skip
         metrics[f"all/tft/{key}"] = float(np.mean([metrics[f"{t}/tft/{key}"] for t in module.target_names]))
     metrics["calibrated"] = float(module.calibration is not None)
@@ -213,6 +225,7 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
         "series": series,
         "channels": channels,
         "rows": rows,
+        "verdicts": verdicts,
     }
 
 
@@ -251,7 +264,8 @@ def backtest(
             row[f"{name}/tft/mae"] = float(
                 (point(scored["result"]["quantiles"][t][sel]) - actual).abs().mean()
             )
-            row[f"{name}/snaive/mae"] = float((scored["baselines"]["snaive"][t][sel] - actual).abs().mean())
+            for b in BASELINES:
+                row[f"{name}/{b}/mae"] = float((scored["baselines"][b][t][sel] - actual).abs().mean())
         table.append(row)
     summary = {"backtest/cutoffs": float(len(table))}
     for name, _, _ in parts:
@@ -260,6 +274,11 @@ def backtest(
         summary[f"backtest/{name}/tft/mae"] = model
         summary[f"backtest/{name}/snaive/mae"] = base
         summary[f"backtest/{name}/rel_mae_vs_snaive"] = model / base if base > 0 else float("nan")
+        for b in ("naive", "linear", "holt"):
+            summary[f"backtest/{name}/{b}/mae"] = float(np.mean([r[f"{name}/{b}/mae"] for r in table]))
+        best = min(BASELINES, key=lambda b: summary[f"backtest/{name}/{b}/mae"])
+        ref = summary[f"backtest/{name}/{best}/mae"]
+        summary[f"backtest/{name}/rel_mae_vs_best"] = model / ref if ref > 0 else float("nan")
     return summary, table
 
 
@@ -282,6 +301,10 @@ def evaluate_module(
     summary, table = backtest(module, dm, split, scored, backtest_cutoffs)
     metrics.update(summary)
     output_dir.mkdir(parents=True, exist_ok=True)
+    lines = B.verdict_lines(scored["verdicts"])
+    (output_dir / "baselines.json").write_text(json.dumps(scored["verdicts"], indent=2))
+    for line in lines:
+        print(f"[zoo] {line}")
     if table:
         with open(output_dir / "backtest.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(table[0]))

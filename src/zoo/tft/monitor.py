@@ -72,6 +72,24 @@ class MonitorSettings(SamplingSettings):
     """Refit the bands from the latest N matured forecasts per target (0: keep the exported table)."""
     recalibrate_min: int = 50
     """Matured forecasts per target before the first refit."""
+    source: str = "psutil"
+    """What to forecast: psutil (this machine) or prometheus (every series at url=; zoo.tft.fleetmonitor)."""
+    url: str | None = None
+    """source=prometheus: the Prometheus server to read, e.g. http://127.0.0.1:9090."""
+    queries: dict[str, str] | None = None
+    """source=prometheus: target -> PromQL (None: node_exporter defaults, zoo.tft.prometheus.DEFAULT_QUERIES)."""
+    series_labels: list[str] | None = None
+    """source=prometheus: labels identifying a series (None: [instance])."""
+    metrics_port: int | None = None
+    """source=prometheus: port of /metrics (None: 9477; 0: any free port)."""
+    metrics_host: str = "127.0.0.1"
+    """source=prometheus: address /metrics listens on (0.0.0.0 exposes it beyond this machine)."""
+    publish_steps: int = 1
+    """source=prometheus: forecast steps published on /metrics (horizon label 1..N)."""
+    batch_size: int = 256
+    """source=prometheus: series per forecast call."""
+    hold_down: str | None = None
+    """source=prometheus: the alert rules' for: (None: three model steps)."""
 
 
 DEFAULTS = MonitorSettings()
@@ -444,12 +462,18 @@ def watch(cfg: Any) -> dict[str, int]:
     from zoo.core.family import load_run
 
     key, path = _check(cfg)
+    if cfg.get("source", "psutil") not in ("psutil", "prometheus"):
+        raise ZooError(f"source={cfg.get('source')}: expected psutil (this machine) or prometheus (url=...)")
     run = load_run(path, key=key)
     if run.family != "tft":
         raise ZooError(f"{key}={path}: a {run.family} model; zoo.monitor forecasts with a TFT (family tft)")
     if run.module.calibration is None:
         log.warning("[zoo] monitor: %s carries no band calibration; flags use the raw bands", path)
     s = settings_of(MonitorSettings, cfg)
+    if s.source == "prometheus":
+        from zoo.tft.fleetmonitor import watch_fleet
+
+        return watch_fleet(run.module, s, str(cfg.out), f"{key}={path}")
     mon = Monitor(run.module, str(cfg.out), s.interval, s.forecast_every, s.history, s.host, s.disk_path,
                   s.flush_every, s.recalibrate, s.recalibrate_min)  # fmt: skip
     live = sys.stdout.isatty() if s.live in (None, "auto") else bool(s.live)

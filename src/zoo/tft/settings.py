@@ -10,7 +10,7 @@ from typing import Any
 from zoo.core.errors import ZooError
 from zoo.tft import sources as S
 
-SOURCES = ("synthetic", "file", "alibaba", "bitbrains", "nab", "ett")
+SOURCES = ("synthetic", "file", "alibaba", "bitbrains", "nab", "ett", "prometheus")
 
 
 def _names(value: Any) -> list[Any]:
@@ -23,9 +23,9 @@ class DataConfig:
 
     source: str = "synthetic"
     """synthetic | file (Parquet/CSV/JSON, with ``columns``) | alibaba | bitbrains | nab | ett (the public
-    traces' own layouts; ``path`` points at them)."""
+    traces' own layouts; ``path`` points at them) | prometheus (``url``, ``queries``: `zoo.tft.prometheus`)."""
     path: str | None = None
-    """The file (or glob, or folder) to read; every source but synthetic needs it."""
+    """The file (or glob, or folder) to read; every source but synthetic and prometheus needs it."""
     format: str | None = None
     """File format when the suffix does not tell (parquet, csv, json, jsonl)."""
     read_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +89,20 @@ class DataConfig:
     """Drop series shorter than encoder_length + prediction_length instead of failing."""
     synthetic: dict[str, Any] = field(default_factory=dict)
     """Settings of `zoo.tft.sources.synthetic_hosts` (source=synthetic)."""
+    url: str | None = None
+    """source=prometheus: the server's base URL, e.g. http://127.0.0.1:9090."""
+    queries: dict[str, str] = field(default_factory=dict)
+    """source=prometheus: target -> PromQL expression, one series per host (a target left out: the
+    node_exporter default of `zoo.tft.prometheus.DEFAULT_QUERIES`)."""
+    start: Any = None
+    """source=prometheus: first sample time: unix seconds, a date (UTC unless it says) or now-<duration>
+    (None: now-7d); aligned to ``step``."""
+    end: Any = None
+    """source=prometheus: last sample time, as ``start`` (None: now)."""
+    series_labels: list[str] = field(default_factory=lambda: ["instance"])
+    """source=prometheus: the labels whose values identify a series."""
+    pull: dict[str, Any] = field(default_factory=dict)
+    """source=prometheus: `zoo.tft.prometheus.PullSettings` (parallel, retries, timeout, max_points, backoff)."""
 
     def __post_init__(self) -> None:
         self.targets = (
@@ -99,6 +113,8 @@ class DataConfig:
         self.lags, self.rolling = [int(v) for v in self.lags or []], [int(v) for v in self.rolling or []]
         self.read_kwargs, self.columns = dict(self.read_kwargs or {}), dict(self.columns or {})
         self.synthetic = dict(self.synthetic or {})
+        self.queries, self.pull = dict(self.queries or {}), dict(self.pull or {})
+        self.series_labels = _names(self.series_labels)
         self.split_rows = [int(v) for v in self.split_rows] if self.split_rows else None
         self.check()
 
@@ -106,7 +122,7 @@ class DataConfig:
         """One-line errors naming the key, before anything is read."""
         if self.source not in SOURCES:
             raise ZooError(f"data.source={self.source}: expected one of {', '.join(SOURCES)}")
-        if self.source != "synthetic" and not self.path:
+        if self.source not in ("synthetic", "prometheus") and not self.path:
             raise ZooError(f"data.source={self.source} needs data.path")
         for key, allowed in (("duplicates", ("error", "mean")), ("target_normalizer", ("group", "encoder"))):
             if getattr(self, key) not in allowed:
