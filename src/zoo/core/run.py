@@ -154,7 +154,12 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, runs_root)
     if path is None:
         return None
+    from zoo.core.trust import check_hyper_parameters, check_stored_config
+
     checkpoint = load_checkpoint(path, mmap=True)  # mmap: the check does not read the tensors
+    # Resuming builds nothing from the stored config, but a checkpoint that names code is refused all the same.
+    check_stored_config(checkpoint.get("zoo_config"), f"ckpt_path={path}")
+    check_hyper_parameters(checkpoint, f"ckpt_path={path}")
     run_keys = [k for k in cfg if k != "hydra"]  # as StoreConfig saved it
     current = OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True)
     check_resume_compatible(checkpoint.get("zoo_config", ""), current, path)
