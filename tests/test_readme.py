@@ -45,7 +45,7 @@ GPT = {"trainer.max_steps": 4, "trainer.val_check_interval": 4, "trainer.limit_v
        "data.max_bytes": 400000, "data.max_documents": 3000, "data.batch_size": 8,
        "data.block_size": 32, "model.net.n_layer": 1, "model.net.n_head": 2, "model.net.n_embd": 32}  # fmt: skip
 EVENTS = {"trainer.max_steps": 3, "trainer.max_epochs": 1, "trainer.val_check_interval": 3,
-          "trainer.limit_val_batches": 2, "trainer.limit_test_batches": 2}  # fmt: skip
+          "trainer.limit_val_batches": 2, "++trainer.limit_test_batches": 2}  # fmt: skip
 TFT = {"trainer.max_steps": 3, "trainer.max_epochs": 1, "trainer.val_check_interval": 3,
        "trainer.limit_val_batches": 2, "model.net.hidden_size": 8, "model.net.attention_head_size": 1,
        "model.net.hidden_continuous_size": 4}  # fmt: skip
@@ -65,7 +65,7 @@ SHORTER = [  # (pattern, overrides): the first matching pattern's overrides are 
         r"zoo\.eval",
         {
             "trainer.limit_val_batches": 2,
-            "trainer.limit_test_batches": 2,
+            "++trainer.limit_test_batches": 2,
             "backtest_cutoffs": 1,
             "backtest_steps": 1,
         },

@@ -65,14 +65,16 @@ def _extra_targets() -> set[str]:
     return {t.strip() for t in os.environ.get(TRUST_ENV, "").split(",") if t.strip()}
 
 
-def check_target(target: Any, key: str, packages: tuple[str, ...] | None = None) -> None:
+def check_target(
+    target: Any, key: str, packages: tuple[str, ...] | None = None, also: frozenset[str] = frozenset()
+) -> None:
     """Refuse a ``_target_`` value that is not trusted (see the module docstring). Nothing outside the trusted
     packages is imported: importing a module already runs its code."""
     from hydra._internal.utils import _locate
 
     if not isinstance(target, str) or not target.strip():
         raise ZooError(f"{key}={target!r}: refused: a _target_ must name a class ({HOW})")
-    if target in LIBRARY_TARGETS or target in _extra_targets():
+    if target in LIBRARY_TARGETS or target in also or target in _extra_targets():
         return
     packages = packages or trusted_packages()
     if not _within(target, packages):
@@ -95,17 +97,17 @@ def check_target(target: Any, key: str, packages: tuple[str, ...] | None = None)
         )
 
 
-def _walk(node: Any, key: str, packages: tuple[str, ...], interpolations: bool) -> None:
+def _walk(node: Any, key: str, packages: tuple[str, ...], interpolations: bool, also: frozenset[str]) -> None:
     if isinstance(node, dict):
         for name, value in node.items():
             child = f"{key}.{name}" if key else str(name)
             if name == "_target_":
-                check_target(value, child, packages)
+                check_target(value, child, packages, also)
             else:
-                _walk(value, child, packages, interpolations)
+                _walk(value, child, packages, interpolations, also)
     elif isinstance(node, list | tuple):
         for i, value in enumerate(node):
-            _walk(value, f"{key}[{i}]", packages, interpolations)
+            _walk(value, f"{key}[{i}]", packages, interpolations, also)
     elif interpolations and isinstance(node, str) and "${" in node:
         raise ZooError(
             f"{key}={node[:80]}: refused: a stored config holds an interpolation (the zoo stores configs resolved; "
@@ -113,10 +115,13 @@ def _walk(node: Any, key: str, packages: tuple[str, ...], interpolations: bool) 
         )
 
 
-def check_stored_config(config: Any, where: str, interpolations: bool = True) -> None:
+def check_stored_config(
+    config: Any, where: str, interpolations: bool = True, also: frozenset[str] = frozenset()
+) -> None:
     """Refuse a stored config (a plain dict/list tree, a DictConfig, or YAML text) holding an untrusted
     ``_target_`` anywhere, or (with `interpolations`) a ``${...}`` interpolation; the one-line error starts
-    with `where` (``ckpt_path=...``) and names the key."""
+    with `where` (``ckpt_path=...``) and names the key. `also`: more names to trust (those the command's own
+    config instantiates anyway)."""
     if config is None:
         return
     if isinstance(config, str):
@@ -134,7 +139,7 @@ def check_stored_config(config: Any, where: str, interpolations: bool = True) ->
         if isinstance(config, DictConfig | ListConfig):
             config = OmegaConf.to_container(config, resolve=False)
     try:
-        _walk(config, "", trusted_packages(), interpolations)
+        _walk(config, "", trusted_packages(), interpolations, also)
     except ZooError as err:
         raise ZooError(f"{where}: {err}") from None
 
@@ -150,3 +155,21 @@ def check_hyper_parameters(checkpoint: dict[str, Any], where: str) -> None:
             f"built by their own class ({HOW})"
         )
     check_stored_config(hparams, where, interpolations=False)
+
+
+def targets_in(config: Any) -> frozenset[str]:
+    """Every ``_target_`` string in a config tree (what a command's own config will instantiate)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(config, DictConfig | ListConfig):
+        config = OmegaConf.to_container(config, resolve=False)
+    found: set[str] = set()
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            found.update(v for k, v in node.items() if k == "_target_" and isinstance(v, str))
+            stack.extend(v for k, v in node.items() if k != "_target_")
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    return frozenset(found)
