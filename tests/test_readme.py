@@ -51,7 +51,7 @@ TFT = {"trainer.max_steps": 3, "trainer.max_epochs": 1, "trainer.val_check_inter
        "model.net.hidden_continuous_size": 4}  # fmt: skip
 # The collector's samples, 20 per second: a 200 ms step stands in for the README's minute.
 TFT_ME = {**TFT, "data.step": "200ms", "data.max_gap": "1s", "data.encoder_length": 6,
-          "data.prediction_length": 3, "data.calendar": "[]", "data.season": "2s"}  # fmt: skip
+          "data.prediction_length": 3, "data.calendar": "[]", "data.season": "2s", "data.batch_size": 8}  # fmt: skip
 
 SHORTER = [  # (pattern, overrides): the first matching pattern's overrides are appended
     (r"zoo\.train.*data=tft/file", TFT_ME),
