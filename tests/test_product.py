@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import site
 import subprocess
 import sys
 import venv
@@ -127,14 +128,22 @@ def test_wheel_installs_outside_the_checkout_and_trains_from_any_directory(tmp_p
                     "-w", str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)  # fmt: skip
     wheel = next(wheels.glob("zoo-*.whl"))
     env_dir = tmp_path / "venv"
-    # System site-packages give the venv torch & co.; the venv's own zoo (the wheel) comes first.
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
+    clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZOO_CONFIG_DIR")}
+    # Without PYTHONPATH: a checkout on it (src/zoo.egg-info) would count as zoo already installed.
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
-                   check=True, capture_output=True, timeout=300)  # fmt: skip
+                   check=True, capture_output=True, timeout=300, env=clean_env)  # fmt: skip
+    # Then torch & co. come from the environment running this test, a virtualenv or the system interpreter
+    # alike (`system_site_packages=True` would see the base interpreter, not a virtualenv holding them): its
+    # site-packages join the new venv's path after the venv's own, which holds the wheel's zoo (written after
+    # the install, so pip does not take the checkout's zoo for installed). Listed in a .pth as plain folders,
+    # their own .pth files (an editable zoo of the checkout) are not run.
+    venv_site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (Path(venv_site) / "zoo_test_parent_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZOO_CONFIG_DIR")}
     where = subprocess.run([str(py), "-c", "import zoo, zoo.core.cli as c; print(zoo.__file__); print(c.CONFIG_DIR)"],
                            cwd=elsewhere, capture_output=True, text=True, env=clean_env, check=True)  # fmt: skip
     module_file, config_dir = where.stdout.split()

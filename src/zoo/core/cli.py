@@ -93,9 +93,51 @@ def check_positive(cfg: Any, keys: list[str]) -> None:
             raise ZooError(f"{key}={value} must be a positive integer{hint}")
 
 
-def cli_guard() -> None:
-    check_cli_overrides(sys.argv[1:])
-    sys.argv[1:] = [*sys.argv[1:], *searchpath_override(sys.argv[1:])]
+FREE_TEXT_KEYS = ("prompt",)
+"""Keys whose value is free text (a GPT prompt): taken verbatim from the command line, never parsed by Hydra,
+so ``prompt="def main("`` (bash passes ``prompt=def main(``) reaches the model as typed."""
+
+
+def split_free_text(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(the arguments Hydra parses, {key: verbatim value} of the `FREE_TEXT_KEYS` given)."""
+    rest, raw = [], {}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key in FREE_TEXT_KEYS:
+            raw[key] = value
+        else:
+            rest.append(arg)
+    return rest, raw
+
+
+def check_override_syntax(argv: list[str]) -> None:
+    """An override Hydra's grammar cannot parse is refused in one line with the quoting that fixes it (Hydra
+    itself prints its parser's complaint about ``extraneous input '('``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException:
+            key, _, value = arg.partition("=")
+            quoted = f"'{key}=\"{value}\"'" if '"' not in value else f"\"{key}='{value}'\""
+            raise ZooError(
+                f"{arg}: Hydra cannot parse this value (spaces, ( ) [ ] {{ }} , = : and quotes are its syntax): "
+                f"quote it for Hydra inside the shell's quotes: {quoted}"
+            ) from None
+
+
+def cli_guard() -> dict[str, str]:
+    """Checks of the command line before Hydra runs; returns the free-text values it took out of argv."""
+    argv, raw = split_free_text(sys.argv[1:])
+    check_cli_overrides(argv)
+    check_override_syntax(argv)
+    sys.argv[1:] = [*argv, *searchpath_override(argv)]
+    return raw
 
 
 def hydra_entry(config_name: str, task: Callable[[Any], Any]) -> Callable[[], Any]:
@@ -107,18 +149,33 @@ def hydra_entry(config_name: str, task: Callable[[Any], Any]) -> Callable[[], An
 
     from zoo.core.errors import exit_on_user_error
 
+    free_text: dict[str, str] = {}
+
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
     @exit_on_user_error
     def run(cfg: Any) -> Any:
         from zoo.core import logs
 
         logs.configure()
+        for key, value in free_text.items():
+            if key not in cfg:
+                raise ZooError(
+                    f"{key}={value}: not a key of the {config_name} command (conf/{config_name}.yaml)"
+                )
         OmegaConf.set_struct(cfg, False)
+        for key, value in free_text.items():
+            cfg[key] = value
         return task(cfg)
 
     @exit_on_user_error
     def main() -> Any:
-        cli_guard()
+        if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+            from zoo.core.clihelp import command_help
+
+            print(command_help(config_name, sys.modules.get(task.__module__)))
+            return None
+        free_text.clear()
+        free_text.update(cli_guard())
         return run()
 
     return main

@@ -192,19 +192,25 @@ def family_of_config(node: Any, what: str) -> str:
     return family_of_class(target_class(node, what), what)
 
 
-def _saved_config(blob: Any, where: Path) -> DictConfig:
+def _saved_config(blob: Any, where: Path, key: str = "ckpt_path") -> DictConfig:
     from omegaconf import OmegaConf
 
+    from zoo.core.trust import check_stored_config
+
     if not blob:
-        raise ZooError(f"ckpt_path={where}: no zoo config inside (not written by python -m zoo.train)")
-    return OmegaConf.create(blob)
+        raise ZooError(f"{key}={where}: no zoo config inside (not written by python -m zoo.train)")
+    config = OmegaConf.create(blob)
+    check_stored_config(config, f"{key}={where}")  # before anything it names is imported
+    return config
 
 
-def _load_checkpoint_run(path: Path) -> Run:
+def _load_checkpoint_run(path: Path, key: str = "ckpt_path") -> Run:
     from zoo.core.checkpoint import load_checkpoint
+    from zoo.core.trust import check_hyper_parameters
 
-    checkpoint = load_checkpoint(path, key="ckpt_path")
-    config = _saved_config(checkpoint.get("zoo_config"), path)
+    checkpoint = load_checkpoint(path, key=key)
+    config = _saved_config(checkpoint.get("zoo_config"), path, key)
+    check_hyper_parameters(checkpoint, f"{key}={path}")
     cls = target_class(config.get("model"), "model")
     name = family_of_class(cls, f"ckpt_path={path}")
     module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
@@ -223,13 +229,16 @@ def read_export_marker(folder: Path) -> dict[str, Any]:
     return info
 
 
-def _load_export_run(folder: Path) -> Run:
+def _load_export_run(folder: Path, key: str = "ckpt_path") -> Run:
     from omegaconf import OmegaConf
 
+    from zoo.core.trust import check_stored_config
+
     info = read_export_marker(folder)
+    config = OmegaConf.create(info.get("config") or {})
+    check_stored_config(config, f"{key}={folder}")  # before the family reads anything of it
     cls = family(str(info["family"]))
     module = cls.from_export(folder)
-    config = OmegaConf.create(info.get("config") or {})
     return Run(folder, "export", cls.family, cls, module.eval(), config)
 
 
@@ -243,20 +252,20 @@ def load_run(path: str | Path, key: str = "ckpt_path") -> Run:
     p = Path(str(path)).expanduser()
     if p.is_dir():
         if (p / EXPORT_MARKER).is_file():
-            return _load_export_run(p)
+            return _load_export_run(p, key)
         if (p / "export" / EXPORT_MARKER).is_file() and not (p / "checkpoints").is_dir():
-            return _load_export_run(p / "export")
+            return _load_export_run(p / "export", key)
         ckpt = best_checkpoint_of_run(p)
         if ckpt is None:
             raise ZooError(
                 f"{key}={p}: neither an export folder ({EXPORT_MARKER}) nor a run folder with checkpoints/*.ckpt"
             )
-        return _load_checkpoint_run(ckpt)
+        return _load_checkpoint_run(ckpt, key)
     if not p.is_file():
         raise ZooError(
             f"{key}={p}: no such file or folder (expected a .ckpt, a run folder or an export folder)"
         )
-    return _load_checkpoint_run(p)
+    return _load_checkpoint_run(p, key)
 
 
 def check_export_format(fmt: str) -> str:

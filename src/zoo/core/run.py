@@ -154,9 +154,21 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir, runs_root)
     if path is None:
         return None
+    import yaml
+
+    from zoo.core.trust import check_hyper_parameters, check_stored_config, targets_in
+
     checkpoint = load_checkpoint(path, mmap=True)  # mmap: the check does not read the tensors
     run_keys = [k for k in cfg if k != "hydra"]  # as StoreConfig saved it
     current = OmegaConf.to_container(OmegaConf.masked_copy(cfg, run_keys), resolve=True)
+    # Resuming builds nothing from the stored config (this run's own config is built, and its model and data
+    # must equal the stored ones), but a checkpoint whose model or data names code is refused all the same.
+    # Stored callbacks and loggers are never read on resume (a run killed by a test callback resumes without it).
+    saved = yaml.safe_load(checkpoint.get("zoo_config") or "") or {}
+    if isinstance(saved, dict):
+        stored = {k: saved.get(k) for k in ("model", "data")}
+        check_stored_config(stored, f"ckpt_path={path}", also=targets_in(current))
+    check_hyper_parameters(checkpoint, f"ckpt_path={path}")
     check_resume_compatible(checkpoint.get("zoo_config", ""), current, path)
     print(f"[zoo] resuming from {path} (step {checkpoint.get('global_step')})", flush=True)
     return path

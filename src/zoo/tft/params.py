@@ -87,7 +87,10 @@ def decode(value: Any) -> Any:
         if not path.startswith(ALLOWED_MODULES):
             raise ZooError(f"refusing to rebuild an object of type {path} from stored dataset parameters")
         module, _, name = path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
+        cls = getattr(importlib.import_module(module), name, None)
+        # The attribute itself must be a class of those libraries, not something they merely import.
+        if not isinstance(cls, type) or not f"{cls.__module__}.".startswith(ALLOWED_MODULES):
+            raise ZooError(f"refusing to rebuild an object of type {path} from stored dataset parameters")
         obj = cls.__new__(cls)
         obj.__dict__.update({k: decode(v) for k, v in value["state"].items()})
         return obj

@@ -273,8 +273,15 @@ def forecast(
 
 # -- python -m zoo.predict --------------------------------------------------------------------------------
 def read_input(path: Path) -> pd.DataFrame:
-    """The ``input=`` table: CSV, Parquet or JSON(-lines), by suffix."""
+    """The ``input=`` table: CSV, Parquet or JSON(-lines), by suffix, or a ``zoo.collect`` folder (its rows)."""
     kind = path.suffix.lower().lstrip(".")
+    if path.is_dir():
+        from zoo.collect import read
+
+        frame = read(path)
+        if frame is None or len(frame) == 0:
+            raise ZooError(f"input={path}: a folder, but no samples of python -m zoo.collect in it")
+        return frame
     if not path.is_file():
         raise ZooError(f"input={path}: no such file (expected a .csv or .parquet of recent metrics)")
     if path.stat().st_size == 0:
