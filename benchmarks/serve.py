@@ -144,7 +144,9 @@ class Client:
         raise AssertionError("unreachable")
 
 
-def load(port: int, path: str, bodies: list[tuple[bytes, str]], clients: int, duration: float) -> dict[str, Any]:
+def load(
+    port: int, path: str, bodies: list[tuple[bytes, str]], clients: int, duration: float
+) -> dict[str, Any]:
     """Send `bodies` (in order, shared by `clients` threads) until done or `duration` s: per-request
     (status, answer, seconds), the wall time."""
     results: list[tuple[int, Any, float, int]] = []
@@ -223,7 +225,9 @@ def in_process_ms(api_cls: Any, ckpt: Path, payload: dict[str, Any], repeats: in
     return 1000 * statistics.median(times)
 
 
-def bench_family(family: str, ckpt: Path, work: Path, cache: Path, args: argparse.Namespace) -> dict[str, Any]:
+def bench_family(
+    family: str, ckpt: Path, work: Path, cache: Path, args: argparse.Namespace
+) -> dict[str, Any]:
     out: dict[str, Any] = {"levels": {}}
     if family == "gpt":
         path, bodies = "/v1/completions", gpt_bodies(args.requests, args.gpt_tokens)
@@ -264,8 +268,12 @@ def bench_family(family: str, ckpt: Path, work: Path, cache: Path, args: argpars
             kinds += [("good", i), ("bad", i)]
         measured = load(port, path, mixed_bodies, 8, args.duration)
         by_index = {r[3]: r for r in measured["results"]}
-        good_ok = sum(1 for j, (kind, i) in enumerate(kinds) if kind == "good" and by_index.get(j, (0,))[0] == 200)
-        bad_4xx = sum(1 for j, (kind, i) in enumerate(kinds) if kind == "bad" and 400 <= by_index.get(j, (0,))[0] < 500)
+        good_ok = sum(
+            1 for j, (kind, i) in enumerate(kinds) if kind == "good" and by_index.get(j, (0,))[0] == 200
+        )
+        bad_4xx = sum(
+            1 for j, (kind, i) in enumerate(kinds) if kind == "bad" and 400 <= by_index.get(j, (0,))[0] < 500
+        )
         same = None
         if family == "gpt":
             same = all(
@@ -302,20 +310,29 @@ def write_page(results: dict[str, Any], args: argparse.Namespace, command: str) 
         lv = results["gpt"]["levels"]
         ratio = lv[8]["tokens_per_s"] / lv[1]["tokens_per_s"] if 8 in lv and 1 in lv else None
         results["gpt"]["batching_ratio_8_vs_1"] = round(ratio, 2) if ratio else None
-        lines.append(f"- GPT tokens/s at 8 clients / at 1 client: **{ratio:.2f}x** (goal >= 3x)" if ratio else "- GPT: n/a")
+        lines.append(
+            f"- GPT tokens/s at 8 clients / at 1 client: **{ratio:.2f}x** (goal >= 3x)"
+            if ratio
+            else "- GPT: n/a"
+        )
     if "tft" in results:
         t = results["tft"]
         lines.append(f"- TFT forecast: server p50 at 1 client {t['levels'][1]['p50_ms']} ms, the same worker code in "
                      f"process {t['in_process_p50_ms']} ms: added latency **{t['added_latency_ms']} ms** (goal <= 10 ms)")  # fmt: skip
     for family, res in results.items():
         m = res["mixed"]
-        extra = f"; greedy texts equal to the answers alone: {m['greedy_same_as_alone']}" if m["greedy_same_as_alone"] is not None else ""
+        extra = (
+            f"; greedy texts equal to the answers alone: {m['greedy_same_as_alone']}"
+            if m["greedy_same_as_alone"] is not None
+            else ""
+        )
         lines.append(f"- {family}, bad and good requests mixed (8 clients): {m['good_ok']}/{m['good_sent']} good answered, "
                      f"{m['bad_4xx']}/{m['bad_sent']} bad refused with a 4xx{extra}")  # fmt: skip
     lines.append("")
     (ROOT / "docs" / "benchmarks" / "serve.md").write_text("\n".join(lines))
     (ROOT / "docs" / "benchmarks" / "serve.json").write_text(
-        json.dumps({"command": command, "date": dt.date.today().isoformat(), "results": results}, indent=1) + "\n"
+        json.dumps({"command": command, "date": dt.date.today().isoformat(), "results": results}, indent=1)
+        + "\n"
     )
     print("\n".join(lines))
 

@@ -30,7 +30,9 @@ class Server:
     def __init__(self, proc: subprocess.Popen, url: str, log: Path):
         self.proc, self.url, self.log = proc, url, log
 
-    def request(self, method: str, path: str, body: Any = None, headers: dict | None = None, timeout: float = 30):
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict | None = None, timeout: float = 30
+    ):
         """(status, parsed JSON or text) of one request."""
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})

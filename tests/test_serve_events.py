@@ -59,7 +59,9 @@ def test_next_events_equal_predict_from_json_and_csv_then_bad_requests(server, r
         torch.set_num_threads(threads)
     expect = pd.read_csv(out, dtype=str, keep_default_na=False)
     history = pd.read_csv(run["history"], dtype=str)
-    status, body = server.post("/v1/next-events", {"events": json.loads(history.to_json(orient="records")), "k": 3})
+    status, body = server.post(
+        "/v1/next-events", {"events": json.loads(history.to_json(orient="records")), "k": 3}
+    )
     assert status == 200, body
     got = pd.DataFrame(body["predictions"]).fillna("").astype(str)
     assert list(got.columns) == list(expect.columns)
@@ -69,7 +71,9 @@ def test_next_events_equal_predict_from_json_and_csv_then_bad_requests(server, r
         else:
             assert got[col].tolist() == expect[col].tolist(), col
     assert body["unknown_values"] == {"Resource": 1} and body["cases"] == 6
-    status, csv_body = server.post("/v1/next-events?k=3", run["history"].read_bytes(), headers={"Content-Type": "text/csv"})
+    status, csv_body = server.post(
+        "/v1/next-events?k=3", run["history"].read_bytes(), headers={"Content-Type": "text/csv"}
+    )
     assert status == 200 and csv_body["predictions"] == body["predictions"]
     events = json.loads(history.to_json(orient="records"))
     cases = [

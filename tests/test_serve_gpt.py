@@ -48,7 +48,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(trained: Path, tmp_path_factory: pytest.TempPathFactory):
     logs = tmp_path_factory.mktemp("gpt_serve_logs")
-    with serving(trained, "max_tokens_cap=20", "max_body_bytes=2000", "max_batch_size=8", log_dir=logs) as srv:
+    with serving(
+        trained, "max_tokens_cap=20", "max_body_bytes=2000", "max_batch_size=8", log_dir=logs
+    ) as srv:
         yield srv
 
 
@@ -71,7 +73,10 @@ def test_left_padded_batch_decodes_like_each_row_alone(rope):
     net = GPT(GPTConfig(vocab_size=40, block_size=48, n_layer=2, n_head=2, n_embd=32, rope=rope)).eval()
     prompts = [[1, 2, 3], [5], [7, 8, 9, 10, 11, 12, 13], [4, 4], [30, 31, 32, 33]]
     steps = [12, 5, 9, 15, 7]
-    alone = [net.generate(torch.tensor([p]), n, temperature=0)[0, len(p) :].tolist() for p, n in zip(prompts, steps)]
+    alone = [
+        net.generate(torch.tensor([p]), n, temperature=0)[0, len(p) :].tolist()
+        for p, n in zip(prompts, steps)
+    ]
 
     def row(i: int) -> Row:
         return Row(str(i), prompts[i], steps[i], 0.0, None, 1.0, [], torch.Generator())
@@ -130,7 +135,9 @@ def test_openai_client_greedy_equals_predict_streaming_and_not(server, trained, 
     text = first.choices[0].text
     if len(text) > 3:
         stop = text[2:4]
-        cut = client.completions.create(model="m", prompt="ab", max_tokens=15, temperature=1.0, seed=5, stop=[stop])
+        cut = client.completions.create(
+            model="m", prompt="ab", max_tokens=15, temperature=1.0, seed=5, stop=[stop]
+        )
         assert cut.choices[0].text == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
     models = client.models.list()
     assert [m.id for m in models.data] == ["zoo-gpt"]
@@ -187,7 +194,9 @@ def test_sigterm_finishes_the_stream_in_flight_then_exits_0(trained, tmp_path):
     with serving(trained, "max_tokens_cap=30", log_dir=tmp_path) as srv:
         body = json.dumps({"prompt": ["ab"] * 16, "max_tokens": 28, "temperature": 1.0, "seed": 1,
                            "stream": True}).encode()  # fmt: skip
-        req = urllib.request.Request(srv.url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            srv.url + "/v1/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         lines: list[str] = []
         with urllib.request.urlopen(req, timeout=30) as resp:
             lines.append(resp.readline().decode())  # the first event: the request is in flight

@@ -33,7 +33,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, 
 
 @pytest.fixture(scope="module")
 def server(run, tmp_path_factory):
-    with serving(run["run"], "max_body_bytes=20000", "max_batch_size=4", log_dir=tmp_path_factory.mktemp("tft_logs")) as srv:
+    with serving(
+        run["run"], "max_body_bytes=20000", "max_batch_size=4", log_dir=tmp_path_factory.mktemp("tft_logs")
+    ) as srv:
         yield srv
 
 
@@ -56,11 +58,16 @@ def test_forecast_equals_predict_from_json_and_csv(server, run, tmp_path):
     got = pd.DataFrame(body["forecast"])
     assert body["series"] == 3 and body["horizon"] == 6 and len(got) == len(expect)
     assert list(got.columns) == list(expect.columns)
-    assert got["series"].tolist() == expect["series"].tolist() and got["step"].tolist() == expect["step"].tolist()
+    assert (
+        got["series"].tolist() == expect["series"].tolist()
+        and got["step"].tolist() == expect["step"].tolist()
+    )
     assert pd.to_datetime(got["timestamp"]).tolist() == pd.to_datetime(expect["timestamp"]).tolist()
     numbers = ["point", *[c for c in expect.columns if c.startswith("q")]]
     assert (got[numbers].to_numpy() == expect[numbers].to_numpy()).all()
-    status, csv_body = server.post("/v1/forecast", run["recent"].read_bytes(), headers={"Content-Type": "text/csv"})
+    status, csv_body = server.post(
+        "/v1/forecast", run["recent"].read_bytes(), headers={"Content-Type": "text/csv"}
+    )
     assert status == 200 and csv_body["forecast"] == body["forecast"]
     card = server.request("GET", "/v1/models")[1]["data"][0]
     assert card["family"] == "tft" and card["recipe"] == "tft_small"
@@ -71,7 +78,9 @@ def test_bad_forecast_requests_one_line_4xx_then_a_good_one(server, run):
     recent = pd.read_csv(run["recent"])
     rows = recent.to_dict(orient="records")
     short = recent.groupby("series").tail(5).to_dict(orient="records")
-    renamed = recent.assign(series=recent["series"].str.replace("host00", "elsewhere")).to_dict(orient="records")
+    renamed = recent.assign(series=recent["series"].str.replace("host00", "elsewhere")).to_dict(
+        orient="records"
+    )
     no_target = recent.drop(columns=["cpu_percent"]).to_dict(orient="records")
     cases = [
         ({"rows": rows, "horizon": 3}, "horizon"),  # unknown field
@@ -86,11 +95,15 @@ def test_bad_forecast_requests_one_line_4xx_then_a_good_one(server, run):
     ]
     for body, field in cases:
         one_line_error(*server.post("/v1/forecast", body), field)
-    one_line_error(*server.post("/v1/forecast", b"timestamp,series\n", headers={"Content-Type": "text/csv"}), "body")
+    one_line_error(
+        *server.post("/v1/forecast", b"timestamp,series\n", headers={"Content-Type": "text/csv"}), "body"
+    )
     status, body = server.post("/v1/forecast", {"rows": rows * 4})
     assert status == 413
     one_line_error(status, body, "body")
     status, body = server.post("/v1/forecast", {"rows": renamed, "allow_unknown_series": True})
-    assert status == 200 and {r["known_series"] for r in body["forecast"] if r["series"] == "elsewhere"} == {False}
+    assert status == 200 and {r["known_series"] for r in body["forecast"] if r["series"] == "elsewhere"} == {
+        False
+    }
     status, body = server.post("/v1/forecast", {"rows": rows})
     assert status == 200 and body["series"] == 3

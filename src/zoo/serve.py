@@ -102,7 +102,9 @@ def build_server(api: Any, settings: dict[str, Any]) -> Any:
     async def invalid(request: Any, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ())) or None
-        return JSONResponse(error_body(f"{field}: {first.get('msg', 'invalid request')}", field), status_code=422)
+        return JSONResponse(
+            error_body(f"{field}: {first.get('msg', 'invalid request')}", field), status_code=422
+        )
 
     server.app.add_exception_handler(HTTPException, http_error)
     server.app.add_exception_handler(RequestValidationError, invalid)

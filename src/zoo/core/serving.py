@@ -44,7 +44,9 @@ class RequestError(Exception):
 
 def error_body(message: str, param: str | None = None, status: int = 400) -> dict[str, Any]:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": " ".join(str(message).split()), "type": kind, "param": param, "code": status}}
+    return {
+        "error": {"message": " ".join(str(message).split()), "type": kind, "param": param, "code": status}
+    }
 
 
 def error_response(err: RequestError) -> JSONResponse:
@@ -214,16 +216,21 @@ def table_request(
     if records is None:
         raise RequestError(f"field '{key}' is required: a list of rows (objects of column: value)", key)
     if not isinstance(records, list) or not records:
-        raise RequestError(f"field '{key}': expected a non-empty list of rows (objects of column: value)", key)
+        raise RequestError(
+            f"field '{key}': expected a non-empty list of rows (objects of column: value)", key
+        )
     if len(records) > max_rows:
         raise RequestError(f"field '{key}': {len(records)} rows is more than max_rows={max_rows}", key, 413)
     for i, row in enumerate(records):
         if not isinstance(row, dict):
-            raise RequestError(f"field '{key}.{i}': expected an object of column: value, got {type(row).__name__}", key)
+            raise RequestError(
+                f"field '{key}.{i}': expected an object of column: value, got {type(row).__name__}", key
+            )
         for col, value in row.items():
             if value is not None and not isinstance(value, str | int | float | bool):
                 raise RequestError(
-                    f"field '{key}.{i}.{col}': expected a string, number or null, got {type(value).__name__}", key
+                    f"field '{key}.{i}.{col}': expected a string, number or null, got {type(value).__name__}",
+                    key,
                 )
     return {"records": records}, validate(options, data)
 
@@ -241,7 +248,9 @@ def table_frame(payload: dict[str, Any], as_text: bool = False) -> Any:
                 return pd.read_csv(io.StringIO(payload["csv"]), dtype=str, keep_default_na=True)
             return pd.read_csv(io.StringIO(payload["csv"]))
         except Exception as err:
-            raise ZooError(f"body: not a readable CSV ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from err
+            raise ZooError(
+                f"body: not a readable CSV ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+            ) from err
     frame = pd.DataFrame.from_records(payload["records"])
     if as_text:
         frame = frame.astype(object).where(frame.notna(), None)

@@ -202,7 +202,14 @@ def predict(model: Any, cfg: DictConfig, output_dir: Path, run: Any) -> pd.DataF
     columns = run_columns(run, cfg.get("columns"))
     frame = read_table(cfg.input, key="input")
     result, cases, unknown = next_events(
-        model, frame, columns, k, cfg.sampling, float(cfg.temperature), int(cfg.get("seed", 1337)), onnx,
+        model,
+        frame,
+        columns,
+        k,
+        cfg.sampling,
+        float(cfg.temperature),
+        int(cfg.get("seed", 1337)),
+        onnx,
         f"input={cfg.input}",
     )
     output = Path(cfg.output) if cfg.get("output") else Path(output_dir) / "predictions.csv"

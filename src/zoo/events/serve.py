@@ -41,7 +41,9 @@ class NextEventsSpec(ZooSpec):
         limit = int(self.limits["max_rows"])
         table, options = table_request(body, content_type, query, "events", NextEventsOptions, limit)
         if options.k > int(self.limits["max_k"]):
-            raise RequestError(f"field 'k': {options.k} is above this server's cap of {self.limits['max_k']}", "k")
+            raise RequestError(
+                f"field 'k': {options.k} is above this server's cap of {self.limits['max_k']}", "k"
+            )
         return {**table, **options.model_dump(exclude={"model"})}
 
     def respond(self, result: Any, payload: Any) -> Any:

@@ -122,10 +122,13 @@ class CompletionsSpec(ZooSpec):
         cap, most = int(self.limits["max_tokens_cap"]), int(self.limits["max_prompts"])
         if len(prompts) * req.n > most:
             raise RequestError(
-                f"field 'prompt': {len(prompts)} prompts x n={req.n} is more than max_prompts={most}", "prompt"
+                f"field 'prompt': {len(prompts)} prompts x n={req.n} is more than max_prompts={most}",
+                "prompt",
             )
         if req.max_tokens > cap:
-            raise RequestError(f"field 'max_tokens': {req.max_tokens} is above this server's cap of {cap}", "max_tokens")
+            raise RequestError(
+                f"field 'max_tokens': {req.max_tokens} is above this server's cap of {cap}", "max_tokens"
+            )
         stops = _stop_strings(req.stop)
         sequences = []
         for p, prompt in enumerate(prompts):
@@ -322,7 +325,10 @@ class DecodeBatch:
         for old, new in zip(self.caches, caches):
             for key in ("k", "v"):
                 old[key] = torch.cat(
-                    [F.pad(old[key], (0, 0, width - self.width, 0)), F.pad(new[key], (0, 0, width - longest, 0))]
+                    [
+                        F.pad(old[key], (0, 0, width - self.width, 0)),
+                        F.pad(new[key], (0, 0, width - longest, 0)),
+                    ]
                 )
         self.pad = torch.cat([self.pad + width - self.width, pad + width - longest])
         self.rows += rows

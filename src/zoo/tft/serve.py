@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from zoo.core.errors import ZooError
-from zoo.core.serving import ZooAPI, ZooSpec, model_info, table_request, table_frame
+from zoo.core.serving import ZooAPI, ZooSpec, model_info, table_frame, table_request
 
 
 class ForecastOptions(BaseModel):
@@ -34,7 +34,9 @@ class ForecastSpec(ZooSpec):
     path = "/v1/forecast"
 
     def parse(self, body: bytes, content_type: str, query: dict[str, str]) -> dict[str, Any]:
-        table, options = table_request(body, content_type, query, "rows", ForecastOptions, int(self.limits["max_rows"]))
+        table, options = table_request(
+            body, content_type, query, "rows", ForecastOptions, int(self.limits["max_rows"])
+        )
         return {**table, "allow_unknown_series": options.allow_unknown_series}
 
     def respond(self, result: Any, payload: Any) -> Any:
@@ -68,7 +70,9 @@ class ForecastAPI(ZooAPI):
         df = map_input_columns(table_frame(payload), columns, where)
         if "timestamp" in df.columns:
             unit = data_cfg.get("timestamp_unit") if data_cfg is not None else None
-            df["timestamp"] = S.to_timestamps(df["timestamp"], unit, where, columns.get("timestamp") or "timestamp")
+            df["timestamp"] = S.to_timestamps(
+                df["timestamp"], unit, where, columns.get("timestamp") or "timestamp"
+            )
         module._cpu_threads()
         try:
             fc = forecast(module, df, onnx=self.onnx, where=where)
