@@ -210,3 +210,24 @@ def test_sigterm_finishes_the_stream_in_flight_then_exits_0(trained, tmp_path):
         finished = {c["index"] for e in events for c in e["choices"] if c["finish_reason"]}
         assert finished == set(range(16))
         assert "server stopped" in srv.log.read_text()
+
+
+@pytest.mark.slow
+def test_onnx_backend_serves_the_export_like_torch(trained, server, tmp_path):
+    """backend=onnx (model.onnx of an export folder, onnxruntime) answers greedy requests as torch does;
+    a checkpoint is refused for it in one line."""
+    from tests.conftest import run_cli
+    from zoo.core.export import export_run
+    from zoo.core.family import load_run
+
+    run = load_run(trained)
+    folder = export_run(run.module, tmp_path / "export", run.config, fmt="onnx", run_dir=trained)
+    body = {"prompt": ["abc", "ponmlk"], "max_tokens": 10, "temperature": 0}
+    expect = [c["text"] for c in server.post("/v1/completions", body)[1]["choices"]]
+    with serving(folder, "backend=onnx", log_dir=tmp_path) as srv:
+        status, answer = srv.post("/v1/completions", body)
+        assert status == 200 and [c["text"] for c in answer["choices"]] == expect
+    refused = run_cli(
+        "zoo.serve", f"ckpt_path={trained}", "backend=onnx", f"hydra.run.dir={tmp_path}/h", timeout=120
+    )
+    assert refused.returncode == 2 and "backend=onnx needs an export folder" in refused.stderr
