@@ -58,13 +58,14 @@ def worker_error(err: Exception, param: str | None = None) -> dict[str, Any]:
     return {ERROR_KEY: str(err), "param": param}
 
 
-def validate(model: type[BaseModel], data: Any) -> Any:
-    """`data` (parsed JSON) as the pydantic `model` (extra fields forbidden), or a `RequestError` naming the
-    first offending field."""
+def validate(model: type[BaseModel], data: Any, strict: bool = True) -> Any:
+    """`data` (parsed JSON) as the pydantic `model` (extra fields forbidden; `strict`: no "3" for 3, as
+    JSON has types; query-string values are all text), or a `RequestError` naming the first offending
+    field."""
     if not isinstance(data, dict):
         raise RequestError(f"body: expected a JSON object, got {type(data).__name__}", "body")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=strict)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
@@ -208,7 +209,7 @@ def table_request(
             raise RequestError("body: the CSV has no rows (expected a header row and rows)", "body")
         if len(lines) - 1 > max_rows:
             raise RequestError(f"body: {len(lines) - 1} rows is more than max_rows={max_rows}", "body", 413)
-        return {"csv": text}, validate(options, dict(query))
+        return {"csv": text}, validate(options, dict(query), strict=False)
     data = parse_json(body)
     if not isinstance(data, dict):
         raise RequestError(f"body: expected a JSON object with '{key}', got {type(data).__name__}", "body")
@@ -263,6 +264,9 @@ class ZooAPI(ls.LitAPI):
     the payloads its `ZooSpec` queued. Non-streaming families implement `answer(payload)`; a `ZooError`
     there is that request's 400, the rest of the batch goes on."""
 
+    error_param: str | None = None
+    """The request field a `ZooError` of `answer` is about (the table's key)."""
+
     def __init__(self, run_path: str, settings: dict[str, Any], spec: ZooSpec, **litapi: Any):
         litapi.setdefault("max_batch_size", int(settings.get("max_batch_size", 1)))
         litapi.setdefault("batch_timeout", float(settings.get("batch_timeout", 0.0)))
@@ -292,17 +296,11 @@ class ZooAPI(ls.LitAPI):
     def encode_response(self, output: Any, **kwargs: Any) -> Any:
         return output
 
-    def batch(self, inputs: list[Any]) -> list[Any]:
-        return list(inputs)
-
-    def unbatch(self, output: list[Any]) -> list[Any]:
-        return list(output)
-
     def _one(self, payload: Any) -> Any:
         try:
             return self.answer(payload)
         except ZooError as err:
-            return worker_error(err)
+            return worker_error(err, self.error_param)
 
     def predict(self, x: Any, **kwargs: Any) -> Any:
         if self.max_batch_size > 1:

@@ -53,6 +53,8 @@ class NextEventsSpec(ZooSpec):
 class NextEventsAPI(ZooAPI):
     """The inference worker: `next_events` for each request of a batch."""
 
+    error_param = "events"
+
     def load(self, run: Any) -> None:
         self.onnx = None
         if self.settings.get("backend") == "onnx":

@@ -46,6 +46,8 @@ class ForecastSpec(ZooSpec):
 class ForecastAPI(ZooAPI):
     """The inference worker: `forecast` for each request of a batch."""
 
+    error_param = "rows"
+
     def load(self, run: Any) -> None:
         self.module = run.module
         self.onnx = None
