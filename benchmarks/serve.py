@@ -301,6 +301,8 @@ def added_latency(port: int, path: str, body: tuple[bytes, str], ckpt: Path, cac
     diffs = [1000 * (a - b) for a, b in zip(served, local)]
     return {"served_p50_ms": round(p50[0], 2), "in_process_p50_ms": round(p50[1], 2),
             "added_latency_ms": round(p50[0] - p50[1], 2), "added_latency_pairs_p50_ms": round(statistics.median(diffs), 2),
+            "served_min_ms": round(1000 * min(served), 2), "in_process_min_ms": round(1000 * min(local), 2),
+            "added_latency_min_ms": round(1000 * (min(served) - min(local)), 2),
             "pairs": pairs}  # fmt: skip
 
 
@@ -332,7 +334,8 @@ def write_page(results: dict[str, Any], args: argparse.Namespace, command: str) 
         lines.append(f"- TFT forecast, {t['pairs']} requests alternating with in-process calls of the same worker code "
                      f"(`ForecastAPI.answer`) on the same rows: server p50 {t['served_p50_ms']} ms, in process "
                      f"{t['in_process_p50_ms']} ms: added latency **{t['added_latency_ms']} ms** (median of the pairs' "
-                     f"differences: {t['added_latency_pairs_p50_ms']} ms; goal <= 10 ms)")  # fmt: skip
+                     f"differences: {t['added_latency_pairs_p50_ms']} ms; of the fastest of each: {t['served_min_ms']} - "
+                     f"{t['in_process_min_ms']} = {t['added_latency_min_ms']} ms; goal <= 10 ms)")  # fmt: skip
     for family, res in results.items():
         m = res["mixed"]
         extra = (

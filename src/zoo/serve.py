@@ -47,6 +47,11 @@ def settings_of(cfg: DictConfig) -> dict[str, Any]:
         value = out.get(key)
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ZooError(f"{key}={value} must be a number >= 0 (seconds)")
+    threads = out.get("threads")
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
+        raise ZooError(f"threads={threads} must be a positive integer, or null for torch's default")
+    if out.get("device") != "cpu":
+        raise ZooError(f"device={out.get('device')}: zoo.serve runs models on the CPU (device=cpu) for now")
     if str(out.get("log_level")) not in LOG_LEVELS:
         raise ZooError(f"log_level={out.get('log_level')}: expected one of {', '.join(LOG_LEVELS)}")
     return out
@@ -80,11 +85,9 @@ def build_server(api: Any, settings: dict[str, Any]) -> Any:
 
     from zoo.core.serving import error_body
 
-    device = str(settings.get("device", "cpu"))
-    accelerator = "cpu" if device == "cpu" or settings["backend"] == "onnx" else "cuda"
     server = ls.LitServer(
         api,
-        accelerator=accelerator,
+        accelerator="cpu",
         devices=1,
         timeout=float(settings["request_timeout"]) or False,
         model_metadata=api.spec.info,
