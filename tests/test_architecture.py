@@ -188,7 +188,7 @@ def test_nothing_in_the_package_writes_into_docs():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_has_the_same_files_for_the_same_roles(family):
-    roles = ("model", "module", "datamodule", "sources", "evaluate", "predict", "export")
+    roles = ("model", "module", "datamodule", "sources", "evaluate", "predict", "export", "serve")
     missing = [r for r in roles if not (PACKAGE / family / f"{r}.py").is_file()]
     assert not missing, f"zoo.{family} lacks {missing}"
 

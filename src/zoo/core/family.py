@@ -107,6 +107,12 @@ class ZooModule(pl.LightningModule):
         family has no live monitor."""
         raise ZooError(f"family={cls.family}: the {cls.family or cls.__name__} family has no live monitor")
 
+    def serve_api(self, settings: dict[str, Any], run: Run) -> Any:
+        """``python -m zoo.serve``: the family's HTTP API, a `zoo.core.serving.ZooAPI` (LitServe's LitAPI
+        with a `ZooSpec` that owns its routes), built from the serve config's keys (`settings`: limits,
+        batching, backend) for the loaded `run`. Default: the family cannot be served."""
+        raise ZooError(f"the {self.family or type(self).__name__} family has no HTTP API")
+
 
 def metric_values(metrics: dict[str, Any]) -> dict[str, float]:
     return {

@@ -336,6 +336,12 @@ class EventModule(ZooModule):
         load_weights(module.net, folder)
         return module.to(map_location).eval()
 
+    def serve_api(self, settings: dict[str, Any], run: Any) -> Any:
+        """``python -m zoo.serve``: the event predictor's HTTP API (`zoo.events.serve`)."""
+        from zoo.events.serve import serve_api
+
+        return serve_api(self, settings, run)
+
     def predict(self, cfg: Any, output_dir: Path, run: Any) -> Any:
         """``python -m zoo.predict input=history.csv k=5``: see `zoo.events.predict.predict`."""
         from zoo.events.predict import predict

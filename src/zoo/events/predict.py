@@ -123,10 +123,57 @@ def predict_next(
     return {"ids": torch.stack(ids, 1), "probs": torch.stack(probs, 1), "days": torch.stack(days, 1)}
 
 
+def run_columns(run: Any, columns: Any = None) -> dict[str, Any]:
+    """The column mapping of an input: `columns` if given, else the training run's ``data.columns``."""
+    data_cfg = run.config.get("data") if run.config is not None else None
+    columns = columns or (data_cfg.get("columns") if data_cfg is not None else None) or {}
+    return OmegaConf.to_container(columns) if OmegaConf.is_config(columns) else dict(columns)
+
+
+def next_events(
+    model: Any,
+    frame: pd.DataFrame,
+    columns: dict[str, Any],
+    k: int,
+    sampling: str = "greedy",
+    temperature: float = 1.0,
+    seed: int = 1337,
+    onnx: Any = None,
+    where: str = "input",
+) -> tuple[pd.DataFrame, list[str], dict[str, int]]:
+    """(one row per case and predicted step: every field's value and probability, with a time head the
+    days to the event and its time; the case ids; counts of values never seen in training), for the
+    event history `frame`. ``zoo.predict`` writes the table, ``zoo.serve`` answers it."""
+    from zoo.events.schema import EOC
+
+    cases, src, lengths, last_time, unknown = encode_history(model, frame, columns, where)
+    gen = torch.Generator().manual_seed(seed)
+    out = predict_next(model, src, lengths, k, sampling, temperature, gen, onnx=onnx)
+    names, vocab = model.schema.names, model.vocab
+    target = names.index(model.schema.target)
+    rows = []
+    for c, case in enumerate(cases):
+        when = last_time[case]
+        for step in range(k):
+            row: dict[str, Any] = {"case_id": case, "step": step + 1}
+            for f, name in enumerate(names):
+                row[name] = vocab.decode(name, int(out["ids"][c, step, f]))
+                row[f"{name}_p"] = round(float(out["probs"][c, step, f]), 6)
+            ended = int(out["ids"][c, step, target]) == EOC
+            if model.net.time_head is not None and not ended:
+                d = float(out["days"][c, step])
+                when = when + pd.Timedelta(days=d)
+                row["days_to_event"] = round(d, 6)
+                row["predicted_time"] = when.isoformat()
+            rows.append(row)
+            if ended:
+                break
+    return pd.DataFrame(rows), cases, unknown
+
+
 def predict(model: Any, cfg: DictConfig, output_dir: Path, run: Any) -> pd.DataFrame:
     """``python -m zoo.predict`` for an event predictor: predictions.csv (or ``output=``) and
     predict_summary.json in `output_dir`. `run` is what ckpt_path= loaded (`zoo.core.family.Run`)."""
-    from zoo.events.schema import EOC
     from zoo.events.sources import read_table
 
     if cfg.sampling not in ("greedy", "sample"):
@@ -152,33 +199,19 @@ def predict(model: Any, cfg: DictConfig, output_dir: Path, run: Any) -> pd.DataF
         raise ZooError(f"vocab={vocab_file}: no such file")
     if vocab_file.is_file():
         check_vocab_file(model, vocab_file)
-    data_cfg = run.config.get("data") if run.config is not None else None
-    columns = cfg.get("columns") or (data_cfg.get("columns") if data_cfg is not None else None) or {}
-    columns = OmegaConf.to_container(columns) if OmegaConf.is_config(columns) else dict(columns)
+    columns = run_columns(run, cfg.get("columns"))
     frame = read_table(cfg.input, key="input")
-    cases, src, lengths, last_time, unknown = encode_history(model, frame, columns, f"input={cfg.input}")
-    gen = torch.Generator().manual_seed(int(cfg.get("seed", 1337)))
-    out = predict_next(model, src, lengths, k, cfg.sampling, float(cfg.temperature), gen, onnx=onnx)
-    names, vocab = model.schema.names, model.vocab
-    target = names.index(model.schema.target)
-    rows = []
-    for c, case in enumerate(cases):
-        when = last_time[case]
-        for step in range(k):
-            row: dict[str, Any] = {"case_id": case, "step": step + 1}
-            for f, name in enumerate(names):
-                row[name] = vocab.decode(name, int(out["ids"][c, step, f]))
-                row[f"{name}_p"] = round(float(out["probs"][c, step, f]), 6)
-            ended = int(out["ids"][c, step, target]) == EOC
-            if model.net.time_head is not None and not ended:
-                d = float(out["days"][c, step])
-                when = when + pd.Timedelta(days=d)
-                row["days_to_event"] = round(d, 6)
-                row["predicted_time"] = when.isoformat()
-            rows.append(row)
-            if ended:
-                break
-    result = pd.DataFrame(rows)
+    result, cases, unknown = next_events(
+        model,
+        frame,
+        columns,
+        k,
+        cfg.sampling,
+        float(cfg.temperature),
+        int(cfg.get("seed", 1337)),
+        onnx,
+        f"input={cfg.input}",
+    )
     output = Path(cfg.output) if cfg.get("output") else Path(output_dir) / "predictions.csv"
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".parquet":

@@ -111,7 +111,11 @@ class CausalSelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(head, eps=1e-6) if cfg.qk_norm else None
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, cache: dict | None
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: dict | None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
@@ -128,9 +132,11 @@ class CausalSelfAttention(nn.Module):
         # With a cache and one new token, that token may attend to everything before it (no mask needed);
         # a multi-token prompt on an empty cache is an ordinary causal pass. Without a cache the pass is
         # always causal (one token: the same thing), so tracing for ONNX never turns on the symbolic length.
-        causal = cache is None or T > 1
+        causal = (cache is None or T > 1) and mask is None
+        # `mask` (B, 1, T, S), True = may attend: rows of different lengths decoded together (zoo.gpt.serve
+        # keeps them left-padded in one cache); it already holds the causal part.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
@@ -156,8 +162,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, rope=None, cache: dict | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), rope, cache)
+    def forward(self, x: torch.Tensor, rope=None, cache: dict | None = None, mask=None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rope, cache, mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -209,23 +215,34 @@ class GPT(nn.Module):
         head = self.lm_head.weight.numel() if c.tie_weights else 0
         return 6 * (self.num_params() + head) + 12 * c.n_layer * c.n_embd * c.block_size
 
-    def forward(self, idx: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
-        """Logits (B, T, vocab) for token ids (B, T); `start` is the position of idx[:, 0]."""
+    def forward(
+        self,
+        idx: torch.Tensor,
+        caches: list[dict] | None = None,
+        start: int | torch.Tensor = 0,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab) for token ids (B, T); `start` is the position of idx[:, 0], or one per row
+        (a (B,) tensor, negative for left padding: padded slots get position 0), with `mask` (B, 1, T, S)
+        saying which cached and new positions each one may attend to."""
         T = idx.shape[1]
-        if start + T > self.cfg.block_size:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}"
-            )
+        if isinstance(start, torch.Tensor):
+            pos = (start.view(-1, 1) + torch.arange(T, device=idx.device)).clamp(min=0)
+            end = int(pos.max()) + 1
+        else:
+            pos, end = None, start + T
+        if end > self.cfg.block_size:
+            raise ValueError(f"sequence of {end} tokens is longer than block_size={self.cfg.block_size}")
         x = self.wte(idx)
         rope = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.wpe(torch.arange(start, end, device=idx.device) if pos is None else pos)
         else:
-            cos, sin = rope_tables(self.cfg, start + T, idx.device)
-            rope = (cos[start:], sin[start:])
+            cos, sin = rope_tables(self.cfg, end, idx.device)
+            rope = (cos[start:], sin[start:]) if pos is None else (cos[pos][:, None], sin[pos][:, None])
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, caches[i] if caches is not None else None)
+            x = block(x, rope, caches[i] if caches is not None else None, mask)
         logits = self.lm_head(self.ln_f(x))
         if self.cfg.padded_vocab_size != self.cfg.vocab_size:
             logits = logits[..., : self.cfg.vocab_size]

@@ -337,6 +337,12 @@ class GPTModule(ZooModule):
             load_weights(module.net, folder)
         return module.to(map_location).eval()
 
+    def serve_api(self, settings: dict[str, Any], run: Any) -> Any:
+        """``python -m zoo.serve``: the GPT's HTTP API (`zoo.gpt.serve`)."""
+        from zoo.gpt.serve import serve_api
+
+        return serve_api(self, settings, run)
+
     def predict(self, cfg: Any, output_dir: Path, run: Any) -> list[str]:
         """``python -m zoo.predict``: continuations of ``prompt=`` or of every line of ``input=``
         (`zoo.gpt.predict.predict`)."""

@@ -525,6 +525,12 @@ class TFTModule(ZooModule):
 
         return watch(cfg)
 
+    def serve_api(self, settings: dict[str, Any], run: Any) -> Any:
+        """``python -m zoo.serve``: the TFT's HTTP API (`zoo.tft.serve`)."""
+        from zoo.tft.serve import serve_api
+
+        return serve_api(self, settings, run)
+
     def predict(self, cfg: Any, output_dir: Path, run: Any) -> Any:
         """``python -m zoo.predict input=recent.csv``: forecast.csv (+ forecast.png), see `zoo.tft.predict`."""
         from zoo.tft.predict import predict_command
