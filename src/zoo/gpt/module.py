@@ -73,6 +73,7 @@ class GPTModule(ZooModule):
 
     family = "gpt"
     monitor = "val/loss"
+    export_formats = ("safetensors", "onnx", "hf")
 
     def __init__(
         self,
