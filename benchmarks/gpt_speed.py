@@ -167,13 +167,16 @@ def env_for(threads: int) -> dict[str, str]:
     return env
 
 
-def run_zoo(shakespeare: Path, steps: int, threads: int, work: Path, tag: str, seed: int) -> dict:
+def run_zoo(
+    shakespeare: Path, steps: int, threads: int, work: Path, tag: str, seed: int,
+    experiment: str = "shakespeare_char", extra: tuple[str, ...] = (),
+) -> dict:  # fmt: skip
     run_dir = work / f"zoo-{tag}"
     times = work / f"zoo-{tag}-steps.json"
     cmd = [
-        sys.executable, "-m", "zoo.train", "experiment=shakespeare_char", f"data.path={shakespeare}",
+        sys.executable, "-m", "zoo.train", f"experiment={experiment}", f"data.path={shakespeare}",
         f"trainer.max_steps={steps}", f"hydra.run.dir={run_dir}", f"seed={seed}",
-        f"+callbacks.bench_step_times={{_target_:benchmarks.gpt_speed.StepTimes,path:'{times}'}}",
+        f"+callbacks.bench_step_times={{_target_:benchmarks.gpt_speed.StepTimes,path:'{times}'}}", *extra,
     ]  # fmt: skip
     if steps < 250:  # the recipe validates every 250 steps; a shorter run still ends with one
         cmd.append(f"trainer.val_check_interval={steps}")

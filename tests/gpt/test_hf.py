@@ -85,6 +85,17 @@ def test_hf_export_refuses_what_the_architecture_cannot_express(tmp_path, option
     assert "\n" not in str(err.value)
 
 
+def test_families_without_an_hf_export_refuse_format_hf(tmp_path):
+    from zoo.core.export import export_run
+    from zoo.core.family import ZooModule
+
+    class Other(ZooModule):
+        family = "other"
+
+    with pytest.raises(ZooError, match=r"format=hf: the other family exports safetensors, onnx"):
+        export_run(Other(), tmp_path, {}, "hf")
+
+
 def small_gpt2(folder, tok: HFTokenizer, **kw):
     """A random GPT-2 saved by transformers itself (weights and tokenizer), as from the hub."""
     cfg = transformers.GPT2Config(

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from zoo.core.errors import ZooError
 from zoo.core.family import EXPORT_MARKER, ZooModule, check_export_format
 
 
@@ -80,6 +81,13 @@ def model_card(
         "```bash",
         how_to_predict.format(folder=folder),
         *([f"python -m zoo.predict ckpt_path={folder} backend=onnx ..."] if "onnx" in formats else []),
+        *(  # a Hugging Face transformers folder: loadable without the zoo
+            [
+                f"python -c \"from transformers import AutoModelForCausalLM; AutoModelForCausalLM.from_pretrained('{folder}')\""
+            ]
+            if "hf" in formats
+            else []
+        ),
         "```",
         "",
         "```python",
@@ -120,13 +128,19 @@ def export_run(
 ) -> Path:
     """Export `module` into `out_dir` in format `fmt`, with its model card and marker; returns the folder."""
     check_export_format(fmt)
+    if fmt not in module.export_formats:
+        raise ZooError(
+            f"format={fmt}: the {module.family} family exports {', '.join(module.export_formats)}; expected one of those"
+        )
     out = Path(out_dir)
     marker = out / EXPORT_MARKER
     if marker.exists():  # re-exporting: the folder is unfinished until the new marker is written
         marker.unlink()
     folder = Path(module.export(out, datamodule, format=fmt))
     plain = _plain(config)
-    formats = ["safetensors"] + (["onnx"] if (folder / "model.onnx").is_file() else [])
+    formats = (
+        ["hf"] if fmt == "hf" else ["safetensors"] + (["onnx"] if (folder / "model.onnx").is_file() else [])
+    )
     card = model_card(module.family, folder, plain, formats, run_dir, type(module).how_to_predict)
     _write(folder / "README.md", card)
     payload = {"family": module.family, "formats": formats, "config": plain}

@@ -38,6 +38,8 @@ class ZooModule(pl.LightningModule):
     """Registry name of the family (``gpt``, ``events``, ``tft``): set by each family's module class."""
     monitor: ClassVar[str] = "val/loss"
     """Metric the checkpoint callback, early stopping and sweeps read when the config sets no ``monitor``."""
+    export_formats: ClassVar[tuple[str, ...]] = ("safetensors", "onnx")
+    """The ``format=`` values `export` writes (a subset of `EXPORT_FORMATS`); others are refused in one line."""
     flops_per_token: float | None = None
     """Training FLOPs (forward + backward) per token, for the Throughput callback's MFU; None: no MFU."""
     how_to_predict: ClassVar[str] = "python -m zoo.predict ckpt_path={folder}"

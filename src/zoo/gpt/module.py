@@ -75,6 +75,7 @@ class GPTModule(ZooModule):
     monitor = "val/loss"
     how_to_predict = 'python -m zoo.predict ckpt_path={folder} prompt="Once upon a time" max_new_tokens=100'
     generates = True
+    export_formats = ("safetensors", "onnx", "hf")
 
     def __init__(
         self,
