@@ -1,7 +1,7 @@
-"""`python -m zoo.export ckpt_path=<checkpoint | run folder> [format=safetensors|onnx] [out=folder]`.
+"""`python -m zoo.export ckpt_path=<checkpoint | run folder> [format=safetensors|onnx] [quantize=int8] [out=folder]`.
 
 Writes the family's self-contained export folder (weights and the config/tokenizer/vocab/normalizer files
-it needs; ``format=onnx`` adds ``model.onnx``), a model card (README.md) and the ``zoo.json`` marker that
+it needs; ``format=onnx`` adds ``model.onnx``, ``quantize=int8`` also ``model.int8.onnx``), a model card (README.md) and the ``zoo.json`` marker that
 `zoo.predict`, `zoo.eval` and `zoo.monitor` recognize an export folder by.
 """
 
@@ -22,9 +22,16 @@ def export(cfg: DictConfig) -> Path:
     run = load_run(cfg.ckpt_path)
     out = Path(cfg.out) if cfg.get("out") else Path(cfg.paths.output_dir) / "export"
     folder = export_run(
-        run.module, out, run.config, fmt, run_dir=run.path.parent.parent if run.kind == "checkpoint" else None
+        run.module,
+        out,
+        run.config,
+        fmt,
+        run_dir=run.path.parent.parent if run.kind == "checkpoint" else None,
+        quantize=cfg.get("quantize"),
     )
-    print(f"[zoo] export ({fmt}): {folder}")
+    print(
+        f"[zoo] export ({fmt}{', ' + cfg.quantize if cfg.get('quantize') not in (None, 'none') else ''}): {folder}"
+    )
     return folder
 
 

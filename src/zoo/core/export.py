@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from zoo.core.errors import ZooError
 from zoo.core.family import EXPORT_MARKER, ZooModule, check_export_format
 
 HOW_TO_PREDICT = {
@@ -35,7 +36,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def model_card(
-    family: str, folder: Path, config: dict[str, Any], formats: list[str], run_dir: Path | None
+    family: str,
+    folder: Path,
+    config: dict[str, Any],
+    formats: list[str],
+    run_dir: Path | None,
+    onnx: dict[str, Any] | None = None,
 ) -> str:
     """README.md of an export: what it is, how it was trained, how well it does, how to use it."""
     import yaml
@@ -52,6 +58,7 @@ def model_card(
         f"(model `{info.get('choices', {}).get('model', '?')}`, data `{info.get('choices', {}).get('data', '?')}`)",
         f"- data fingerprint: `{train.get('data_fingerprint') or info.get('data_fingerprint') or 'unknown'}`",
         f"- trained: {train.get('global_step', '?')} steps, {train.get('wall_seconds', '?')} s",
+        *_quantization_line(onnx),
         "",
         "## Metrics",
         "",
@@ -104,6 +111,16 @@ def model_card(
     return "\n".join(lines)
 
 
+def _quantization_line(onnx: dict[str, Any] | None) -> list[str]:
+    if not onnx or onnx.get("quantize") in (None, "none"):
+        return []
+    return [
+        f"- quantization: {onnx['quantize']} (`{onnx['file']}`, {onnx['bytes'] / 1e6:.3g} MB vs "
+        f"{onnx['float_bytes'] / 1e6:.3g} MB float; {onnx['method']}; int8 ops: {', '.join(onnx['ops'])}); "
+        "`backend=onnx` runs it"
+    ]
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -117,17 +134,36 @@ def export_run(
     fmt: str = "safetensors",
     datamodule: Any = None,
     run_dir: Path | None = None,
+    quantize: str | None = None,
 ) -> Path:
-    """Export `module` into `out_dir` in format `fmt`, with its model card and marker; returns the folder."""
+    """Export `module` into `out_dir` in format `fmt`, with its model card and marker; returns the folder.
+    `quantize` ``int8`` (format onnx only) adds ``model.int8.onnx`` (`zoo.core.onnx.quantize_int8`)."""
+    from zoo.core.onnx import FLOAT_FILE, INT8_FILE, QUANTIZE_CHOICES, quantize_int8, self_contained
+
     check_export_format(fmt)
+    quantize = str(quantize or "none")
+    if quantize not in QUANTIZE_CHOICES:
+        raise ZooError(f"quantize={quantize}: expected one of {', '.join(QUANTIZE_CHOICES)}")
+    if quantize != "none" and fmt != "onnx":
+        raise ZooError(f"quantize={quantize} quantizes the ONNX graph: add format=onnx (format is {fmt})")
     out = Path(out_dir)
     marker = out / EXPORT_MARKER
     if marker.exists():  # re-exporting: the folder is unfinished until the new marker is written
         marker.unlink()
     folder = Path(module.export(out, datamodule, format=fmt))
     plain = _plain(config)
-    formats = ["safetensors"] + (["onnx"] if (folder / "model.onnx").is_file() else [])
-    _write(folder / "README.md", model_card(module.family, folder, plain, formats, run_dir))
-    payload = {"family": module.family, "formats": formats, "config": plain}
+    formats = ["safetensors"] + (["onnx"] if (folder / FLOAT_FILE).is_file() else [])
+    if "onnx" in formats:
+        self_contained(folder / FLOAT_FILE)
+    onnx = quantize_int8(folder) if quantize == "int8" else None
+    if onnx is None:  # an int8 graph of an earlier export would no longer match these weights
+        (folder / INT8_FILE).unlink(missing_ok=True)
+    _write(folder / "README.md", model_card(module.family, folder, plain, formats, run_dir, onnx))
+    payload = {
+        "family": module.family,
+        "formats": formats,
+        "config": plain,
+        **({"onnx": onnx} if onnx else {}),
+    }
     _write(marker, json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return folder
