@@ -46,9 +46,13 @@ def exported(request, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(compose_config([*QUIET, *RECIPES[name], f"paths.cache_dir={cache_dir}"], output_dir=root / "run"))
+        train(
+            compose_config([*QUIET, *RECIPES[name], f"paths.cache_dir={cache_dir}"], output_dir=root / "run")
+        )
         run = load_run(root / "run")
-        folder = export_run(run.module, root / "export", run.config, "onnx", run_dir=root / "run", quantize="int8")
+        folder = export_run(
+            run.module, root / "export", run.config, "onnx", run_dir=root / "run", quantize="int8"
+        )
     finally:
         torch.set_num_threads(threads)
     return {"family": name, "folder": folder, "run": run}
@@ -101,7 +105,10 @@ def test_int8_export_is_recorded_picked_and_close_to_float(exported):
     assert any(float(np.abs(a - b).max()) > 0 for a, b in zip(int8, fp32))
     for a, b in zip(int8, fp32, strict=True):
         if family == "gpt":  # logits -> probabilities
-            a, b = torch.softmax(torch.from_numpy(a), -1).numpy(), torch.softmax(torch.from_numpy(b), -1).numpy()
+            a, b = (
+                torch.softmax(torch.from_numpy(a), -1).numpy(),
+                torch.softmax(torch.from_numpy(b), -1).numpy(),
+            )
         scale = float(b.std()) if family == "tft" else 1.0
         assert float(np.abs(a - b).max()) <= TOLERANCE[family] * scale, (family, float(np.abs(a - b).max()))
 

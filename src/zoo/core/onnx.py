@@ -46,7 +46,7 @@ linear layer: attention projections, MLPs, the GPT head, TFT's gated residual ne
 and why: embeddings (Gather, a lookup, no arithmetic to speed up; GPT's is tied to the head, whose MatMul
 reads an int8 copy), layer norms, softmax, residual adds, activations x activations products (attention
 scores: no weight to quantize ahead of time; dynamic mode leaves them, MatMulConstBOnly) and TFT's LSTMs
-(onnxruntime's int8 LSTM kernel is slower than its float one on short windows and TFT's LSTMs are small)."""
+(the option promises the linear layers; onnxruntime's int8 LSTM is another kernel with its own trade-off)."""
 
 
 PROTOBUF_LIMIT = 2**31 - 1  # bytes: a larger graph keeps its weights in a data file beside it
