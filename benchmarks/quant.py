@@ -188,6 +188,13 @@ def tft_quality(run: Any, fp32: Path, int8: Path, batches: int, threads: int) ->
 QUALITY = {"gpt": gpt_quality, "events": events_quality, "tft": tft_quality}
 
 
+def weight_bytes(path: Path) -> int:
+    """Bytes of a graph's initializers (weights, int8 scales and zero points): the file less its graph."""
+    import onnx
+
+    return sum(t.ByteSize() for t in onnx.load(str(path)).graph.initializer)
+
+
 def bench_family(family: str, run_dir: Path, out: Path, batches: int, threads: int) -> dict[str, Any]:
     from zoo.core.checkpoint import best_checkpoint_of_run
     from zoo.core.export import export_run
@@ -207,7 +214,11 @@ def bench_family(family: str, run_dir: Path, out: Path, batches: int, threads: i
         "onnx_fp32": (fp32 / "model.onnx").stat().st_size,
         "onnx_int8": (int8 / "model.int8.onnx").stat().st_size,
     }
-    result.update(family=family, checkpoint=str(run.path), params=params, bytes=size,
+    weights = {
+        k: weight_bytes((fp32 / "model.onnx") if k == "onnx_fp32" else (int8 / "model.int8.onnx"))
+        for k in size
+    }
+    result.update(family=family, checkpoint=str(run.path), params=params, bytes=size, weight_bytes=weights,
                   size_ratio=size["onnx_int8"] / size["onnx_fp32"],
                   latency_ratio=result["ms"]["onnx_int8"] / result["ms"]["onnx_fp32"],
                   export_seconds={"fp32": export_s, "int8": int8_s},
@@ -239,7 +250,7 @@ def page(results: dict[str, Any], meta: dict[str, Any]) -> str:
         f"- date: {meta['date']}",
         "",
         "`python -m zoo.export ckpt_path=... format=onnx quantize=int8` writes `model.int8.onnx` beside the float "
-        "`model.onnx`: onnxruntime's `quantize_dynamic`, int8 weights (one scale per output channel) for every "
+        "`model.onnx`: onnxruntime's `quant_pre_process` (constant folding) then `quantize_dynamic`: int8 weights (one scale per output channel) for every "
         "MatMul/Gemm with a weight operand, activations quantized per batch at run time. Embeddings, layer norms, "
         "softmax, attention-score products and TFT's LSTMs stay float (`zoo.core.onnx.INT8_OPS`). Latency: median "
         "ms per validation batch, the three backends interleaved on the same batches in one process, "
@@ -262,22 +273,25 @@ def page(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{r['params']:,} parameters; best checkpoint `{Path(r['checkpoint']).name}`. "
             f"Validation: {r['batches']} batches of {r['batch']}.",
             "",
-            "| backend | file size | ms / batch | "
+            "| backend | file size | of which weights | ms / batch | "
             + r["metric"]
             + (" | P10-P90 coverage |" if family == "tft" else " |"),
-            "|---|---|---|---|" + ("---|" if family == "tft" else ""),
+            "|---|---|---|---|---|" + ("---|" if family == "tft" else ""),
         ]
         for k in BACKENDS:
             size = f"{r['bytes'][k] / 1e6:.2f} MB" if k in r["bytes"] else "–"
+            wsize = f"{r['weight_bytes'][k] / 1e6:.2f} MB" if k in r["weight_bytes"] else "–"
             q = r["quality"][k]
             qs = f"{q:.4f}" if family != "events" else f"{q:.2f}"
             cov = f" {r['coverage'][k]:.1f}% |" if family == "tft" else ""
-            lines.append(f"| {k.replace('_', ' ')} | {size} | {r['ms'][k]:.2f} | {qs} |{cov}")
+            lines.append(f"| {k.replace('_', ' ')} | {size} | {wsize} | {r['ms'][k]:.2f} | {qs} |{cov}")
         delta = {"gpt": f"{r['delta']:+.4f} nats/token", "events": f"{r['delta']:+.2f} points",
                  "tft": f"{r['delta']:+.2%} MAE"}[family]  # fmt: skip
         lines += [
             "",
-            f"- size int8 / fp32: **{r['size_ratio']:.3f}x** ({_mark(v['size'])})",
+            f"- size int8 / fp32: **{r['size_ratio']:.3f}x** ({_mark(v['size'])}); weights alone "
+            f"{r['weight_bytes']['onnx_int8'] / r['weight_bytes']['onnx_fp32']:.3f}x (the rest of the float file: "
+            "its graph, with the exporter's per-node debug metadata, which the int8 file drops)",
             f"- latency int8 / fp32 ONNX: **{r['latency_ratio']:.3f}x** ({_mark(v['latency'])}); "
             f"ONNX fp32 / PyTorch: {r['ms']['onnx_fp32'] / r['ms']['pytorch']:.3f}x",
             f"- quality int8 vs fp32 ONNX: **{delta}** ({_mark(v['quality'])})",
