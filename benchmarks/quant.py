@@ -93,6 +93,34 @@ class Timer:
 
 
 BACKENDS = ["pytorch", "onnx_fp32", "onnx_int8"]
+MATMUL_OPS = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm")
+
+
+def matmul_share(reader: Any, inputs: tuple[Any, ...], threads: int, runs: int = 5) -> float:
+    """Share of the float graph's kernel time spent in matrix products (onnxruntime's profiler on `runs`
+    calls of `reader` on `inputs`): the most that int8 linear layers can speed up. An upper bound of the
+    quantized share: activation x activation products (attention scores) count too."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling, options.log_severity_level = True, 3
+    options.intra_op_num_threads = threads
+    options.profile_file_prefix = str(Path(reader.path).with_suffix(""))
+    original = reader.session
+    reader.session = ort.InferenceSession(str(reader.path), options, providers=["CPUExecutionProvider"])
+    try:
+        for _ in range(runs):
+            reader(*inputs)
+        trace = Path(reader.session.end_profiling())
+    finally:
+        reader.session = original
+    by_op: dict[str, float] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            by_op[op] = by_op.get(op, 0.0) + float(event["dur"])
+    trace.unlink()
+    return sum(v for k, v in by_op.items() if k in MATMUL_OPS) / max(sum(by_op.values()), 1e-9)
 
 
 def gpt_quality(run: Any, fp32: Path, int8: Path, batches: int, threads: int) -> dict[str, Any]:
@@ -117,7 +145,8 @@ def gpt_quality(run: Any, fp32: Path, int8: Path, batches: int, threads: int) ->
             loss[k] += float(torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten()))
         n += 1
     quality = {k: v / n for k, v in loss.items()}
-    return {"batch": f"{batch_shape[0]} x {batch_shape[1]} tokens", "batches": n, "ms": timer.ms(),
+    share = matmul_share(readers["onnx_fp32"], (x,), threads)
+    return {"matmul_share": share, "batch": f"{batch_shape[0]} x {batch_shape[1]} tokens", "batches": n, "ms": timer.ms(),
             "quality": quality, "metric": "val loss (nats/token)",
             "delta": quality["onnx_int8"] - quality["onnx_fp32"]}  # fmt: skip
 
@@ -149,7 +178,8 @@ def events_quality(run: Any, fp32: Path, int8: Path, batches: int, threads: int)
             right[k] += int(((probs[:, 0].argmax(-1) == tgt[:, 0, target]) & real).sum())
         total += int(real.sum())
     quality = {k: 100.0 * v / total for k, v in right.items()}
-    return {"batch": f"{batch_size} windows", "batches": min(batches, i + 1), "ms": timer.ms(), "quality": quality,
+    share = matmul_share(readers["onnx_fp32"], (src, src_len, tgt_in), threads)
+    return {"matmul_share": share, "batch": f"{batch_size} windows", "batches": min(batches, i + 1), "ms": timer.ms(), "quality": quality,
             "metric": "next-activity accuracy (%)", "delta": quality["onnx_int8"] - quality["onnx_fp32"]}  # fmt: skip
 
 
@@ -180,7 +210,8 @@ def tft_quality(run: Any, fp32: Path, int8: Path, batches: int, threads: int) ->
         count += sum(a.numel() for a in actual)
     mae = {k: v / count for k, v in err.items()}
     coverage = {k: 100.0 * v / count for k, v in covered.items()}
-    return {"batch": f"{size} windows", "batches": len(starts), "ms": timer.ms(), "quality": mae,
+    share = matmul_share(readers["onnx_fp32"], (x,), threads)
+    return {"matmul_share": share, "batch": f"{size} windows", "batches": len(starts), "ms": timer.ms(), "quality": mae,
             "coverage": coverage, "metric": "MAE (normalized units)",
             "delta": mae["onnx_int8"] / mae["onnx_fp32"] - 1}  # fmt: skip
 
@@ -193,6 +224,18 @@ def weight_bytes(path: Path) -> int:
     import onnx
 
     return sum(t.ByteSize() for t in onnx.load(str(path)).graph.initializer)
+
+
+def count_ops(path: Path, ops: tuple[str, ...]) -> int:
+    import onnx
+
+    return sum(n.op_type in ops for n in onnx.load(str(path)).graph.node)
+
+
+def width(module: Any) -> int | None:
+    """The network's model width (GPT n_embd, events d_model, TFT hidden size), for the page."""
+    hp = module.hparams.get("net") or {}
+    return hp.get("n_embd") or hp.get("d_model") or hp.get("hidden_size")
 
 
 def bench_family(family: str, run_dir: Path, out: Path, batches: int, threads: int) -> dict[str, Any]:
@@ -222,7 +265,9 @@ def bench_family(family: str, run_dir: Path, out: Path, batches: int, threads: i
                   size_ratio=size["onnx_int8"] / size["onnx_fp32"],
                   latency_ratio=result["ms"]["onnx_int8"] / result["ms"]["onnx_fp32"],
                   export_seconds={"fp32": export_s, "int8": int8_s},
-                  int8_ops=json.loads((int8 / "zoo.json").read_text())["onnx"]["ops"])  # fmt: skip
+                  int8_ops=json.loads((int8 / "zoo.json").read_text())["onnx"]["ops"],
+                  int8_matmuls=count_ops(int8 / "model.int8.onnx", ("MatMulInteger", "DynamicQuantizeMatMul")),
+                  width=width(run.module))  # fmt: skip
     return result
 
 
@@ -293,7 +338,8 @@ def page(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{r['weight_bytes']['onnx_int8'] / r['weight_bytes']['onnx_fp32']:.3f}x (the rest of the float file: "
             "its graph, with the exporter's per-node debug metadata, which the int8 file drops)",
             f"- latency int8 / fp32 ONNX: **{r['latency_ratio']:.3f}x** ({_mark(v['latency'])}); "
-            f"ONNX fp32 / PyTorch: {r['ms']['onnx_fp32'] / r['ms']['pytorch']:.3f}x",
+            f"ONNX fp32 / PyTorch: {r['ms']['onnx_fp32'] / r['ms']['pytorch']:.3f}x; matrix products are "
+            f"{r['matmul_share']:.0%} of the float graph's kernel time (onnxruntime profiler)",
             f"- quality int8 vs fp32 ONNX: **{delta}** ({_mark(v['quality'])})",
         ]
         if r.get("why"):
@@ -302,11 +348,27 @@ def page(results: dict[str, Any], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-WHY = {
-    "tft": "most of the TFT's weights sit in LSTMs, embeddings and variable-selection layers narrower than "
-    "int8 pays for (hidden size 16): per-channel scales and the int8 ops' own inputs cost about what the "
-    "weights save; the option stays for larger hidden sizes",
-}
+def why(r: dict[str, Any]) -> str:
+    """What a missed goal comes from, in this run's own measurements."""
+    v, parts = r["verdicts"], []
+    if v["size"] is False:
+        graph = 1 - r["weight_bytes"]["onnx_fp32"] / r["bytes"]["onnx_fp32"]
+        parts.append(
+            f"size: {r['params']:,} parameters, so {graph:.0%} of the float file is graph, not weights; "
+            f"dynamic quantization adds a quantize, a cast and a rescale node around each of its "
+            f"{r['int8_matmuls']} quantized matrix products, so the graph grows while the weights shrink to "
+            f"{r['weight_bytes']['onnx_int8'] / r['weight_bytes']['onnx_fp32']:.2f}x (the LSTMs' weights stay float)"
+        )
+    if v["latency"] is False:
+        parts.append(
+            f"latency: matrix products are {r['matmul_share']:.0%} of the float graph's kernel time; the rest "
+            "(reshapes, transposes, embedding lookups, layer norms, softmax of a width-"
+            f"{r.get('width', '?')} network) stays float, so even free int8 products could only cut the time to "
+            f"{1 - r['matmul_share']:.2f}x"
+        )
+    if v["quality"] is False:
+        parts.append("quality: int8 rounding of the linear layers' weights moves the metric past the goal")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,9 +402,8 @@ def main(argv: list[str] | None = None) -> None:
         r = bench_family(family, run_dir, args.runs / "exports", args.batches, args.threads)
         r["training"] = {"recipe": table[family][0 if family != "events" else 1].split("=")[1],
                          "overrides": table[family], "seconds": seconds}  # fmt: skip
-        if family in WHY and not all(ok is not False for ok in verdicts(r).values()):
-            r["why"] = WHY[family]
         r["verdicts"] = verdicts(r)
+        r["why"] = why(r)
         results[family] = r
         print(f"[quant] {family}: size {r['size_ratio']:.3f}x, latency {r['latency_ratio']:.3f}x, "
               f"quality delta {r['delta']:+.4g}, ms {r['ms']}", flush=True)  # fmt: skip

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import run_cli
 from zoo.core.config import compose_config
 from zoo.core.errors import ZooError
 from zoo.core.export import export_run
@@ -55,7 +56,7 @@ def exported(request, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path)
         )
     finally:
         torch.set_num_threads(threads)
-    return {"family": name, "folder": folder, "run": run}
+    return {"family": name, "folder": folder, "run": run, "run_dir": root / "run"}
 
 
 def _outputs(session, feeds: dict) -> list[np.ndarray]:
@@ -140,6 +141,13 @@ def test_family_readers_run_int8_and_a_float_reexport_drops_it(exported):
         np.testing.assert_array_equal(a, b)
     if family != "gpt":
         return
+    # As a user runs it: one line saying where the int8 export went.
+    cli = folder.parent / "cli"
+    proc = run_cli("zoo.export", f"ckpt_path={exported['run_dir']}", "format=onnx", "quantize=int8", f"out={cli}",
+                   f"hydra.run.dir={folder.parent / 'exp'}", env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines() == [f"[zoo] export (onnx, int8): {cli}"], proc.stdout
+    assert json.loads((cli / "zoo.json").read_text())["onnx"]["file"] == INT8_FILE
     export_run(run.module, folder, run.config, "onnx")
     assert not (folder / INT8_FILE).exists()
     assert "onnx" not in json.loads((folder / "zoo.json").read_text())
