@@ -58,6 +58,7 @@ bench: ## Benchmarks -> docs/benchmarks.md (real-data parts need ../shared/data;
 	$(PYTHON) -m benchmarks.events
 	$(PYTHON) -m benchmarks.tft
 	$(PYTHON) -m benchmarks.serve
+	$(PYTHON) -m benchmarks.quant
 	$(PYTHON) -m benchmarks.report
 
 bench-gpt-scale: ## GPT at scale on CPU: streaming prep of a generated 1 GB corpus (~50 min), step time vs nanoGPT

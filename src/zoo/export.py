@@ -1,7 +1,7 @@
-"""`python -m zoo.export ckpt_path=<checkpoint | run folder | export folder> [format=safetensors|onnx|hf] [out=folder]`.
+"""`python -m zoo.export ckpt_path=<checkpoint | run folder | export folder> [format=safetensors|onnx|hf] [quantize=int8] [out=folder]`.
 
 Writes the family's self-contained export folder (weights and the config/tokenizer/vocab/normalizer files
-it needs; ``format=onnx`` adds ``model.onnx``), a model card (README.md) and the ``zoo.json`` marker that
+it needs; ``format=onnx`` adds ``model.onnx``, ``quantize=int8`` also ``model.int8.onnx``), a model card (README.md) and the ``zoo.json`` marker that
 `zoo.predict`, `zoo.eval` and `zoo.monitor` recognize an export folder by.
 
 Without ``out=`` the export goes where the rest of the zoo looks for it: ``<run>/export`` for a run folder or
@@ -42,8 +42,9 @@ def export(cfg: DictConfig) -> Path:
     if run_dir is not None and not (run_dir / "metrics.json").is_file():
         run_dir = None
     out = Path(cfg.out) if cfg.get("out") else default_out(run.path, run.kind, Path(cfg.paths.output_dir))
-    folder = export_run(run.module, out, run.config, fmt, run_dir=run_dir)
-    print(f"[zoo] export ({fmt}): {folder}")
+    folder = export_run(run.module, out, run.config, fmt, run_dir=run_dir, quantize=cfg.get("quantize"))
+    quantized = f", {cfg.quantize}" if cfg.get("quantize") not in (None, "none") else ""
+    print(f"[zoo] export ({fmt}{quantized}): {folder}")
     return folder
 
 

@@ -123,6 +123,11 @@ def _report(
         )
     for logdir in logdirs:
         print(f"[zoo] logs:          {logdir}  (tensorboard --logdir {output_dir})")
+    from zoo.core.trackers import finish, where
+
+    finish(trainer.loggers)  # after validation/test: they log to the run too
+    for line in where(trainer.loggers):
+        print(f"[zoo] {line}")
     print(f"[zoo] metrics:       {output_dir / 'metrics.json'}")
     if payload.get("export_dir"):
         print(f"[zoo] export:        {payload['export_dir']}")

@@ -36,6 +36,7 @@ def model_card(
     formats: list[str],
     run_dir: Path | None,
     how_to_predict: str = ZooModule.how_to_predict,
+    onnx: dict[str, Any] | None = None,
 ) -> str:
     """README.md of an export: what it is, how it was trained, how well it does, how to use it
     (`how_to_predict`: the family's `ZooModule.how_to_predict`)."""
@@ -53,6 +54,7 @@ def model_card(
         f"(model `{info.get('choices', {}).get('model', '?')}`, data `{info.get('choices', {}).get('data', '?')}`)",
         f"- data fingerprint: `{train.get('data_fingerprint') or info.get('data_fingerprint') or 'unknown'}`",
         f"- trained: {train.get('global_step', '?')} steps, {train.get('wall_seconds', '?')} s",
+        *_quantization_line(onnx),
         "",
         "## Metrics",
         "",
@@ -112,6 +114,16 @@ def model_card(
     return "\n".join(lines)
 
 
+def _quantization_line(onnx: dict[str, Any] | None) -> list[str]:
+    if not onnx or onnx.get("quantize") in (None, "none"):
+        return []
+    return [
+        f"- quantization: {onnx['quantize']} (`{onnx['file']}`, {onnx['bytes'] / 1e6:.3g} MB vs "
+        f"{onnx['float_bytes'] / 1e6:.3g} MB float; {onnx['method']}; int8 ops: {', '.join(onnx['ops'])}); "
+        "`backend=onnx` runs it"
+    ]
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -125,13 +137,22 @@ def export_run(
     fmt: str = "safetensors",
     datamodule: Any = None,
     run_dir: Path | None = None,
+    quantize: str | None = None,
 ) -> Path:
-    """Export `module` into `out_dir` in format `fmt`, with its model card and marker; returns the folder."""
+    """Export `module` into `out_dir` in format `fmt`, with its model card and marker; returns the folder.
+    `quantize` ``int8`` (format onnx only) adds ``model.int8.onnx`` (`zoo.core.onnx.quantize_int8`)."""
+    from zoo.core.onnx import FLOAT_FILE, INT8_FILE, QUANTIZE_CHOICES, quantize_int8, self_contained
+
     check_export_format(fmt)
     if fmt not in module.export_formats:
         raise ZooError(
             f"format={fmt}: the {module.family} family exports {', '.join(module.export_formats)}; expected one of those"
         )
+    quantize = str(quantize or "none")
+    if quantize not in QUANTIZE_CHOICES:
+        raise ZooError(f"quantize={quantize}: expected one of {', '.join(QUANTIZE_CHOICES)}")
+    if quantize != "none" and fmt != "onnx":
+        raise ZooError(f"quantize={quantize} quantizes the ONNX graph: add format=onnx (format is {fmt})")
     out = Path(out_dir)
     marker = out / EXPORT_MARKER
     if marker.exists():  # re-exporting: the folder is unfinished until the new marker is written
@@ -139,10 +160,20 @@ def export_run(
     folder = Path(module.export(out, datamodule, format=fmt))
     plain = _plain(config)
     formats = (
-        ["hf"] if fmt == "hf" else ["safetensors"] + (["onnx"] if (folder / "model.onnx").is_file() else [])
+        ["hf"] if fmt == "hf" else ["safetensors"] + (["onnx"] if (folder / FLOAT_FILE).is_file() else [])
     )
-    card = model_card(module.family, folder, plain, formats, run_dir, type(module).how_to_predict)
+    if "onnx" in formats:
+        self_contained(folder / FLOAT_FILE)
+    onnx = quantize_int8(folder) if quantize == "int8" else None
+    if onnx is None:  # an int8 graph of an earlier export would no longer match these weights
+        (folder / INT8_FILE).unlink(missing_ok=True)
+    card = model_card(module.family, folder, plain, formats, run_dir, type(module).how_to_predict, onnx)
     _write(folder / "README.md", card)
-    payload = {"family": module.family, "formats": formats, "config": plain}
+    payload = {
+        "family": module.family,
+        "formats": formats,
+        "config": plain,
+        **({"onnx": onnx} if onnx else {}),
+    }
     _write(marker, json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return folder

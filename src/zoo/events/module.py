@@ -15,6 +15,7 @@ from torch.nn import ModuleDict
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from zoo.core.callbacks import log_grad_norm
 from zoo.core.errors import ZooError
 from zoo.core.family import ZooModule
 from zoo.core.optim import fused_adam
@@ -176,6 +177,9 @@ class EventModule(ZooModule):
             self._fields_logged_at = self.global_step
             self._log_train_fields(batch, out)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        log_grad_norm(self)  # train/grad_norm, as the other families log it
 
     @torch.no_grad()
     def _log_train_fields(self, batch: dict[str, torch.Tensor], out: dict[str, Any]) -> None:
