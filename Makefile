@@ -21,6 +21,9 @@ DOCKER_EXTRAS ?= onnx
 # The base image's Python, for the torch wheel fetched into the wheelhouse.
 DOCKER_PYTHON_VERSION ?= 3.11
 DOCKER_WHEELS := build/docker/wheels
+# CA certificates pip trusts during the build (a TLS-intercepting proxy's CA, as the host's pip trusts it);
+# used in the build stage only, not kept in the image. Empty: the base image's own.
+DOCKER_CA_BUNDLE ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -86,6 +89,7 @@ docker-wheels: ## The image's wheelhouse: the zoo wheel, and (CPU image) the tor
 	$(PYTHON) -m pip wheel --no-deps . -w $(DOCKER_WHEELS)
 	$(if $(DOCKER_TORCH_INDEX),$(PYTHON) -m pip download "torch==$(TORCH_VERSION)" --no-deps --only-binary=:all: \
 		--python-version $(DOCKER_PYTHON_VERSION) --extra-index-url $(DOCKER_TORCH_INDEX) -d $(DOCKER_WHEELS))
+	$(if $(DOCKER_CA_BUNDLE),cp $(DOCKER_CA_BUNDLE) $(DOCKER_WHEELS)/ca-bundle.crt)
 
 docker: docker-wheels ## Build the image (zoo:cpu; DOCKER_BASE=, DOCKER_IMAGE=, DOCKER_EXTRAS=onnx,track ...)
 	$(DOCKER) build --network host -f docker/Dockerfile -t $(DOCKER_IMAGE) \

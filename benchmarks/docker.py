@@ -161,12 +161,16 @@ def base_tarball(log: Path) -> tuple[Path, float | None]:
         rootfs = Path(tmp) / "rootfs"
         sh(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(rootfs), MIRROR],
            timeout=1200, log=log)  # fmt: skip
-        # apt's package lists and caches: 50 MB the image does not need (its Dockerfile runs apt only for
-        # a base without Python).
-        for junk in ("var/cache/apt", "var/lib/apt/lists"):
-            for p in (rootfs / junk).glob("*"):
-                if p.is_file():
+        # What Debian's slim images leave out too: apt's lists and caches (the Dockerfile runs apt only for
+        # a base without Python), documentation, manual pages, translations. Half the size, and every
+        # build step under vfs copies the whole file system.
+        for junk in ("var/cache/apt", "var/lib/apt/lists"):  # the files; apt wants its folders
+            for p in (rootfs / junk).rglob("*"):
+                if p.is_file() and p.name != "lock":
                     p.unlink()
+        for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale"):
+            shutil.rmtree(rootfs / junk)
+            (rootfs / junk).mkdir()
         part = BASE_TAR.with_suffix(".part")
         sh(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(part), "."], timeout=600, log=log)
         part.rename(BASE_TAR)
@@ -192,20 +196,22 @@ def build(env: dict, log: Path, image: str = IMAGE) -> dict:
             "base_size": image_size(env, BASE_TAG)}  # fmt: skip
 
 
+PROBE = (
+    "import json, torch, zoo, importlib.metadata as m;"
+    "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'zoo_file': zoo.__file__,"
+    "'direct_url': m.distribution('zoo').read_text('direct_url.json')}))"
+)
+
+
 def inspect_image(env: dict, image: str = IMAGE) -> dict:
-    """What the image says about itself: its user and entry point, and torch/zoo as installed in it."""
+    """The image's user, entry point and volumes (its config)."""
     cfg = json.loads(sh(["docker", "image", "inspect", image, "--format", "{{json .Config}}"], env=env,
                         timeout=60, capture_output=True, text=True).stdout)  # fmt: skip
-    probe = (
-        "import json, torch, zoo, importlib.metadata as m;"
-        "d = m.distribution('zoo');"
-        "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'zoo_file': zoo.__file__,"
-        "'direct_url': d.read_text('direct_url.json')}))"
-    )
-    out = sh(["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", probe],
-             env=env, timeout=300, capture_output=True, text=True)  # fmt: skip
-    return {"user": cfg.get("User"), "entrypoint": cfg.get("Entrypoint"), "volumes": sorted(cfg.get("Volumes") or {}),
-            **json.loads(out.stdout.strip().splitlines()[-1])}  # fmt: skip
+    return {
+        "user": cfg.get("User"),
+        "entrypoint": cfg.get("Entrypoint"),
+        "volumes": sorted(cfg.get("Volumes") or {}),
+    }
 
 
 def container_user() -> tuple[int, int]:
@@ -221,7 +227,9 @@ def train(env: dict, logs: Path, log: Path, image: str = IMAGE) -> tuple[Path, f
     logs.mkdir(parents=True, exist_ok=True)
     os.chown(logs, uid, gid)
     start = time.perf_counter()
-    sh(["docker", "run", "--rm", "--network", "none", "--user", f"{uid}:{gid}", "-v", f"{logs}:/zoo/logs",
+    # No --rm: under vfs, removing a container deletes a whole copy of the image (minutes on a busy
+    # machine); the daemon's data root goes at the end anyway.
+    sh(["docker", "run", "--network", "none", "--user", f"{uid}:{gid}", "-v", f"{logs}:/zoo/logs",
         image, *TRAIN_ARGS], env=env, timeout=1200, log=log)  # fmt: skip
     seconds = time.perf_counter() - start
     runs = sorted((logs / "train" / "runs").glob("*"))
@@ -250,7 +258,8 @@ def tensorboard_command(port: int) -> list[str]:
 
 def tensorboard_scalar(env: dict, logs: Path, log: Path, image: str = IMAGE, timeout: float = 240) -> dict:
     """Start the TensorBoard service on the logs (host network, 127.0.0.1, a free port), and read one scalar
-    series back over HTTP; stops the container it started, also on failure."""
+    series back over HTTP; in the same container, how torch and the zoo are installed (PROBE). Kills the
+    container it started, also on failure."""
     uid, gid = container_user()
     port = free_port()
     cmd = tensorboard_command(port)
@@ -278,9 +287,18 @@ def tensorboard_scalar(env: dict, logs: Path, log: Path, image: str = IMAGE, tim
         query = urllib.parse.urlencode({"run": run, "tag": "val/loss"})
         with urllib.request.urlopen(f"{base}/scalars?{query}", timeout=30) as r:
             points = json.load(r)  # [[wall_time, step, value], ...]
-        return {"run": run, "port": port, "points": points}
+        probe = sh(["docker", "exec", cid, "python", "-c", PROBE], env=env, timeout=300, capture_output=True,
+                   text=True).stdout  # fmt: skip
+        return {
+            "run": run,
+            "port": port,
+            "points": points,
+            "probe": json.loads(probe.strip().splitlines()[-1]),
+        }
     finally:
-        subprocess.run(["docker", "rm", "-f", cid], env=env, capture_output=True, timeout=120)
+        # Killed, not removed (see train); dockerd's shutdown would stop it too.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(["docker", "kill", cid], env=env, capture_output=True, timeout=120)
 
 
 def run_all(work: Path) -> dict:
@@ -293,6 +311,7 @@ def run_all(work: Path) -> dict:
         logs = work / "logs"
         numbers["run_dir"], numbers["train_s"] = train(env, logs, log)
         numbers["tensorboard"] = tensorboard_scalar(env, logs, log)
+        numbers["image"].update(numbers["tensorboard"].pop("probe"))
     numbers["installed"] = installed
     return numbers
 
