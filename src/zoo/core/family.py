@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 import json
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 
 from zoo.core.errors import ZooError
+from zoo.core.registry import registry  # noqa: F401  (re-exported: the registry is part of the contract)
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -146,20 +146,6 @@ class Run:
     @property
     def export_dir(self) -> Path | None:
         return self.path if self.kind == "export" else None
-
-
-def _builtin() -> dict[str, str]:
-    from zoo.families import BUILTIN
-
-    return dict(BUILTIN)
-
-
-def registry() -> dict[str, str]:
-    """Family name -> ``package.module:Class`` of its ZooModule: built-ins, then installed entry points."""
-    table = _builtin()
-    for ep in metadata.entry_points(group="zoo.families"):
-        table.setdefault(ep.name, ep.value)
-    return table
 
 
 def family(name: str) -> type[ZooModule]:

@@ -8,7 +8,7 @@ names such as ``os.system``. So before anything of a stored config is imported o
 the key, any ``_target_`` that is not
 
 - a class defined in the zoo (``zoo.``) or in the package of a registered family
-  (`zoo.core.family.registry`), or
+  (`zoo.core.registry.registry`), or
 - one of `LIBRARY_TARGETS`: the library classes and zoo factories the zoo's own configs (``conf/``) use, or
 - a name listed in ``$ZOO_TRUSTED_TARGETS`` (comma-separated) by the user who runs the command.
 
@@ -27,6 +27,7 @@ LIBRARY_TARGETS = frozenset(
     {
         # Trainer, callbacks and loggers of conf/trainer, conf/callbacks, conf/logger.
         "lightning.pytorch.Trainer",
+        "lightning.pytorch.callbacks.DeviceStatsMonitor",
         "lightning.pytorch.callbacks.EarlyStopping",
         "lightning.pytorch.callbacks.EMAWeightAveraging",
         "lightning.pytorch.callbacks.LearningRateMonitor",
@@ -43,12 +44,12 @@ LIBRARY_TARGETS = frozenset(
 TRUST_ENV = "ZOO_TRUSTED_TARGETS"
 """Environment variable: more exact ``_target_`` names to trust (a user's own configs using other classes)."""
 
-HOW = "docs/reliability.md, 'What loading trusts'"
+HOW = "see 'What loading trusts' in the zoo's docs/reliability.md"
 
 
 def trusted_packages() -> tuple[str, ...]:
     """``zoo`` and the package of every registered family's module (``my_pkg.module:Cls`` -> ``my_pkg``)."""
-    from zoo.core.family import registry
+    from zoo.core.registry import registry
 
     packages = {"zoo"}
     for value in registry().values():

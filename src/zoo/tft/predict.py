@@ -276,7 +276,7 @@ def read_input(path: Path) -> pd.DataFrame:
     """The ``input=`` table: CSV, Parquet or JSON(-lines), by suffix, or a ``zoo.collect`` folder (its rows)."""
     kind = path.suffix.lower().lstrip(".")
     if path.is_dir():
-        from zoo.collect import read
+        from zoo.tft.collect import read
 
         frame = read(path)
         if frame is None or len(frame) == 0:
