@@ -159,6 +159,60 @@ def _window_quantiles(module: Any, batches: Any, onnx: Any, batch_size: int = 25
     return [torch.cat(p) for p in parts]
 
 
+def _with_future_steps(module: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the next `prediction_length` steps of every series appended (their calendar features
+    generated; unknown inputs are not read in the decoder and keep their last value, so the frame stays
+    rectangular)."""
+    from zoo.tft import sources as S
+
+    spec, P = module.preprocess, module.prediction_length
+    step = pd.Timedelta(spec["step"])
+    last = frame.groupby("series", sort=True).tail(1)
+    offsets = np.arange(1, P + 1)
+    fut = last.loc[last.index.repeat(P)].reset_index(drop=True)
+    fut["timestamp"] = fut["timestamp"] + step * np.tile(offsets, len(last))
+    fut["time_idx"] = fut["time_idx"] + np.tile(offsets, len(last))
+    S.add_calendar(fut, spec.get("calendar", []))
+    return pd.concat([frame, fut[frame.columns]], ignore_index=True)
+
+
+def _forecast_rows(module: Any, ds: Any, raw: list[Any], new_series: str | None, unknown: list[str],
+                   raw_quantiles: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """`forecast`'s rows of one dataset's windows from their raw quantiles `raw` (per target [W, P, L]):
+    calibrated bands, the point read from the raw quantiles, both back in the data's units."""
+    spec, P = module.preprocess, module.prediction_length
+    scaler = spec.get("scaler") or {}
+    starts, ends = ds.index["index_start"].to_numpy(), ds.index["index_end"].to_numpy()
+    first = ds.data["time"][ends].numpy() - P + 1
+    if new_series:  # encoded as the unknown class, which does not decode: the name it came with
+        window_series = [new_series] * len(starts)
+    else:
+        classes = ds.categorical_encoders["__group_id__series"].classes_
+        name_of = {code: str(name) for name, code in classes.items()}
+        window_series = [name_of[int(c)] for c in ds.data["groups"][starts, 0]]
+    # Calibrated bands (zoo.tft.calibrate); the point forecast is read from the raw quantiles.
+    channels = [s.rsplit("/", 1)[-1] for s in window_series] if spec.get("channels") else None
+    calibrated = module.calibrated(raw, channels)
+    rows = []
+    for t, target in enumerate(module.target_names):
+        for w, series in enumerate(window_series):
+            q, point = calibrated[t][w], module.point_of(raw[t][w])
+            out_series, name = series, target
+            if spec.get("channels"):  # channel-independent: `<series>/<target>` back to its series and target
+                out_series, name = series.rsplit("/", 1)
+            mu, sd = scaler.get(name, (0.0, 1.0))
+            for h in range(P):
+                row = {"series": out_series, "target": name, "step": h + 1, "time_idx": int(first[w]) + h}
+                row["point"] = float(point[h]) * sd + mu
+                for k, level in enumerate(module.quantiles):
+                    row[f"q{level:g}"] = float(q[h, k]) * sd + mu
+                    if raw_quantiles:
+                        row[f"raw_q{level:g}"] = float(raw[t][w][h, k]) * sd + mu
+                row["known_series"] = series not in unknown
+                rows.append(row)
+    return rows
+
+
 def forecast(
     module: Any,
     df: pd.DataFrame,
@@ -180,7 +234,6 @@ def forecast(
     calibration from)."""
     from pytorch_forecasting import TimeSeriesDataSet
 
-    from zoo.tft import sources as S
     from zoo.tft.fastpath import StockBatches, WindowBatches
 
     if onnx is not None and not callable(onnx):
@@ -188,17 +241,8 @@ def forecast(
 
         onnx = OnnxForecaster(onnx, module)
     spec = module.preprocess
-    frame = prepare_frame(module, df, where)
     step = pd.Timedelta(spec["step"])
-    P = module.prediction_length
-    last = frame.groupby("series", sort=True).tail(1)
-    offsets = np.arange(1, P + 1)
-    fut = last.loc[last.index.repeat(P)].reset_index(drop=True)
-    # Unknown inputs are not read in the decoder; they keep their last value so the frame stays rectangular.
-    fut["timestamp"] = fut["timestamp"] + step * np.tile(offsets, len(last))
-    fut["time_idx"] = fut["time_idx"] + np.tile(offsets, len(last))
-    S.add_calendar(fut, spec.get("calendar", []))
-    full = pd.concat([frame, fut[frame.columns]], ignore_index=True)
+    full = _with_future_steps(module, prepare_frame(module, df, where))
     seen = known_series(module)
     unknown = sorted(set(full["series"]) - seen) if seen is not None else []
     if unknown and not _unknown_series_encodable(module):
@@ -209,8 +253,7 @@ def forecast(
     # Every series the model never saw is encoded as the same unknown group, so each gets its own dataset
     # (in one dataset they would merge into one series); the known ones share one.
     parts = [(full[~full["series"].isin(unknown)], None)] + [(full[full["series"] == s], s) for s in unknown]
-    rows = []
-    scaler = spec.get("scaler") or {}
+    rows: list[dict[str, Any]] = []
     for part, new_series in parts:
         if part.empty:
             continue
@@ -223,36 +266,9 @@ def forecast(
             batches: Any = WindowBatches(ds)
         except ZooError:  # EncoderNormalizer models: the stock path
             batches = StockBatches(ds)
-        starts, ends = ds.index["index_start"].to_numpy(), ds.index["index_end"].to_numpy()
-        first = ds.data["time"][ends].numpy() - P + 1
-        if new_series:  # encoded as the unknown class, which does not decode: the name it came with
-            window_series = [new_series] * len(starts)
-        else:
-            classes = ds.categorical_encoders["__group_id__series"].classes_
-            name_of = {code: str(name) for name, code in classes.items()}
-            window_series = [name_of[int(c)] for c in ds.data["groups"][starts, 0]]
-        raw = _window_quantiles(module, batches, onnx)
-        # Calibrated bands (zoo.tft.calibrate); the point forecast is read from the raw quantiles.
-        channels = [s.rsplit("/", 1)[-1] for s in window_series] if spec.get("channels") else None
-        calibrated = module.calibrated(raw, channels)
-        for t, target in enumerate(module.target_names):
-            for w, series in enumerate(window_series):
-                q, point = calibrated[t][w], module.point_of(raw[t][w])
-                out_series, name = series, target
-                if spec.get(
-                    "channels"
-                ):  # channel-independent: `<series>/<target>` back to its series and target
-                    out_series, name = series.rsplit("/", 1)
-                mu, sd = scaler.get(name, (0.0, 1.0))
-                for h in range(P):
-                    row = {"series": out_series, "target": name, "step": h + 1, "time_idx": int(first[w]) + h}
-                    row["point"] = float(point[h]) * sd + mu
-                    for k, level in enumerate(module.quantiles):
-                        row[f"q{level:g}"] = float(q[h, k]) * sd + mu
-                        if raw_quantiles:
-                            row[f"raw_q{level:g}"] = float(raw[t][w][h, k]) * sd + mu
-                    row["known_series"] = series not in unknown
-                    rows.append(row)
+        rows += _forecast_rows(
+            module, ds, _window_quantiles(module, batches, onnx), new_series, unknown, raw_quantiles
+        )
     out = pd.DataFrame(rows)
     out["timestamp"] = pd.Timestamp(spec["origin"]) + step * out["time_idx"]
     head = ["series", "target", "timestamp", "step", "time_idx", "point"]
