@@ -111,7 +111,7 @@ frame = prom.load(src, folder, progress=False)
 seconds = time.perf_counter() - t0
 samples = int(frame[list(queries)].notna().to_numpy().sum())
 print(json.dumps({{"seconds": seconds, "samples": samples, "rows": len(frame), "series": int(frame["series"].nunique()),
-                   "chunks": len(src.chunks()), "peak_rss_bytes": peak_rss()}}))
+                   "chunks": len(src.chunks(prom.plan(src, __import__("pathlib").Path(folder)))), "peak_rss_bytes": peak_rss()}}))
 """
 
 

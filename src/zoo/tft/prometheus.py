@@ -238,7 +238,10 @@ def query_range(session: Any, source: Source, expr: str, first: float, last: flo
 def result_frame(result: list[dict[str, Any]], source: Source, target: str, expr: str) -> pd.DataFrame:
     """One query's matrix -> long rows (``series``, ``time`` in seconds, value, ``label_*``)."""
     where = f"data.queries.{target}={expr!r}"
-    parts = []
+    times: list[np.ndarray] = []
+    vals: list[np.ndarray] = []
+    ids: list[str] = []
+    label_values: list[list[str]] = []
     seen: dict[str, dict[str, str]] = {}
     for item in result:
         metric = item.get("metric") or {}
@@ -258,19 +261,23 @@ def result_frame(result: list[dict[str, Any]], source: Source, target: str, expr
         values = item.get("values") or []
         if not values:
             continue
-        t = np.fromiter((x[0] for x in values), np.float64, len(values))
-        v = np.array([x[1] for x in values], dtype=np.float64)  # "NaN", "+Inf" parse as floats
-        frame = pd.DataFrame({"series": sid, "time": t, "value": v})
-        for lb in source.series_labels:
-            frame[LABEL_PREFIX + lb] = str(metric[lb])
-        parts.append(frame)
-    if not parts:
+        # One flat pass per series into arrays; the frame is built once per query (a DataFrame per series
+        # cost more than the parsing).
+        times.append(np.fromiter((x[0] for x in values), np.float64, len(values)))
+        vals.append(np.array([x[1] for x in values], dtype=np.float64))  # "NaN", "+Inf" parse as floats
+        ids.append(sid)
+        label_values.append([str(metric[lb]) for lb in source.series_labels])
+    if not ids:
         return pd.DataFrame(
             {"series": pd.Series(dtype=object), "time": pd.Series(dtype=float), "value": pd.Series(dtype=float),
              **{LABEL_PREFIX + lb: pd.Series(dtype=object) for lb in source.series_labels}}
         )  # fmt: skip
-    out = pd.concat(parts, ignore_index=True)
-    return out
+    counts = np.array([len(t) for t in times])
+    out = {"series": np.repeat(np.array(ids, dtype=object), counts), "time": np.concatenate(times),
+           "value": np.concatenate(vals)}  # fmt: skip
+    for i, lb in enumerate(source.series_labels):
+        out[LABEL_PREFIX + lb] = np.repeat(np.array([v[i] for v in label_values], dtype=object), counts)
+    return pd.DataFrame(out)
 
 
 def check_spacing(frame: pd.DataFrame, source: Source, target: str, expr: str) -> None:
