@@ -214,9 +214,7 @@ def test_sigterm_finishes_the_stream_in_flight_then_exits_0(trained, tmp_path):
 
 @pytest.mark.slow
 def test_onnx_backend_serves_the_export_like_torch(trained, server, tmp_path):
-    """backend=onnx (model.onnx of an export folder, onnxruntime) answers greedy requests as torch does;
-    a checkpoint is refused for it in one line."""
-    from tests.conftest import run_cli
+    """backend=onnx (model.onnx of an export folder, onnxruntime) answers greedy requests as torch does."""
     from zoo.core.export import export_run
     from zoo.core.family import load_run
 
@@ -227,7 +225,25 @@ def test_onnx_backend_serves_the_export_like_torch(trained, server, tmp_path):
     with serving(folder, "backend=onnx", log_dir=tmp_path) as srv:
         status, answer = srv.post("/v1/completions", body)
         assert status == 200 and [c["text"] for c in answer["choices"]] == expect
-    refused = run_cli(
-        "zoo.serve", f"ckpt_path={trained}", "backend=onnx", f"hydra.run.dir={tmp_path}/h", timeout=120
-    )
-    assert refused.returncode == 2 and "backend=onnx needs an export folder" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("backend=onnx", "backend=onnx needs an export folder"),
+        ("port=80", "port=80: expected an integer from 1024 to 65535"),
+        ("host=example.org", "host=example.org: expected one of"),
+        ("max_batch_size=0", "max_batch_size=0 must be a positive integer"),
+        ("batch_timeout=-1", "batch_timeout=-1 must be a number >= 0"),
+        ("device=cuda", "device=cuda: zoo.serve runs models on the CPU"),
+        ("threads=0", "threads=0 must be a positive integer"),
+    ],
+)
+def test_bad_server_settings_are_refused_in_one_line_before_serving(trained, tmp_path, override, message):
+    from zoo.core.errors import ZooError
+    from zoo.serve import serve
+
+    cfg = compose_config([f"ckpt_path={trained}", override], output_dir=tmp_path / "s", config_name="serve")
+    with pytest.raises(ZooError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        serve(cfg)
+    assert "\n" not in str(err.value)
