@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -75,17 +76,22 @@ class Timer:
     """Seconds per call of each backend, batch by batch: `run` calls them in an order that rotates with
     the batch, so no backend always runs first (cold caches) or last."""
 
+    repeat = 3
+    """Rounds per batch: a shared machine's load comes and goes within seconds; the median over rounds
+    and batches keeps one busy moment from deciding a ratio."""
+
     def __init__(self, names: list[str]):
         self.names, self.times, self.calls = names, {n: [] for n in names}, 0
 
     def run(self, fns: dict[str, Any], *inputs: Any) -> dict[str, Any]:
         out = {}
-        order = self.names[self.calls % len(self.names) :] + self.names[: self.calls % len(self.names)]
-        for name in order:
-            start = time.perf_counter()
-            out[name] = fns[name](*inputs)
-            self.times[name].append(time.perf_counter() - start)
-        self.calls += 1
+        for _ in range(self.repeat):
+            order = self.names[self.calls % len(self.names) :] + self.names[: self.calls % len(self.names)]
+            for name in order:
+                start = time.perf_counter()
+                out[name] = fns[name](*inputs)
+                self.times[name].append(time.perf_counter() - start)
+            self.calls += 1
         return out
 
     def ms(self) -> dict[str, float]:
@@ -298,7 +304,8 @@ def page(results: dict[str, Any], meta: dict[str, Any]) -> str:
         "`model.onnx`: onnxruntime's `quant_pre_process` (constant folding) then `quantize_dynamic`: int8 weights (one scale per output channel) for every "
         "MatMul/Gemm with a weight operand, activations quantized per batch at run time. Embeddings, layer norms, "
         "softmax, attention-score products and TFT's LSTMs stay float (`zoo.core.onnx.INT8_OPS`). Latency: median "
-        "ms per validation batch, the three backends interleaved on the same batches in one process, "
+        "ms per validation batch (median over the batches, each run 3 times), the three backends interleaved on "
+        "the same batches in one process, "
         f"{meta['threads']} thread(s) each (torch and onnxruntime intra-op). Goals: size ≤ {GOALS['size']}x "
         f"the float file; int8 latency ≤ {GOALS['latency']}x float ONNX (GPT, events); quality within "
         f"+{GOALS['gpt_loss']} nats/token (GPT), {GOALS['events_acc']} points (events), "
@@ -335,8 +342,8 @@ def page(results: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += [
             "",
             f"- size int8 / fp32: **{r['size_ratio']:.3f}x** ({_mark(v['size'])}); weights alone "
-            f"{r['weight_bytes']['onnx_int8'] / r['weight_bytes']['onnx_fp32']:.3f}x (the rest of the float file: "
-            "its graph, with the exporter's per-node debug metadata, which the int8 file drops)",
+            f"{r['weight_bytes']['onnx_int8'] / r['weight_bytes']['onnx_fp32']:.3f}x (the rest of each file is its "
+            "graph; onnxruntime's pre-processing drops the dynamo exporter's per-node debug metadata from it)",
             f"- latency int8 / fp32 ONNX: **{r['latency_ratio']:.3f}x** ({_mark(v['latency'])}); "
             f"ONNX fp32 / PyTorch: {r['ms']['onnx_fp32'] / r['ms']['pytorch']:.3f}x; matrix products are "
             f"{r['matmul_share']:.0%} of the float graph's kernel time (onnxruntime profiler)",
@@ -386,7 +393,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
     p.add_argument("--note", default="", help="what else ran on the machine")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    p.add_argument(
+        "--page-only", action="store_true", help="rewrite quant.md from quant.json, measure nothing"
+    )
     args = p.parse_args(argv)
+    if args.page_only:
+        saved = json.loads((args.out / "quant.json").read_text())
+        (args.out / "quant.md").write_text(page(saved["results"], saved["meta"]))
+        return
     if not SHARED.is_dir():
         sys.exit(f"benchmarks.quant needs the real data at {SHARED}")
     from zoo.core.logs import quiet_script
@@ -408,7 +422,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[quant] {family}: size {r['size_ratio']:.3f}x, latency {r['latency_ratio']:.3f}x, "
               f"quality delta {r['delta']:+.4g}, ms {r['ms']}", flush=True)  # fmt: skip
     meta = {
-        "command": "python -m benchmarks.quant " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": shlex.join(
+            ["python", "-m", "benchmarks.quant", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "machine": machine(args.threads),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "threads": args.threads,
