@@ -57,7 +57,8 @@ bench-events-full: ## Event predictor: throughput, entropy floor, Helpdesk/BPI12
 	$(PYTHON) -m benchmarks.report
 
 bench-tft-full: ## TFT: Alibaba MASE and ETTh1 MSE@96 (long; meant for a GPU machine)
-	$(PYTHON) -m benchmarks.tft --parts alibaba,etth1 $(ARGS)
+	$(PYTHON) -m benchmarks.tft --parts quality --recipe tft_alibaba --key alibaba $(ARGS)
+	$(PYTHON) -m benchmarks.tft --parts quality --recipe tft_etth1 --key etth1 $(ARGS)
 	$(PYTHON) -m benchmarks.report
 
 tensorboard: ## TensorBoard over all runs in logs/

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.common import table
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "benchmarks" / "events.json"
 REPORT = ROOT / "docs" / "benchmarks" / "events.md"
@@ -327,13 +329,11 @@ def render_floor(f: dict[str, Any] | None, title: str) -> list[str]:
     if f:
         lines += [f"## Synthetic HR/timesheet, {title}: validation loss vs the entropy floor", "", f"`{f['command']}`  ", f"Machine: {f['machine']}; {f['when']}", "",
                   f"Val/loss/mean after the last epoch ({f.get('epochs', '?')} epochs) {f['val'].get('val/loss/mean', float('nan')):.4f} nats; floor {f['floor_mean_nats']:.4f} nats; "
-                  f"**ratio {f['ratio_val_over_floor']:.2f}**; val/loss/sum {f['val'].get('val/loss/sum', float('nan')):.3f} (17 fields); trained {f['train_seconds']} s.", "",
-                  "| field | val loss | floor | val acc |", "|---|---|---|---|"]  # fmt: skip
-        for name, fl in f["manifest"]["entropy_floor_nats"]["per_field"].items():
-            lines.append(
-                f"| {name} | {f['val'].get(f'val/loss/{name}', float('nan')):.4f} | {fl:.4f} | {f['val'].get(f'val/acc/{name}', float('nan')):.3f} |"
-            )
-        lines.append("")
+                  f"**ratio {f['ratio_val_over_floor']:.2f}**; val/loss/sum {f['val'].get('val/loss/sum', float('nan')):.3f} (17 fields); trained {f['train_seconds']} s.", ""]  # fmt: skip
+        rows = [[name, f"{f['val'].get(f'val/loss/{name}', float('nan')):.4f}", f"{fl:.4f}",
+                 f"{f['val'].get(f'val/acc/{name}', float('nan')):.3f}"]
+                for name, fl in f["manifest"]["entropy_floor_nats"]["per_field"].items()]  # fmt: skip
+        lines += [*table(["field", "val loss", "floor", "val acc"], rows), ""]
     return lines
 
 
@@ -346,30 +346,31 @@ def render_backtest(accuracy: dict[str, Any]) -> list[str]:
              "The test split cut into periods of equal prefix count by prediction time; at the start of each, the trained",
              "network is fine-tuned on every sample whose targets are known by then (training, validation and earlier",
              "test cases), recency-weighted, and scores that period (`zoo.events.backtest`, `python -m zoo.eval",
-             "backtest_cutoffs=K`). *static* = the same network without fine-tuning; *bigram* refitted at each origin.", "",
-             "| run | periods | steps / origin | half-life | walk-forward model | static model | refitted bigram | per period: walk-forward / static | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "backtest_cutoffs=K`). *static* = the same network without fine-tuning; *bigram* refitted at each origin.", ""]  # fmt: skip
+    rows = []
     for key, r in runs.items():
         b = r["backtest"]
         n = int(b["backtest/cutoffs"])
         per = ", ".join(f"{b[f'backtest/period{k}/model/next_activity_acc']:.1%} / {b[f'backtest/period{k}/static/next_activity_acc']:.1%}"
                         for k in range(n) if f"backtest/period{k}/model/next_activity_acc" in b)  # fmt: skip
         hl = r.get("backtest_half_life_days")
-        lines.append(f"| {key} | {n} | {int(b['backtest/steps'])} | {f'{hl:g} d' if hl else 'uniform'} | **{b['backtest/model/next_activity_acc']:.1%}** | "
-                     f"{b['backtest/static/next_activity_acc']:.1%} | {b['backtest/bigram/next_activity_acc']:.1%} | {per} | {b.get('seconds', '?')} |")  # fmt: skip
-    return lines
+        rows.append([key, n, int(b["backtest/steps"]), f"{hl:g} d" if hl else "uniform", f"**{b['backtest/model/next_activity_acc']:.1%}**",
+                     f"{b['backtest/static/next_activity_acc']:.1%}", f"{b['backtest/bigram/next_activity_acc']:.1%}", per, str(b.get("seconds", "?"))])  # fmt: skip
+    header = ["run", "periods", "steps / origin", "half-life", "walk-forward model", "static model", "refitted bigram",
+              "per period: walk-forward / static", "seconds"]  # fmt: skip
+    return [*lines, *table(header, rows)]
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = ["# Event predictor benchmarks", "", "Written by `python -m benchmarks.events` (src/zoo/events/bench.py); raw numbers in",
+    lines = ["# Event predictor benchmarks", "", "Written by `python -m benchmarks.events` (benchmarks/events.py); raw numbers in",
              "`events.json` beside this file. Each section names the command and the machine that produced it.", ""]  # fmt: skip
     t = results.get("throughput")
     if t:
         lines += ["## Training throughput: zoo vs a plain PyTorch loop", "", f"`{t['command']}`  ", f"Machine: {t['machine']}; {t['when']}", "",
-                  "| loop | s/step | target events/s | samples/s |", "|---|---|---|---|",
-                  f"| zoo (Lightning Trainer, recipe settings) | {t['zoo_s_per_step'] * 1e3:.1f} ms | {t['zoo_events_per_s']:.0f} | {t['zoo_samples_per_s']:.0f} |",
-                  f"| plain PyTorch loop, same network/loss/optimizer/batches | {t['plain_s_per_step'] * 1e3:.1f} ms | {t['plain_events_per_s']:.0f} | {t['batch_size'] / t['plain_s_per_step']:.0f} |",
-                  *([f"| zoo + default callbacks + TensorBoard logger (not in the ratio) | {t['full_s_per_step'] * 1e3:.1f} ms | {t['target_events_per_step'] / t['full_s_per_step']:.0f} | {t['batch_size'] / t['full_s_per_step']:.0f} |"] if "full_s_per_step" in t else []),
+                  *table(["loop", "s/step", "target events/s", "samples/s"], [
+                      ["zoo (Lightning Trainer, recipe settings)", f"{t['zoo_s_per_step'] * 1e3:.1f} ms", f"{t['zoo_events_per_s']:.0f}", f"{t['zoo_samples_per_s']:.0f}"],
+                      ["plain PyTorch loop, same network/loss/optimizer/batches", f"{t['plain_s_per_step'] * 1e3:.1f} ms", f"{t['plain_events_per_s']:.0f}", f"{t['batch_size'] / t['plain_s_per_step']:.0f}"],
+                      *([["zoo + default callbacks + TensorBoard logger (not in the ratio)", f"{t['full_s_per_step'] * 1e3:.1f} ms", f"{t['target_events_per_step'] / t['full_s_per_step']:.0f}", f"{t['batch_size'] / t['full_s_per_step']:.0f}"]] if "full_s_per_step" in t else [])]),
                   "", f"Ratio zoo / plain time per step: **{t['ratio_zoo_over_plain']:.3f}** (goal ≤ 1.05); median of {t['repeats']} alternating rounds of {t['steps_timed']} timed steps "
                   f"(batch {t['batch_size']}, {t['target_events_per_step']} target events per step: the non-padding events of the target windows).", ""]  # fmt: skip
     for key, title in (
@@ -381,19 +382,19 @@ def render(results: dict[str, Any]) -> str:
     if a:
         lines += ["## Next-activity accuracy on real logs (test split, every prefix ≥ 1 event, end-of-case included)", "",
                   "Protocol and baselines: docs/events.md. Reference bigram numbers and goals from the issue; published",
-                  "LSTM reruns on this protocol: Helpdesk 74.8-76.5%, BPI 2012 W 65.0-67.8%.", "",
-                  "| log | prefixes | model | bigram | majority | reference bigram | goal | time MAE model / bigram / majority (days) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "LSTM reruns on this protocol: Helpdesk 74.8-76.5%, BPI 2012 W 65.0-67.8%.", ""]  # fmt: skip
+        rows = []
         refs = {"helpdesk": ("68.6%", "≥ 80%"), "bpi2012_w": ("65.8%", "≥ 72%")}
         for log, r in a.items():
             if not isinstance(r, dict) or "eval" not in r:
                 continue
             e = r["eval"]
             ref, goal = refs.get(r.get("log", log), ("-", "-"))
-            lines.append(
-                f"| {log} | {int(e['prefixes'])} | **{e['model/next_activity_acc']:.1%}** | {e['bigram/next_activity_acc']:.1%} | {e['majority/next_activity_acc']:.1%} | {ref} | {goal} | "
-                f"{e.get('model/time_mae_days', float('nan')):.2f} / {e.get('bigram/time_mae_days', float('nan')):.2f} / {e.get('majority/time_mae_days', float('nan')):.2f} |"
-            )
-        lines += [""]
+            rows.append([log, int(e["prefixes"]), f"**{e['model/next_activity_acc']:.1%}**", f"{e['bigram/next_activity_acc']:.1%}",
+                         f"{e['majority/next_activity_acc']:.1%}", ref, goal,
+                         f"{e.get('model/time_mae_days', float('nan')):.2f} / {e.get('bigram/time_mae_days', float('nan')):.2f} / {e.get('majority/time_mae_days', float('nan')):.2f}"])  # fmt: skip
+        lines += [*table(["log", "prefixes", "model", "bigram", "majority", "reference bigram", "goal",
+                          "time MAE model / bigram / majority (days)"], rows), ""]  # fmt: skip
         for log, r in a.items():
             if isinstance(r, dict) and "eval" in r:
                 accs = ", ".join(
@@ -411,14 +412,14 @@ def render(results: dict[str, Any]) -> str:
         lines += ["## How high can next-activity accuracy go? (test split, no training)", "", f"`{c['command']}`  ", f"Machine: {c['machine']}; {c['when']}", "",
                   "The ceiling predicts, for every distinct activity prefix (last `src_seq_len` activities), the next activity",
                   "seen most often after it **in the test split itself**: no model reading only the activity sequence can",
-                  "score higher there. What a goal asks beyond it must come from the other fields (resource, time).", "",
-                  "| log | prefixes | majority | bigram | activity-prefix ceiling (fit on test) |", "|---|---|---|---|---|"]  # fmt: skip
-        for log, e in c.items():
-            if isinstance(e, dict) and "ceiling/next_activity_acc" in e:
-                lines.append(
-                    f"| {log} | {int(e['prefixes'])} | {e['majority/next_activity_acc']:.1%} | {e['bigram/next_activity_acc']:.1%} | **{e['ceiling/next_activity_acc']:.1%}** |"
-                )
-        lines.append("")
+                  "score higher there. What a goal asks beyond it must come from the other fields (resource, time).", ""]  # fmt: skip
+        rows = [[log, int(e["prefixes"]), f"{e['majority/next_activity_acc']:.1%}", f"{e['bigram/next_activity_acc']:.1%}",
+                 f"**{e['ceiling/next_activity_acc']:.1%}**"]
+                for log, e in c.items() if isinstance(e, dict) and "ceiling/next_activity_acc" in e]  # fmt: skip
+        lines += [
+            *table(["log", "prefixes", "majority", "bigram", "activity-prefix ceiling (fit on test)"], rows),
+            "",
+        ]
     d = results.get("drift")
     if d:
         lines += ["## Drift between the splits (no training)", "", f"`{d['command']}`  ", f"Machine: {d['machine']}; {d['when']}", "",
@@ -428,19 +429,15 @@ def render(results: dict[str, Any]) -> str:
         for log, r in d.items():
             if not isinstance(r, dict) or "transition" not in r:
                 continue
+            fits = [[fit, f"**{r[f'lookup_fit_{fit}']['all']:.1%}**", *(f"{q:.1%}" for q in r[f"lookup_fit_{fit}"]["quarters"])]
+                    for fit in ("train", "val", "test")]  # fmt: skip
             lines += [f"**{log}** (test quarters start {', '.join(r['test_quarter_starts'])})", "",
-                      "| lookup fitted on | test | Q1 | Q2 | Q3 | Q4 |", "|---|---|---|---|---|---|"]  # fmt: skip
-            for fit in ("train", "val", "test"):
-                f = r[f"lookup_fit_{fit}"]
-                lines.append(
-                    f"| {fit} | **{f['all']:.1%}** | " + " | ".join(f"{q:.1%}" for q in f["quarters"]) + " |"
-                )
+                      *table(["lookup fitted on", "test", "Q1", "Q2", "Q3", "Q4"], fits)]  # fmt: skip
             t = r["transition"]
             lines += ["", f"The transition whose rate moved most: *{t['from']}* → *{t['to']}* ({t['share_of_test_prefixes']:.0%} of the test prefixes "
                       f"are at *{t['from']}*). Its rate by calendar quarter of the prediction (all splits):", "",
-                      "| quarter | " + " | ".join(t["by_quarter"]) + " |", "|---|" + "---|" * len(t["by_quarter"]),
-                      "| rate | " + " | ".join(f"{v[0]:.0%}" for v in t["by_quarter"].values()) + " |",
-                      "| prefixes | " + " | ".join(str(v[1]) for v in t["by_quarter"].values()) + " |", ""]  # fmt: skip
+                      *table(["quarter", *t["by_quarter"]], [["rate", *(f"{v[0]:.0%}" for v in t["by_quarter"].values())],
+                                                             ["prefixes", *(str(v[1]) for v in t["by_quarter"].values())]]), ""]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

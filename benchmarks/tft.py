@@ -340,12 +340,15 @@ PARTS = {
 def render_speed(key: str, r: dict[str, Any]) -> list[str]:
     recipes = [k for k, v in r.items() if isinstance(v, dict) and "speedup" in v]
     rows = [[f"`{k}`", r[k]["stock_samples_per_s"], r[k]["fast_loader_samples_per_s"], r[k]["zoo_samples_per_s"],
-             r[k]["compute_only_samples_per_s"], f"**{r[k]['speedup']:.2f}x**"] for k in recipes]  # fmt: skip
+             r[k]["compute_only_samples_per_s"],
+             f"**{r[k]['speedup']:.2f}x** ({min(r[k]['round_speedups']):.2f}–{max(r[k]['round_speedups']):.2f})"]
+            for k in recipes]  # fmt: skip
     return [f"### {key}: training samples/s, {r['threads']} torch thread(s), {r['device']}", "",
-            *table(["recipe", "stock", "fast loader", "zoo (fused)", "compute only", "zoo / stock"], rows), "",
-            f"{r['rounds']} rounds of {r['steps'] // r['rounds']} steps per loop, taking turns; the ratio is the median "
-            f"of the rounds' (a ratio in one process, so another load on the machine slows every loop alike; load "
-            f"average {r.get('load_average', '-')})."]  # fmt: skip
+            *table(["recipe", "stock", "fast loader", "zoo (fused)", "compute only", "zoo / stock (rounds)"], rows),
+            "", f"{r['rounds']} rounds of {r['steps'] // r['rounds']} steps per loop, taking turns on the same weights "
+            "and batches; the ratio is the median of the rounds' ratios, so other load on the machine hits the loops "
+            f"alike on average; the spread of the rounds shows how much it moved them (load average at the end: "
+            f"{r.get('load_average', '-')})."]  # fmt: skip
 
 
 def render_part(part: str, key: str, r: dict[str, Any]) -> list[str]:
@@ -407,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "logs" / "bench" / "tft"), help="run folders")
     p.add_argument("--results", default=str(RESULTS), help="results JSON; the page is its .md beside it")
     args = p.parse_args(argv)
+    from zoo.core.logs import quiet_script
+
+    quiet_script()  # the entry points' warning filters (the stock loop's sklearn warning per window, ...)
     parts = args.parts.split(",")
     unknown = [x for x in parts if x not in PARTS]
     if unknown:

@@ -269,46 +269,11 @@ class MetricsDataModule(ZooDataModule):
         if self.datasets:
             return
         from pytorch_forecasting import TimeSeriesDataSet
-        from pytorch_forecasting.data import (
-            EncoderNormalizer,
-            GroupNormalizer,
-            MultiNormalizer,
-            NaNLabelEncoder,
-        )
 
         self._load()
         assert self.frame is not None
         where = f"data ({self.name})"
-        self.cutoffs = self.split_points()
-        frame = self.frame
-        # The training rows as a mask, their columns copied out one at a time (RowView): pytorch-forecasting
-        # copies what it is given several times over, which on a fleet was most of the peak memory.
-        in_train = (frame["time_idx"] <= frame["series"].map(self.cutoffs["train"])).to_numpy()
-        if self.standardize:
-            cols = [
-                *self.targets,
-                *self.settings["known_reals"],
-                *self.settings["unknown_reals"],
-                *self.settings["static_reals"],
-            ]
-            stats = frame.loc[in_train, cols].agg(["mean", "std"])
-            self.scaler = {c: [float(stats.loc["mean", c]), float(stats.loc["std", c]) or 1.0] for c in cols}
-            frame = frame.copy()
-            for c, (mu, sd) in self.scaler.items():
-                frame[c] = (frame[c] - mu) / sd
-            self.frame = frame
-        static_categoricals = list(self.static_categoricals)
-        if self.channel_independent:
-            clash = [c for c in (S.CHANNEL_VALUE, S.CHANNEL) if c in frame.columns]
-            if clash:
-                raise ZooError(
-                    f"{where}: data.channel_independent=true needs the column names {clash} for itself; rename that column"
-                )
-            frame = S.melt_channels(frame, self.targets)
-            self.frame = frame
-            self.cutoffs = self.split_points()
-            in_train = (frame["time_idx"] <= frame["series"].map(self.cutoffs["train"])).to_numpy()
-            static_categoricals = [*static_categoricals, S.CHANNEL]
+        frame, in_train, static_categoricals = self._training_frame(where)
         min_len = self.encoder_length + self.prediction_length
         sizes = frame["series"][in_train].value_counts()
         in_train &= frame["series"].isin(sizes.index[sizes >= min_len]).to_numpy()
@@ -318,41 +283,7 @@ class MetricsDataModule(ZooDataModule):
             )
         train_rows, train_columns = RowView(frame, in_train), self.dataset_columns(frame)
         del in_train
-        if self.target_normalizer == "encoder":
-            normalizers = [
-                EncoderNormalizer(transformation=self.target_transformation) for _ in self.model_targets
-            ]
-        else:
-            normalizers = [
-                GroupNormalizer(groups=["series"], transformation=self.target_transformation)
-                for _ in self.model_targets
-            ]
-        targets = self.model_targets
-        multi = len(targets) > 1
-        # add_nan: a host never seen in training (the user's own machine) still gets a forecast, with the
-        # average training scale for its group normalizer.
-        encoders = {
-            c: NaNLabelEncoder(add_nan=True) for c in [*static_categoricals, "series", "__group_id__series"]
-        }
-        kwargs = dict(
-            time_idx="time_idx",
-            target=targets if multi else targets[0],
-            group_ids=["series"],
-            max_encoder_length=self.encoder_length,
-            min_encoder_length=self.encoder_length,
-            max_prediction_length=self.prediction_length,
-            min_prediction_length=self.prediction_length,
-            static_categoricals=static_categoricals,
-            static_reals=list(self.settings["static_reals"]),
-            time_varying_known_reals=list(self.known_reals),
-            time_varying_unknown_reals=list(self.unknown_reals),
-            target_normalizer=MultiNormalizer(normalizers) if multi else normalizers[0],
-            categorical_encoders=encoders,
-            add_relative_time_idx=True,
-            add_target_scales=True,
-            add_encoder_length=False,
-            allow_missing_timesteps=False,
-        )
+        kwargs = self._dataset_kwargs(static_categoricals)
         # The fast loader's datasets skip pytorch-forecasting's frame-wide preprocessing (several copies
         # of the training rows, most of a fleet's peak memory and setup time): same tensors, index and
         # fitted parameters (tests/tft/test_fastpath.py). data.loader=stock keeps the stock build.
@@ -376,6 +307,83 @@ class MetricsDataModule(ZooDataModule):
             )
         if self.loader == "fast":
             self.fast = {k: WindowBatches(v) for k, v in self.datasets.items()}
+
+    def _training_frame(self, where: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
+        """The frame the datasets are built from (standardized, melted into channels when so set), the
+        mask of its training rows and the static categoricals (`channel` added for channel models)."""
+        self.cutoffs = self.split_points()
+        frame = self.frame
+        assert frame is not None
+        # The training rows as a mask, their columns copied out one at a time (RowView): pytorch-forecasting
+        # copies what it is given several times over, which on a fleet was most of the peak memory.
+        in_train = (frame["time_idx"] <= frame["series"].map(self.cutoffs["train"])).to_numpy()
+        if self.standardize:
+            own = self.settings
+            cols = [*self.targets, *own["known_reals"], *own["unknown_reals"], *own["static_reals"]]
+            stats = frame.loc[in_train, cols].agg(["mean", "std"])
+            self.scaler = {c: [float(stats.loc["mean", c]), float(stats.loc["std", c]) or 1.0] for c in cols}
+            frame = frame.copy()
+            for c, (mu, sd) in self.scaler.items():
+                frame[c] = (frame[c] - mu) / sd
+            self.frame = frame
+        static_categoricals = list(self.static_categoricals)
+        if self.channel_independent:
+            clash = [c for c in (S.CHANNEL_VALUE, S.CHANNEL) if c in frame.columns]
+            if clash:
+                raise ZooError(
+                    f"{where}: data.channel_independent=true needs the column names {clash} for itself; rename that column"
+                )
+            frame = S.melt_channels(frame, self.targets)
+            self.frame = frame
+            self.cutoffs = self.split_points()
+            in_train = (frame["time_idx"] <= frame["series"].map(self.cutoffs["train"])).to_numpy()
+            static_categoricals = [*static_categoricals, S.CHANNEL]
+        return frame, in_train, static_categoricals
+
+    def _dataset_kwargs(self, static_categoricals: list[str]) -> dict[str, Any]:
+        """`TimeSeriesDataSet` arguments of the training dataset (its fitted parameters are the model's)."""
+        from pytorch_forecasting.data import (
+            EncoderNormalizer,
+            GroupNormalizer,
+            MultiNormalizer,
+            NaNLabelEncoder,
+        )
+
+        if self.target_normalizer == "encoder":
+            normalizers = [
+                EncoderNormalizer(transformation=self.target_transformation) for _ in self.model_targets
+            ]
+        else:
+            normalizers = [
+                GroupNormalizer(groups=["series"], transformation=self.target_transformation)
+                for _ in self.model_targets
+            ]
+        targets = self.model_targets
+        multi = len(targets) > 1
+        # add_nan: a host never seen in training (the user's own machine) still gets a forecast, with the
+        # average training scale for its group normalizer.
+        encoders = {
+            c: NaNLabelEncoder(add_nan=True) for c in [*static_categoricals, "series", "__group_id__series"]
+        }
+        return dict(
+            time_idx="time_idx",
+            target=targets if multi else targets[0],
+            group_ids=["series"],
+            max_encoder_length=self.encoder_length,
+            min_encoder_length=self.encoder_length,
+            max_prediction_length=self.prediction_length,
+            min_prediction_length=self.prediction_length,
+            static_categoricals=static_categoricals,
+            static_reals=list(self.settings["static_reals"]),
+            time_varying_known_reals=list(self.known_reals),
+            time_varying_unknown_reals=list(self.unknown_reals),
+            target_normalizer=MultiNormalizer(normalizers) if multi else normalizers[0],
+            categorical_encoders=encoders,
+            add_relative_time_idx=True,
+            add_target_scales=True,
+            add_encoder_length=False,
+            allow_missing_timesteps=False,
+        )
 
     def eval_dataset(self, split: str) -> Any:
         """Windows whose first target lies after the previous split's cutoff (per series) and whose last

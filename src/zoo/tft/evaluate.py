@@ -59,8 +59,6 @@ def quantile_mean(q: torch.Tensor, levels: list[float]) -> torch.Tensor:
 def baselines(dm: Any, split: str, rows: torch.Tensor, E: int, P: int, season: int) -> dict[str, Any]:
     """Naive, seasonal-naive, linear-trend and Holt forecasts for windows starting at dataset rows `rows`,
     and which windows have a full season of history before their forecast origin (only those are scored)."""
-    from zoo.tft import baselines as B
-
     arrays = dm.series_arrays(split)
     origin = rows + E  # first forecast row
     h = torch.arange(1, P + 1)
@@ -128,6 +126,23 @@ def rolling_bands(module: Any, dm: Any, split: str, result: dict[str, Any], chan
     return rolling_calibrated(module.calibration, windows, seed, module.target_names)
 
 
+def _score_group(metrics: dict[str, float], name: str, module: Any, q: torch.Tensor, actual: torch.Tensor,
+                 scale: torch.Tensor, base: dict[str, torch.Tensor], bands: dict[str, Any]) -> None:  # fmt: skip
+    """One target's (or channel's) metrics into `metrics`: the TFT's point (``model.point``) and quantile
+    mean and every baseline of `base` (name -> forecasts), the MAE ratio to seasonal-naive, the bands'
+    coverage and pinball loss."""
+    preds = (("tft", module.point_of(q)), ("tft_mean", quantile_mean(q, module.quantiles)),
+             *((b, base[b]) for b in BASELINES))  # fmt: skip
+    for label, pred in preds:
+        for k, v in _metrics(pred, actual, scale).items():
+            metrics[f"{name}/{label}/{k}"] = v
+    band_metrics(metrics, name, actual, module.quantiles, bands)
+    snaive_mae = metrics[f"{name}/snaive/mae"]
+    metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
+        metrics[f"{name}/tft/mae"] / snaive_mae if snaive_mae > 0 else float("nan")
+    )
+
+
 def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: bool = True,
           val: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Predictions, baselines and metrics of one split (the windows with a seasonal history); with
@@ -157,51 +172,26 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
     result["rolling"] = rolling_bands(module, dm, split, result, channels, val) if rolling else None
     roll = result["rolling"] or [None] * len(module.target_names)
     scales = mase_scales(dm, split, series, season)
-    point = module.point_of  # model.point: the median or the quantiles' mean
     metrics: dict[str, float] = {}
     for t, name in enumerate(module.target_names):
-        q = result["quantiles"][t][valid]
-        actual = result["actual"][t][valid]
-        scale = scales[name][valid]
-        for label, pred in (
-            ("tft", point(q)),
-            ("tft_mean", quantile_mean(q, module.quantiles)),
-            *((b, base[b][t][valid]) for b in BASELINES),
-        ):
-            for k, v in _metrics(pred, actual, scale).items():
-                metrics[f"{name}/{label}/{k}"] = v
-        rolled = None if roll[t] is None else roll[t][valid]
+        q, rolled = result["quantiles"][t][valid], None if roll[t] is None else roll[t][valid]
         bands = {"": result["calibrated"][t][valid], "_raw": q, "_rolling": rolled}
-        band_metrics(metrics, name, actual, module.quantiles, bands)
-        snaive_mae = metrics[f"{name}/snaive/mae"]
-        metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
-            metrics[f"{name}/tft/mae"] / snaive_mae if snaive_mae > 0 else float("nan")
-        )
+        _score_group(metrics, name, module, q, result["actual"][t][valid], scales[name][valid],
+                     {b: base[b][t][valid] for b in BASELINES}, bands)  # fmt: skip
     if channel_independent:  # the one target `value` broken down by channel
         channel = np.array(channels)[valid.numpy()]
         cal = result["calibrated"][0][valid]
         rolled = None if roll[0] is None else roll[0][valid]
-        q, actual, scale = (
-            result["quantiles"][0][valid],
-            result["actual"][0][valid],
-            scales[module.target_names[0]][valid],
-        )
+        q, actual = result["quantiles"][0][valid], result["actual"][0][valid]
+        scale = scales[module.target_names[0]][valid]
+        channel_base = {b: base[b][0][valid] for b in BASELINES}
         for name in dm.targets:
             sel = torch.as_tensor(channel == name)
             if not bool(sel.any()):
                 continue
-            for label, pred in (
-                ("tft", point(q)),
-                ("tft_mean", quantile_mean(q, module.quantiles)),
-                *((b, base[b][0][valid]) for b in BASELINES),
-            ):
-                for k, v in _metrics(pred[sel], actual[sel], scale[sel]).items():
-                    metrics[f"{name}/{label}/{k}"] = v
-            metrics[f"{name}/tft/rel_mae_vs_snaive"] = (
-                metrics[f"{name}/tft/mae"] / metrics[f"{name}/snaive/mae"]
-            )
             bands = {"": cal[sel], "_raw": q[sel], "_rolling": None if rolled is None else rolled[sel]}
-            band_metrics(metrics, name, actual[sel], module.quantiles, bands)
+            _score_group(metrics, name, module, q[sel], actual[sel], scale[sel],
+                         {b: v[sel] for b, v in channel_base.items()}, bands)  # fmt: skip
     for label in ("tft", "tft_mean", *BASELINES):
         for k in ("mae", "mse", "rmse", "smape", "mase"):
             metrics[f"all/{label}/{k}"] = float(
@@ -301,9 +291,8 @@ def evaluate_module(
     summary, table = backtest(module, dm, split, scored, backtest_cutoffs)
     metrics.update(summary)
     output_dir.mkdir(parents=True, exist_ok=True)
-    lines = B.verdict_lines(scored["verdicts"])
     (output_dir / "baselines.json").write_text(json.dumps(scored["verdicts"], indent=2))
-    for line in lines:
+    for line in B.verdict_lines(scored["verdicts"]):
         print(f"[zoo] {line}")
     if table:
         with open(output_dir / "backtest.csv", "w", newline="") as fh:

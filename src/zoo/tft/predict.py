@@ -159,6 +159,68 @@ def _window_quantiles(module: Any, batches: Any, onnx: Any, batch_size: int = 25
     return [torch.cat(p) for p in parts]
 
 
+def _with_future_steps(module: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the next `prediction_length` steps of every series appended (their calendar features
+    generated; unknown inputs are not read in the decoder and keep their last value, so the frame stays
+    rectangular)."""
+    from zoo.tft import sources as S
+
+    spec, P = module.preprocess, module.prediction_length
+    step = pd.Timedelta(spec["step"])
+    last = frame.groupby("series", sort=True).tail(1)
+    offsets = np.arange(1, P + 1)
+    fut = last.loc[last.index.repeat(P)].reset_index(drop=True)
+    fut["timestamp"] = fut["timestamp"] + step * np.tile(offsets, len(last))
+    fut["time_idx"] = fut["time_idx"] + np.tile(offsets, len(last))
+    S.add_calendar(fut, spec.get("calendar", []))
+    return pd.concat([frame, fut[frame.columns]], ignore_index=True)
+
+
+def _forecast_rows(module: Any, ds: Any, raw: list[Any], new_series: str | None, unknown: list[str],
+                   raw_quantiles: bool) -> list[pd.DataFrame]:  # fmt: skip
+    """`forecast`'s rows of one dataset's windows from their raw quantiles `raw` (per target [W, P, L]):
+    calibrated bands, the point read from the raw quantiles, both back in the data's units. Built as
+    arrays, one block per target, not a dict per row: a fleet's 500 series x 4 targets x P steps x 7
+    quantiles took most of a monitor round as Python objects."""
+    spec, P = module.preprocess, module.prediction_length
+    scaler = spec.get("scaler") or {}
+    starts, ends = ds.index["index_start"].to_numpy(), ds.index["index_end"].to_numpy()
+    first = ds.data["time"][ends].numpy() - P + 1
+    if new_series:  # encoded as the unknown class, which does not decode: the name it came with
+        window_series = [new_series] * len(starts)
+    else:
+        classes = ds.categorical_encoders["__group_id__series"].classes_
+        name_of = {code: str(name) for name, code in classes.items()}
+        window_series = [name_of[int(c)] for c in ds.data["groups"][starts, 0]]
+    # Calibrated bands (zoo.tft.calibrate); the point forecast is read from the raw quantiles.
+    channels = [s.rsplit("/", 1)[-1] for s in window_series] if spec.get("channels") else None
+    calibrated = module.calibrated(raw, channels)
+    W = len(window_series)
+    pairs = [str(s).rsplit("/", 1) for s in window_series] if spec.get("channels") else None
+    known = np.repeat([s not in unknown for s in window_series], P)
+    steps, time_idx = np.tile(np.arange(1, P + 1), W), (first[:, None] + np.arange(P)[None]).ravel()
+    blocks = []
+    for t, target in enumerate(module.target_names):
+        # channel-independent: `<series>/<target>` back to its series and target
+        out_series, names = (
+            ([a for a, _ in pairs], [b for _, b in pairs]) if pairs else (window_series, [target] * W)
+        )
+        mu = np.array([scaler.get(n, (0.0, 1.0))[0] for n in names], dtype=np.float64)[:, None]
+        sd = np.array([scaler.get(n, (0.0, 1.0))[1] for n in names], dtype=np.float64)[:, None]
+        q = calibrated[t].detach().cpu().double().numpy()
+        point = module.point_of(raw[t]).detach().cpu().double().numpy()
+        block: dict[str, Any] = {"series": np.repeat(np.array(out_series, dtype=object), P),
+                                 "target": np.repeat(np.array(names, dtype=object), P), "step": steps,
+                                 "time_idx": time_idx.astype(np.int64), "point": (point * sd + mu).ravel()}  # fmt: skip
+        for k, level in enumerate(module.quantiles):
+            block[f"q{level:g}"] = (q[..., k] * sd + mu).ravel()
+            if raw_quantiles:
+                block[f"raw_q{level:g}"] = (raw[t][..., k].detach().cpu().double().numpy() * sd + mu).ravel()
+        block["known_series"] = known
+        blocks.append(pd.DataFrame(block))
+    return blocks
+
+
 def forecast(
     module: Any,
     df: pd.DataFrame,
@@ -180,7 +242,6 @@ def forecast(
     calibration from)."""
     from pytorch_forecasting import TimeSeriesDataSet
 
-    from zoo.tft import sources as S
     from zoo.tft.fastpath import StockBatches, WindowBatches
 
     if onnx is not None and not callable(onnx):
@@ -188,17 +249,8 @@ def forecast(
 
         onnx = OnnxForecaster(onnx, module)
     spec = module.preprocess
-    frame = prepare_frame(module, df, where)
     step = pd.Timedelta(spec["step"])
-    P = module.prediction_length
-    last = frame.groupby("series", sort=True).tail(1)
-    offsets = np.arange(1, P + 1)
-    fut = last.loc[last.index.repeat(P)].reset_index(drop=True)
-    # Unknown inputs are not read in the decoder; they keep their last value so the frame stays rectangular.
-    fut["timestamp"] = fut["timestamp"] + step * np.tile(offsets, len(last))
-    fut["time_idx"] = fut["time_idx"] + np.tile(offsets, len(last))
-    S.add_calendar(fut, spec.get("calendar", []))
-    full = pd.concat([frame, fut[frame.columns]], ignore_index=True)
+    full = _with_future_steps(module, prepare_frame(module, df, where))
     seen = known_series(module)
     unknown = sorted(set(full["series"]) - seen) if seen is not None else []
     if unknown and not _unknown_series_encodable(module):
@@ -209,8 +261,7 @@ def forecast(
     # Every series the model never saw is encoded as the same unknown group, so each gets its own dataset
     # (in one dataset they would merge into one series); the known ones share one.
     parts = [(full[~full["series"].isin(unknown)], None)] + [(full[full["series"] == s], s) for s in unknown]
-    rows = []
-    scaler = spec.get("scaler") or {}
+    rows: list[dict[str, Any]] = []
     for part, new_series in parts:
         if part.empty:
             continue
@@ -223,45 +274,9 @@ def forecast(
             batches: Any = WindowBatches(ds)
         except ZooError:  # EncoderNormalizer models: the stock path
             batches = StockBatches(ds)
-        starts, ends = ds.index["index_start"].to_numpy(), ds.index["index_end"].to_numpy()
-        first = ds.data["time"][ends].numpy() - P + 1
-        if new_series:  # encoded as the unknown class, which does not decode: the name it came with
-            window_series = [new_series] * len(starts)
-        else:
-            classes = ds.categorical_encoders["__group_id__series"].classes_
-            name_of = {code: str(name) for name, code in classes.items()}
-            window_series = [name_of[int(c)] for c in ds.data["groups"][starts, 0]]
-        raw = _window_quantiles(module, batches, onnx)
-        # Calibrated bands (zoo.tft.calibrate); the point forecast is read from the raw quantiles.
-        channels = [s.rsplit("/", 1)[-1] for s in window_series] if spec.get("channels") else None
-        calibrated = module.calibrated(raw, channels)
-        # Built as arrays (one block per target), not a dict per row: a fleet's 500 series x 4 targets x P
-        # steps x 7 quantiles took most of a monitor round as Python objects.
-        W = len(window_series)
-        if spec.get("channels"):  # channel-independent: `<series>/<target>` back to its series and target
-            pairs = [str(s).rsplit("/", 1) for s in window_series]
-            own_series, own_names = [a for a, _ in pairs], [b for _, b in pairs]
-        known = np.repeat([s not in unknown for s in window_series], P)
-        steps, time_idx = np.tile(np.arange(1, P + 1), W), (first[:, None] + np.arange(P)[None]).ravel()
-        for t, target in enumerate(module.target_names):
-            out_series, names = (
-                (own_series, own_names) if spec.get("channels") else (window_series, [target] * W)
-            )
-            mu = np.array([scaler.get(n, (0.0, 1.0))[0] for n in names], dtype=np.float64)[:, None]
-            sd = np.array([scaler.get(n, (0.0, 1.0))[1] for n in names], dtype=np.float64)[:, None]
-            q = calibrated[t].detach().cpu().double().numpy()
-            point = module.point_of(raw[t]).detach().cpu().double().numpy()
-            block: dict[str, Any] = {"series": np.repeat(np.array(out_series, dtype=object), P),
-                                     "target": np.repeat(np.array(names, dtype=object), P), "step": steps,
-                                     "time_idx": time_idx.astype(np.int64), "point": (point * sd + mu).ravel()}  # fmt: skip
-            for k, level in enumerate(module.quantiles):
-                block[f"q{level:g}"] = (q[..., k] * sd + mu).ravel()
-                if raw_quantiles:
-                    block[f"raw_q{level:g}"] = (
-                        raw[t][..., k].detach().cpu().double().numpy() * sd + mu
-                    ).ravel()
-            block["known_series"] = known
-            rows.append(pd.DataFrame(block))
+        rows += _forecast_rows(
+            module, ds, _window_quantiles(module, batches, onnx), new_series, unknown, raw_quantiles
+        )
     out = pd.concat(rows, ignore_index=True)
     out["timestamp"] = pd.Timestamp(spec["origin"]) + step * out["time_idx"]
     head = ["series", "target", "timestamp", "step", "time_idx", "point"]
