@@ -46,7 +46,9 @@ def test_train_then_eval_from_prometheus(fleet_prometheus, tmp_path):
     [cached] = [p for p in (cache / "tft").iterdir() if (p / "manifest.json").is_file()]
     plan = json.loads((cached / "pull" / "pull.json").read_text())
     assert plan["series"] == 50 and plan["chunk_steps"] == 5000  # 250,000 samples per query / 50 series
-    assert len(list((cached / "pull").glob("*.parquet"))) == 4 * 3  # 4 targets x 3 chunks, kept with the frame
+    assert (
+        len(list((cached / "pull").glob("*.parquet"))) == 4 * 3
+    )  # 4 targets x 3 chunks, kept with the frame
     eval_dir = tmp_path / "eval"
     proc = run_cli("zoo.eval", f"ckpt_path={metrics['last_model_path']}", "trainer=cpu", f"paths.cache_dir={cache}",
                    f"hydra.run.dir={eval_dir}", "backtest_cutoffs=2", timeout=300)  # fmt: skip

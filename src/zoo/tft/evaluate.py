@@ -59,8 +59,6 @@ def quantile_mean(q: torch.Tensor, levels: list[float]) -> torch.Tensor:
 def baselines(dm: Any, split: str, rows: torch.Tensor, E: int, P: int, season: int) -> dict[str, Any]:
     """Naive, seasonal-naive, linear-trend and Holt forecasts for windows starting at dataset rows `rows`,
     and which windows have a full season of history before their forecast origin (only those are scored)."""
-    from zoo.tft import baselines as B
-
     arrays = dm.series_arrays(split)
     origin = rows + E  # first forecast row
     h = torch.arange(1, P + 1)
@@ -129,12 +127,12 @@ def rolling_bands(module: Any, dm: Any, split: str, result: dict[str, Any], chan
 
 
 def _score_group(metrics: dict[str, float], name: str, module: Any, q: torch.Tensor, actual: torch.Tensor,
-                 scale: torch.Tensor, baseline: dict[str, torch.Tensor], bands: dict[str, Any]) -> None:  # fmt: skip
+                 scale: torch.Tensor, base: dict[str, torch.Tensor], bands: dict[str, Any]) -> None:  # fmt: skip
     """One target's (or channel's) metrics into `metrics`: the TFT's point (``model.point``) and quantile
-    mean and every baseline of `baseline` (`BASELINES`), the MAE ratio to seasonal-naive, the bands'
+    mean and every baseline of `base` (name -> forecasts), the MAE ratio to seasonal-naive, the bands'
     coverage and pinball loss."""
     preds = (("tft", module.point_of(q)), ("tft_mean", quantile_mean(q, module.quantiles)),
-             *((b, baseline[b]) for b in BASELINES))  # fmt: skip
+             *((b, base[b]) for b in BASELINES))  # fmt: skip
     for label, pred in preds:
         for k, v in _metrics(pred, actual, scale).items():
             metrics[f"{name}/{label}/{k}"] = v
@@ -186,14 +184,14 @@ def score(module: Any, dm: Any, split: str, limit: int | None = None, rolling: b
         rolled = None if roll[0] is None else roll[0][valid]
         q, actual = result["quantiles"][0][valid], result["actual"][0][valid]
         scale = scales[module.target_names[0]][valid]
-        baseline = {b: base[b][0][valid] for b in BASELINES}
+        channel_base = {b: base[b][0][valid] for b in BASELINES}
         for name in dm.targets:
             sel = torch.as_tensor(channel == name)
             if not bool(sel.any()):
                 continue
             bands = {"": cal[sel], "_raw": q[sel], "_rolling": None if rolled is None else rolled[sel]}
             _score_group(metrics, name, module, q[sel], actual[sel], scale[sel],
-                         {b: p[sel] for b, p in baseline.items()}, bands)  # fmt: skip
+                         {b: v[sel] for b, v in channel_base.items()}, bands)  # fmt: skip
     for label in ("tft", "tft_mean", *BASELINES):
         for k in ("mae", "mse", "rmse", "smape", "mase"):
             metrics[f"all/{label}/{k}"] = float(
@@ -293,9 +291,8 @@ def evaluate_module(
     summary, table = backtest(module, dm, split, scored, backtest_cutoffs)
     metrics.update(summary)
     output_dir.mkdir(parents=True, exist_ok=True)
-    lines = B.verdict_lines(scored["verdicts"])
     (output_dir / "baselines.json").write_text(json.dumps(scored["verdicts"], indent=2))
-    for line in lines:
+    for line in B.verdict_lines(scored["verdicts"]):
         print(f"[zoo] {line}")
     if table:
         with open(output_dir / "backtest.csv", "w", newline="") as fh:

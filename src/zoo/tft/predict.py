@@ -179,8 +179,9 @@ def _with_future_steps(module: Any, frame: pd.DataFrame) -> pd.DataFrame:
 def _forecast_rows(module: Any, ds: Any, raw: list[Any], new_series: str | None, unknown: list[str],
                    raw_quantiles: bool) -> list[pd.DataFrame]:  # fmt: skip
     """`forecast`'s rows of one dataset's windows from their raw quantiles `raw` (per target [W, P, L]):
-    calibrated bands, the point read from the raw quantiles, both back in the data's units; one frame per
-    target."""
+    calibrated bands, the point read from the raw quantiles, both back in the data's units. Built as
+    arrays, one block per target, not a dict per row: a fleet's 500 series x 4 targets x P steps x 7
+    quantiles took most of a monitor round as Python objects."""
     spec, P = module.preprocess, module.prediction_length
     scaler = spec.get("scaler") or {}
     starts, ends = ds.index["index_start"].to_numpy(), ds.index["index_end"].to_numpy()
@@ -194,17 +195,16 @@ def _forecast_rows(module: Any, ds: Any, raw: list[Any], new_series: str | None,
     # Calibrated bands (zoo.tft.calibrate); the point forecast is read from the raw quantiles.
     channels = [s.rsplit("/", 1)[-1] for s in window_series] if spec.get("channels") else None
     calibrated = module.calibrated(raw, channels)
-    # Built as arrays (one block per target), not a dict per row: a fleet's 500 series x 4 targets x P
-    # steps x 7 quantiles took most of a monitor round as Python objects.
     W = len(window_series)
-    if spec.get("channels"):  # channel-independent: `<series>/<target>` back to its series and target
-        pairs = [str(s).rsplit("/", 1) for s in window_series]
-        own_series, own_names = [a for a, _ in pairs], [b for _, b in pairs]
+    pairs = [str(s).rsplit("/", 1) for s in window_series] if spec.get("channels") else None
     known = np.repeat([s not in unknown for s in window_series], P)
     steps, time_idx = np.tile(np.arange(1, P + 1), W), (first[:, None] + np.arange(P)[None]).ravel()
     blocks = []
     for t, target in enumerate(module.target_names):
-        out_series, names = (own_series, own_names) if spec.get("channels") else (window_series, [target] * W)
+        # channel-independent: `<series>/<target>` back to its series and target
+        out_series, names = (
+            ([a for a, _ in pairs], [b for _, b in pairs]) if pairs else (window_series, [target] * W)
+        )
         mu = np.array([scaler.get(n, (0.0, 1.0))[0] for n in names], dtype=np.float64)[:, None]
         sd = np.array([scaler.get(n, (0.0, 1.0))[1] for n in names], dtype=np.float64)[:, None]
         q = calibrated[t].detach().cpu().double().numpy()
