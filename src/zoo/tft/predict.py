@@ -264,15 +264,14 @@ def forecast(
 
 # -- python -m zoo.predict --------------------------------------------------------------------------------
 def read_input(path: Path) -> pd.DataFrame:
-    """The ``input=`` table: CSV, Parquet or JSON(-lines), by suffix, or a ``zoo.collect`` folder (its rows)."""
+    """The ``input=`` table: CSV, Parquet or JSON(-lines), by suffix, or a folder of Parquet files (the parts
+    ``python -m zoo.collect`` writes), read in name order."""
     kind = path.suffix.lower().lstrip(".")
     if path.is_dir():
-        from zoo.collect import read
-
-        frame = read(path)
-        if frame is None or len(frame) == 0:
-            raise ZooError(f"input={path}: a folder, but no samples of python -m zoo.collect in it")
-        return frame
+        parts = sorted(path.glob("*.parquet"))
+        if not parts:
+            raise ZooError(f"input={path}: a folder without .parquet files (expected zoo.collect's parts)")
+        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     if not path.is_file():
         raise ZooError(f"input={path}: no such file (expected a .csv or .parquet of recent metrics)")
     if path.stat().st_size == 0:
