@@ -19,14 +19,15 @@ import yaml
 from tests.conftest import ROOT, run_cli
 from zoo.core.config import compose_config
 from zoo.core.errors import ZooError
-from zoo.core.family import load_run
-from zoo.core.trust import LIBRARY_TARGETS, TRUST_ENV, check_stored_config
+from zoo.core.family import load_run, registry
+from zoo.core.trust import LIBRARY_TARGETS, TRUST_ENV, check_stored_config, trusted_packages
 
 QUIET = ["~callbacks.rich_progress_bar", "~callbacks.throughput", "~callbacks.lr_monitor", "logger=none",
          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
 TINY = ["data=gpt/synthetic", "data.synthetic.n_tokens=20000", "model.net.n_layer=1", "model.net.n_embd=16",
         "model.net.n_head=2", "data.block_size=16", "data.batch_size=4"]  # fmt: skip
 PRECIOUS = "precious data\n"
+PACKAGES = trusted_packages(registry())  # zoo and the registered families' packages
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def test_the_attack_is_refused_for_checkpoints_and_export_folders_before_anythin
 )
 def test_untrusted_nodes_are_refused_naming_the_key(node, key):
     with pytest.raises(ZooError, match=key) as err:
-        check_stored_config(node, "ckpt_path=x.ckpt")
+        check_stored_config(node, "ckpt_path=x.ckpt", PACKAGES)
     assert str(err.value).startswith("ckpt_path=x.ckpt: ")
 
 
@@ -130,7 +131,7 @@ def test_a_module_outside_the_trusted_packages_is_never_imported(tmp_path, monke
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ZooError, match="evil_module_zoo_test.C: refused"):
-        check_stored_config({"m": {"_target_": "evil_module_zoo_test.C"}}, "ckpt_path=x")
+        check_stored_config({"m": {"_target_": "evil_module_zoo_test.C"}}, "ckpt_path=x", PACKAGES)
     assert not (tmp_path / "ran").exists() and "evil_module_zoo_test" not in sys.modules
 
 
@@ -138,12 +139,12 @@ def test_zoo_and_family_classes_the_allowlist_and_the_users_own_list_are_accepte
     check_stored_config({"model": {"_target_": "zoo.gpt.GPTModule", "optim": {"lr": 1e-3}},
                          "data": {"_target_": "zoo.tft.datamodule.MetricsDataModule"},
                          "callbacks": {"c": {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint"}},
-                         "trainer": {"strategy": {"_target_": "zoo.core.strategies.fsdp"}}}, "x")  # fmt: skip
+                         "trainer": {"strategy": {"_target_": "zoo.core.strategies.fsdp"}}}, "x", PACKAGES)  # fmt: skip
     swa = {"swa": {"_target_": "lightning.pytorch.callbacks.StochasticWeightAveraging"}}
     with pytest.raises(ZooError, match="StochasticWeightAveraging: refused"):
-        check_stored_config(swa, "x")
+        check_stored_config(swa, "x", PACKAGES)
     monkeypatch.setenv(TRUST_ENV, "lightning.pytorch.callbacks.StochasticWeightAveraging, x.Y")
-    check_stored_config(swa, "x")
+    check_stored_config(swa, "x", PACKAGES)
 
 
 def test_every_target_of_the_zoos_own_configs_is_trusted():
@@ -165,7 +166,7 @@ def test_every_target_of_the_zoos_own_configs_is_trusted():
         walk(yaml.safe_load(path.read_text()))
     assert len(found) >= 10
     for target in sorted(found):
-        check_stored_config({"node": {"_target_": target}}, str(path))
+        check_stored_config({"node": {"_target_": target}}, str(path), PACKAGES)
     assert LIBRARY_TARGETS <= found | {"lightning.pytorch.callbacks.EarlyStopping"}, LIBRARY_TARGETS - found
 
 

@@ -1,4 +1,5 @@
-"""Command-line checks that need no heavy imports, so a mistyped override fails in about a second."""
+"""Command-line checks that need no heavy imports (a mistyped override fails in about a second), verbatim
+free-text values (`prompt=`), and each command's `--help`."""
 
 from __future__ import annotations
 
@@ -183,11 +184,11 @@ def hydra_entry(config_name: str, task: Callable[[Any], Any]) -> Callable[[], An
     return main
 
 
-# --- --help ----------------------------------------------------------------------------------------
-# ``python -m zoo.<command> --help``: what the command does and the options a user picks, read from the
-# command's own config (conf/<command>.yaml: its comments document every key) and the config groups it
-# composes. Hydra's generic help names the calling module ("cli is powered by Hydra"), lists every group of
-# every command and the private ``_base``/``_schema_*`` files; its own help stays under ``--hydra-help``.
+# -- --help ------------------------------------------------------------------------------------------------
+# `python -m zoo.<command> --help`: what the command does and the options a user picks, read from the
+# command's own config (conf/<command>.yaml, whose comments document every key) and the groups it composes.
+# Hydra's generic help names the calling module ("cli is powered by Hydra"), lists every group of every
+# command and the private _base/_schema_* files; Hydra's own help stays under --hydra-help.
 
 WIDTH = 100
 HIDDEN_KEYS = ("task_name",)  # set by the command itself

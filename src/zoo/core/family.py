@@ -189,22 +189,22 @@ def family_of_config(node: Any, what: str) -> str:
 def _saved_config(blob: Any, where: Path, key: str = "ckpt_path") -> DictConfig:
     from omegaconf import OmegaConf
 
-    from zoo.core.trust import check_stored_config
+    from zoo.core.trust import check_stored_config, trusted_packages
 
     if not blob:
         raise ZooError(f"{key}={where}: no zoo config inside (not written by python -m zoo.train)")
     config = OmegaConf.create(blob)
-    check_stored_config(config, f"{key}={where}")  # before anything it names is imported
+    check_stored_config(config, f"{key}={where}", trusted_packages(registry()))  # before anything is imported
     return config
 
 
 def _load_checkpoint_run(path: Path, key: str = "ckpt_path") -> Run:
     from zoo.core.checkpoint import load_checkpoint
-    from zoo.core.trust import check_hyper_parameters
+    from zoo.core.trust import check_hyper_parameters, trusted_packages
 
     checkpoint = load_checkpoint(path, key=key)
     config = _saved_config(checkpoint.get("zoo_config"), path, key)
-    check_hyper_parameters(checkpoint, f"{key}={path}")
+    check_hyper_parameters(checkpoint, f"{key}={path}", trusted_packages(registry()))
     cls = target_class(config.get("model"), "model")
     name = family_of_class(cls, f"ckpt_path={path}")
     module = cls.load_from_checkpoint(path, map_location="cpu", weights_only=True)
@@ -226,11 +226,11 @@ def read_export_marker(folder: Path) -> dict[str, Any]:
 def _load_export_run(folder: Path, key: str = "ckpt_path") -> Run:
     from omegaconf import OmegaConf
 
-    from zoo.core.trust import check_stored_config
+    from zoo.core.trust import check_stored_config, trusted_packages
 
     info = read_export_marker(folder)
     config = OmegaConf.create(info.get("config") or {})
-    check_stored_config(config, f"{key}={folder}")  # before the family reads anything of it
+    check_stored_config(config, f"{key}={folder}", trusted_packages(registry()))  # before the family reads it
     cls = family(str(info["family"]))
     module = cls.from_export(folder)
     return Run(folder, "export", cls.family, cls, module.eval(), config)

@@ -156,7 +156,8 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
         return None
     import yaml
 
-    from zoo.core.trust import check_hyper_parameters, check_stored_config, targets_in
+    from zoo.core.family import registry
+    from zoo.core.trust import check_hyper_parameters, check_stored_config, targets_in, trusted_packages
 
     checkpoint = load_checkpoint(path, mmap=True)  # mmap: the check does not read the tensors
     run_keys = [k for k in cfg if k != "hydra"]  # as StoreConfig saved it
@@ -165,10 +166,11 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     # must equal the stored ones), but a checkpoint whose model or data names code is refused all the same.
     # Stored callbacks and loggers are never read on resume (a run killed by a test callback resumes without it).
     saved = yaml.safe_load(checkpoint.get("zoo_config") or "") or {}
+    packages = trusted_packages(registry())
     if isinstance(saved, dict):
         stored = {k: saved.get(k) for k in ("model", "data")}
-        check_stored_config(stored, f"ckpt_path={path}", also=targets_in(current))
-    check_hyper_parameters(checkpoint, f"ckpt_path={path}")
+        check_stored_config(stored, f"ckpt_path={path}", packages, also=targets_in(current))
+    check_hyper_parameters(checkpoint, f"ckpt_path={path}", packages)
     check_resume_compatible(checkpoint.get("zoo_config", ""), current, path)
     print(f"[zoo] resuming from {path} (step {checkpoint.get('global_step')})", flush=True)
     return path

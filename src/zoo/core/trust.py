@@ -8,7 +8,7 @@ names such as ``os.system``. So before anything of a stored config is imported o
 the key, any ``_target_`` that is not
 
 - a class defined in the zoo (``zoo.``) or in the package of a registered family
-  (`zoo.core.registry.registry`), or
+  (`zoo.core.family.registry`, passed in by the caller), or
 - one of `LIBRARY_TARGETS`: the library classes and zoo factories the zoo's own configs (``conf/``) use, or
 - a name listed in ``$ZOO_TRUSTED_TARGETS`` (comma-separated) by the user who runs the command.
 
@@ -47,12 +47,11 @@ TRUST_ENV = "ZOO_TRUSTED_TARGETS"
 HOW = "see 'What loading trusts' in the zoo's docs/reliability.md"
 
 
-def trusted_packages() -> tuple[str, ...]:
-    """``zoo`` and the package of every registered family's module (``my_pkg.module:Cls`` -> ``my_pkg``)."""
-    from zoo.core.registry import registry
-
+def trusted_packages(registry: dict[str, str]) -> tuple[str, ...]:
+    """``zoo`` and the package of every registered family's module (``my_pkg.module:Cls`` -> ``my_pkg``), given
+    `zoo.core.family.registry()`."""
     packages = {"zoo"}
-    for value in registry().values():
+    for value in registry.values():
         module = value.partition(":")[0]
         packages.add(module.rpartition(".")[0] or module)
     return tuple(sorted(p for p in packages if not _within(p, tuple(packages - {p}))))
@@ -67,7 +66,7 @@ def _extra_targets() -> set[str]:
 
 
 def check_target(
-    target: Any, key: str, packages: tuple[str, ...] | None = None, also: frozenset[str] = frozenset()
+    target: Any, key: str, packages: tuple[str, ...], also: frozenset[str] = frozenset()
 ) -> None:
     """Refuse a ``_target_`` value that is not trusted (see the module docstring). Nothing outside the trusted
     packages is imported: importing a module already runs its code."""
@@ -77,7 +76,6 @@ def check_target(
         raise ZooError(f"{key}={target!r}: refused: a _target_ must name a class ({HOW})")
     if target in LIBRARY_TARGETS or target in also or target in _extra_targets():
         return
-    packages = packages or trusted_packages()
     if not _within(target, packages):
         raise ZooError(
             f"{key}={target}: refused: a stored config may only name classes of {', '.join(packages)} or of the "
@@ -117,11 +115,15 @@ def _walk(node: Any, key: str, packages: tuple[str, ...], interpolations: bool, 
 
 
 def check_stored_config(
-    config: Any, where: str, interpolations: bool = True, also: frozenset[str] = frozenset()
+    config: Any,
+    where: str,
+    packages: tuple[str, ...],
+    interpolations: bool = True,
+    also: frozenset[str] = frozenset(),
 ) -> None:
     """Refuse a stored config (a plain dict/list tree, a DictConfig, or YAML text) holding an untrusted
     ``_target_`` anywhere, or (with `interpolations`) a ``${...}`` interpolation; the one-line error starts
-    with `where` (``ckpt_path=...``) and names the key. `also`: more names to trust (those the command's own
+    with `where` (``ckpt_path=...``) and names the key. `packages`: `trusted_packages`. `also`: more names to trust (those the command's own
     config instantiates anyway)."""
     if config is None:
         return
@@ -140,12 +142,12 @@ def check_stored_config(
         if isinstance(config, DictConfig | ListConfig):
             config = OmegaConf.to_container(config, resolve=False)
     try:
-        _walk(config, "", trusted_packages(), interpolations, also)
+        _walk(config, "", packages, interpolations, also)
     except ZooError as err:
         raise ZooError(f"{where}: {err}") from None
 
 
-def check_hyper_parameters(checkpoint: dict[str, Any], where: str) -> None:
+def check_hyper_parameters(checkpoint: dict[str, Any], where: str, packages: tuple[str, ...]) -> None:
     """The checkpoint's ``hyper_parameters`` become the module's constructor arguments: no ``_target_`` outside
     the trusted classes, and no ``_instantiator`` (Lightning's hook for a constructor named in the checkpoint,
     allowlisted by Lightning itself; the zoo never writes one)."""
@@ -155,7 +157,7 @@ def check_hyper_parameters(checkpoint: dict[str, Any], where: str) -> None:
             f"{where}: hyper_parameters._instantiator={hparams['_instantiator']}: refused: the zoo's modules are "
             f"built by their own class ({HOW})"
         )
-    check_stored_config(hparams, where, interpolations=False)
+    check_stored_config(hparams, where, packages, interpolations=False)
 
 
 def targets_in(config: Any) -> frozenset[str]:
