@@ -1,5 +1,7 @@
 """A decoder-only GPT in one file: pre-LayerNorm blocks, causal scaled-dot-product attention (flash
 kernels on GPU), tied input/output embeddings, learned or rotary positions, and a KV cache for sampling.
+With the recipe options at their defaults it is nanoGPT's network (tests/gpt/test_nanogpt_parity.py); the
+options (`GPTConfig.activation`, `qk_norm`, `zero_init_proj`, `logit_softcap`) are each a few lines below.
 
 Parameter count (documented because recipes are named by it): with d = n_embd, L = n_layer, V = vocab,
 T = block_size and biases on,
