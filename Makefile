@@ -99,7 +99,7 @@ docker: docker-wheels ## Build the image (zoo:cpu; DOCKER_BASE=, DOCKER_IMAGE=, 
 docker-cuda: ## Build the CUDA image (zoo:cuda) on an NVIDIA CUDA runtime base (DOCKER_CUDA_BASE=)
 	$(MAKE) docker DOCKER_IMAGE=zoo:cuda DOCKER_BASE=$(DOCKER_CUDA_BASE) DOCKER_TORCH_INDEX=
 
-test-docker: ## The image for real: own dockerd, debootstrap base, build, train 5 steps, TensorBoard (root; ~15 min)
+test-docker: ## The image for real: own dockerd, debootstrap base, build, train 5 steps, TensorBoard (root; 17 min on 2 busy cores)
 	ZOO_DOCKER_TEST=1 PYTHON=$(PYTHON) $(PYTHON) -m pytest tests/docker -q -p no:cacheprovider -n 0 -p no:benchmark -s
 
 bench-docker: ## Image size and build time -> docs/benchmarks/docker.md (same steps as test-docker)

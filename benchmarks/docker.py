@@ -381,7 +381,7 @@ def page(rows: dict[str, dict]) -> str:
         goal = "met" if r["size_gb"] <= 2.5 else "missed"
         lines.append(
             f"| {driver} | {r['date']} | **{r['size_gb']:.2f} GB** ({goal}) | {r['base_gb']:.2f} GB | "
-            f"{r['build_min']} min | {deb} | {r['train_s']} s | {r['total_min']} min | {r['load15']} |"
+            f"{r['build_min']} min | {deb} | {r['train_s']} s | {r['total_min']} min | {r['load15'] or 'not recorded'} |"
         )
     machines = sorted({f"{r['machine']}; torch in the image {r['torch']}" for r in rows.values()})
     return f"""## Docker image (CPU)
@@ -402,7 +402,8 @@ plus `docker build`, with the base already imported; its dependencies come from 
 {chr(10).join(lines)}
 
 vfs (the fallback where overlay2 is refused) copies the whole file system for every build step and
-container. The machine was shared with other jobs during these runs: the load column is the load average
+container: its data root held about 11 GB at the end of the run, and deleting it is part of the whole
+check. The machine was shared with other jobs during these runs: the load column is the load average
 of its 2 cores over the 15 minutes before the run ended.
 """
 

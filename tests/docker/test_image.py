@@ -2,7 +2,7 @@
 Debian bookworm + Python 3.11 base made by debootstrap, in a private dockerd; `zoo-train` in it writes a
 run folder to a bind-mounted logs volume, and the compose file's TensorBoard serves its scalars.
 
-Heavy (about a quarter of an hour on 2 cores), so `make test` skips it: it runs when ZOO_DOCKER_TEST=1,
+Heavy (17.5 min on 2 cores shared with other jobs, overlay2 storage), so `make test` skips it: it runs when ZOO_DOCKER_TEST=1,
 and skips with the reason when the machine can do neither docker nor apt-get, or is not root.
 """
 
