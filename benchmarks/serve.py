@@ -318,7 +318,8 @@ def write_page(
 ) -> None:
     from benchmarks.common import machine
 
-    page = ROOT / "docs" / "benchmarks" / "serve.json"
+    out = Path(args.out)
+    page = out / "serve.json"
     if page.is_file():  # a run of some families keeps the others' last results (and their command)
         kept = json.loads(page.read_text())
         earlier = {f: r for f, r in kept.get("results", {}).items() if f not in results}
@@ -378,8 +379,9 @@ def write_page(
         lines.append(f"- {family}, bad and good requests mixed (8 clients): {m['good_ok']}/{m['good_sent']} good answered, "
                      f"{m['bad_4xx']}/{m['bad_sent']} bad refused with a 4xx{extra}")  # fmt: skip
     lines.append("")
-    (ROOT / "docs" / "benchmarks" / "serve.md").write_text("\n".join(lines))
-    (ROOT / "docs" / "benchmarks" / "serve.json").write_text(
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve.md").write_text("\n".join(lines))
+    (out / "serve.json").write_text(
         json.dumps({"command": command, "date": dt.date.today().isoformat(), "results": results}, indent=1)
         + "\n"
     )
@@ -395,6 +397,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=30, help="TFT: server / in-process pairs timed")
     parser.add_argument("--gpt-tokens", type=int, default=64, help="max_tokens of the GPT requests")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
+    parser.add_argument(
+        "--out", default=str(ROOT / "docs" / "benchmarks"), help="folder of serve.md and serve.json"
+    )
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     command = "python -m benchmarks.serve " + shlex.join(sys.argv[1:])
