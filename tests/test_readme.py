@@ -39,7 +39,10 @@ SKIP = [  # (pattern, reason): a command matching the pattern is not run
     ),
     (r"^make test\b", "the whole test suite, this test included"),
     (r"trainer=(fsdp|gpu|ddp|multinode)\b|experiment=(gpt_300m|event_gpu)\b", "needs GPUs or a cluster"),
-    (r"^(make docker|docker )", "needs a Docker daemon: make test-docker builds the image and trains in it"),
+    (
+        r"^(\w+=\S*\s+)*(make docker\b|docker\s)",
+        "needs a Docker daemon: make test-docker builds the image, trains in it and starts its TensorBoard",
+    ),
     (
         r"data=tft/prometheus|source=prometheus",
         "needs a Prometheus server: make test-prometheus runs these against its own",
@@ -140,6 +143,8 @@ def test_plan_appends_overrides_and_never_edits_a_command():
     ran, _ = plan(cmd)
     assert ran.startswith(cmd + " ") and ran.endswith("max_new_tokens=8")
     assert plan("python -m zoo.train experiment=gpt_300m trainer=fsdp")[0] is None
+    assert plan("ZOO_UID=$(id -u) docker compose -f docker/compose.yaml up -d tensorboard")[0] is None
+    assert plan("make docker-cuda")[0] is None and plan("mkdir -p logs data")[0] == "mkdir -p logs data"
     assert (
         plan("python -m zoo.serve ckpt_path=runs/gpt port=8000 &")[0]
         == "python -m zoo.serve ckpt_path=runs/gpt port=8000 &"
