@@ -393,8 +393,8 @@ def page(rows: dict[str, dict]) -> str:
 - dates: in the table
 
 Goal: CPU image ≤ 2.5 GB (`docker image inspect` size, uncompressed). The base is Debian {SUITE} + its
-Python 3.11 by debootstrap (CI has no image registry); on python:3.11-slim-bookworm the image is about the
-same. "make docker" is the wheelhouse (zoo wheel + the torch wheel the host's pip resolves: the CPU one)
+Python 3.11 by debootstrap (CI has no image registry; the default python:3.11-slim-bookworm base was not
+measured here). "make docker" is the wheelhouse (zoo wheel + the torch wheel the host's pip resolves: the CPU one)
 plus `docker build`, with the base already imported; its dependencies come from PyPI during the build.
 
 | storage driver | date | image | of which base | make docker | debootstrap (once, cached) | train 5 steps | whole check | load (15 min) |
