@@ -15,25 +15,10 @@ from tests.serving import one_line_error, serving
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Path]:
-    from tests.events.test_predict import MAPPING, QUIET, event_log
-    from zoo.core.config import compose_config
-    from zoo.train import train
+    from tests.events.test_predict import train_small_run
 
     root = tmp_path_factory.mktemp("events_serve")
-    event_log(60).to_csv(root / "log.csv", index=False)
-    history = event_log(6).groupby("Case").head(2)
-    history.loc[history.index[0], "Who"] = "someone-new"  # never seen in training: <unk>, counted
-    history.to_csv(root / "history.csv", index=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = compose_config([*QUIET, "model=event_predictor", "experiment=event_cpu_baseline", "data=events/file",
-                              f"data.path={root / 'log.csv'}", *MAPPING, "trainer.max_epochs=2",
-                              "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
-                              f"paths.cache_dir={cache_dir}"], output_dir=root / "run")  # fmt: skip
-        train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    train_small_run(root, cache_dir)
     return {"run": root / "run", "history": root / "history.csv", "cache": cache_dir}
 
 

@@ -35,12 +35,11 @@ def event_log(n_cases: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Path]:
-    """An event predictor trained briefly on a small log with source column names, and its export."""
+def train_small_run(root: Path, cache_dir: Path) -> None:
+    """An event predictor trained briefly (1 thread) on a small log with source column names in root/run, and
+    root/history.csv: a few cases' first events, one by a resource training never saw."""
     from zoo.train import train
 
-    root = tmp_path_factory.mktemp("events_predict")
     event_log(60).to_csv(root / "log.csv", index=False)
     history = event_log(6).groupby("Case").head(2)
     history.loc[history.index[0], "Who"] = "someone-new"  # never seen in training: <unk>, counted
@@ -53,10 +52,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[s
                               "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
                               f"paths.cache_dir={cache_dir}"], output_dir=root / "run")  # fmt: skip
         train(cfg)
-        run = load_run(root / "run" / "checkpoints" / "last.ckpt")
-        export = export_run(run.module, root / "export", run.config, run_dir=root / "run")
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Path]:
+    """An event predictor trained briefly on a small log with source column names, and its export."""
+    root = tmp_path_factory.mktemp("events_predict")
+    train_small_run(root, cache_dir)
+    run = load_run(root / "run" / "checkpoints" / "last.ckpt")
+    export = export_run(run.module, root / "export", run.config, run_dir=root / "run")
     return {"run": root / "run", "ckpt": root / "run" / "checkpoints" / "last.ckpt", "export": export,
             "history": root / "history.csv"}  # fmt: skip
 
