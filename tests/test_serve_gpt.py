@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.gpt.test_predict import train_small_run
 from tests.serving import one_line_error, serving
 from zoo.core.config import compose_config
 from zoo.gpt.model import GPT, GPTConfig
 from zoo.gpt.serve import DecodeBatch, Row
 
-QUIET = ["~callbacks.rich_progress_bar", "~callbacks.throughput", "~callbacks.lr_monitor", "logger=none",
-         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
 TINY = ["data=gpt/synthetic", "data.synthetic.n_tokens=20000", "model.net.n_layer=1", "model.net.n_embd=16",
         "model.net.n_head=2", "data.block_size=32", "data.batch_size=4"]  # fmt: skip
 PROMPTS = ["a", "abcdefgh", "ponm", "hello"[:3], "abcabcabcabc"]
@@ -30,18 +29,8 @@ PROMPTS = ["a", "abcdefgh", "ponm", "hello"[:3], "abcabcabcabc"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """A GPT trained for 3 steps: its run folder."""
-    from zoo.train import train
-
     root = tmp_path_factory.mktemp("gpt_serve")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = compose_config([*QUIET, *TINY, "trainer.max_steps=3", "trainer.val_check_interval=3",
-                              "trainer.limit_val_batches=1", f"paths.cache_dir={cache_dir}"],
-                             output_dir=root / "run")  # fmt: skip
-        train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    train_small_run(root, cache_dir, TINY)
     return root / "run"
 
 

@@ -23,23 +23,28 @@ TINY = ["data=gpt/synthetic", "data.synthetic.n_tokens=20000", "model.net.n_laye
 ALPHABET = set("abcdefghijklmnop")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Path]:
-    """A GPT trained for 3 steps (checkpoints, metrics.json) and its export folder (zoo.core.export)."""
+def train_small_run(root: Path, cache_dir: Path, tiny: list[str] = TINY) -> None:
+    """A GPT of the `tiny` shape trained for 3 steps (1 thread) into root/run."""
     from zoo.train import train
 
-    root = tmp_path_factory.mktemp("gpt_predict")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = compose_config([*QUIET, *TINY, "trainer.max_steps=3", "trainer.val_check_interval=3",
+        cfg = compose_config([*QUIET, *tiny, "trainer.max_steps=3", "trainer.val_check_interval=3",
                               "trainer.limit_val_batches=1", f"paths.cache_dir={cache_dir}"],
                              output_dir=root / "run")  # fmt: skip
         train(cfg)
-        run = load_run(root / "run" / "checkpoints" / "last.ckpt")
-        export = export_run(run.module, root / "export", run.config, run_dir=root / "run")
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[str, Path]:
+    """A GPT trained for 3 steps (checkpoints, metrics.json) and its export folder (zoo.core.export)."""
+    root = tmp_path_factory.mktemp("gpt_predict")
+    train_small_run(root, cache_dir)
+    run = load_run(root / "run" / "checkpoints" / "last.ckpt")
+    export = export_run(run.module, root / "export", run.config, run_dir=root / "run")
     return {"run": root / "run", "ckpt": root / "run" / "checkpoints" / "last.ckpt", "export": export}
 
 
