@@ -30,7 +30,7 @@ class FakePrometheus:
                 pass
 
             def _answer(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
+                data = json.dumps(body, separators=(",", ":")).encode()  # compact, as Prometheus answers
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))

@@ -4,6 +4,7 @@ expression, and the datamodule's frame. The real parts: tests/prometheus (make t
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -209,3 +210,44 @@ def test_a_target_missing_for_a_while_keeps_the_other_targets(tmp_path):
         frame = prom.load(source(fake.url), tmp_path / "pull", progress=False)
     h0 = frame[frame["series"] == "h0:9100"]
     assert len(h0) == 600 and h0["memory_percent"].isna().sum() == 100 and h0["cpu_percent"].notna().all()
+
+
+def matrix(result, **dumps):
+    body = {"status": "success", "data": {"resultType": "matrix", "result": result}}
+    return json.dumps(body, **{"separators": (",", ":"), "ensure_ascii": False, **dumps})
+
+
+ODD_LABELS = {"instance": 'a]],"values":[[1,"2"]]}', "job": "nöde <&>", "__name__": "x"}
+
+
+def test_the_fast_matrix_parser_equals_a_json_parser():
+    result = [
+        {"metric": ODD_LABELS, "values": [[1700000000.123, "NaN"], [1700000060, "+Inf"], [1700000120, "-Inf"]]},
+        {"metric": {"instance": "b"}, "values": [[1700000000, "1e-05"], [1700000060, "-3.5"], [1700000120, "0"]]},
+        {"metric": {}, "values": [[1700000000, "12345678.9012345"]]},
+    ]
+    for body in (matrix(result), matrix(result, ensure_ascii=True), matrix([])):
+        fast = prom.parse_matrix(body)
+        reference = prom._series_of(json.loads(body)["data"]["result"])
+        assert fast is not None and len(fast) == len(reference)
+        for (labels, t, v), (labels_ref, t_ref, v_ref) in zip(fast, reference):
+            assert labels == labels_ref
+            assert np.array_equal(t, t_ref) and np.array_equal(v, v_ref, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        matrix([{"metric": {"instance": "a"}, "values": [[1, "2"]]}], separators=(", ", ": ")),  # not compact
+        matrix([{"metric": {"instance": "a"}, "values": [[1, "2"]], "histograms": []}]),  # native histograms
+        matrix([{"metric": {"instance": "a"}, "values": [[1, "2", "3"]]}]),  # three numbers in a pair
+        matrix([{"metric": {"instance": "a"}, "values": [[1, "abc"]]}]),  # not a number
+        matrix([{"metric": {"instance": "a"}, "values": []}, {"metric": {"instance": "b"}, "values": [[1, "2"]]}]),
+        matrix([{"metric": {"instance": "a"}, "values": [[1, "2"], []]}]),  # an empty pair
+        matrix([{"metric": {"instance": "a"}, "values": [[1, "2"]]}])[:-1],  # truncated
+        matrix([{"metric": {"instance": "a"}, "values": [[1, "2"]]}])[:-2] + ',"warnings":["w"]}',
+        '{"status":"error","errorType":"bad_data","error":"parse error"}',
+    ],
+)
+def test_bodies_of_any_other_shape_go_to_the_json_parser(body):
+    assert prom.parse_matrix(body) is None

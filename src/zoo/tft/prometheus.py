@@ -189,7 +189,97 @@ def _session() -> Any:
     return s
 
 
-def query_range(session: Any, source: Source, expr: str, first: float, last: float, target: str) -> list[dict[str, Any]]:  # fmt: skip
+Series = tuple[dict[str, Any], np.ndarray, np.ndarray]
+"""One result series of a range query: its labels, sample times (unix seconds) and values."""
+
+_HEAD = '{"status":"success","data":{"resultType":"matrix","result":['
+_VALUES = ',"values":['
+_UNQUOTE = str.maketrans("", "", '[]"')
+_LABELS = json.JSONDecoder()
+
+
+def parse_matrix(text: str) -> list[Series] | None:
+    """A range query's success body as `Series`, without a Python object per sample: each series' labels
+    are decoded as JSON, and its ``[[t,"v"],...]`` block becomes ``t,v`` lines of one CSV text that
+    pyarrow's (multi-threaded) CSV reader turns into two float columns in one call (``NaN``, ``+Inf``,
+    ``-Inf`` included). Anything not of that exact shape (an error, warnings, native histograms, a pair
+    that is not two numbers) returns None, and the caller reads the body with a full JSON parser instead.
+    Building every sample as Python objects was where a pull spent its time (docs/benchmarks/prometheus.md)."""
+    if not text.startswith(_HEAD):
+        return None
+    labels: list[dict[str, Any]] = []
+    blocks: list[str] = []
+    i = len(_HEAD)
+    if text.startswith("]}}", i):
+        return [] if len(text) == i + 3 else None
+    while True:
+        if not text.startswith('{"metric":', i):
+            return None
+        try:
+            metric, i = _LABELS.raw_decode(text, i + 10)
+        except ValueError:
+            return None
+        if not isinstance(metric, dict) or not text.startswith(_VALUES, i):
+            return None
+        i += len(_VALUES)
+        close = (
+            text.find("]]", i) if text.startswith("[", i) else -1
+        )  # the block holds numbers and quoted numbers only: its first "]]" ends it
+        if close < 0:
+            return None
+        labels.append(metric)
+        blocks.append(text[i + 1 : close])  # t,"v"],[t,"v"],...,[t,"v"
+        i = close + 2
+        if not text.startswith("}", i):  # another key after "values" (native histograms)
+            return None
+        i += 1
+        if text.startswith(",", i):
+            i += 1
+            continue
+        if not (text.startswith("]}}", i) and len(text) == i + 3):
+            return None
+        break
+    rows = np.array([b.count("],[") + 1 for b in blocks], dtype=np.int64)
+    csv = "\n".join(blocks).replace("],[", "\n").translate(_UNQUOTE).encode()
+    try:
+        table = _read_csv(csv)
+    except Exception:  # pyarrow.ArrowInvalid: a pair that is not two numbers
+        return None
+    if table.num_rows != int(rows.sum()):  # an empty pair (an empty line is skipped, not an error)
+        return None
+    times = table.column(0).to_numpy()
+    values = table.column(1).to_numpy()
+    cuts = np.cumsum(rows)[:-1]
+    return list(zip(labels, np.split(times, cuts), np.split(values, cuts)))
+
+
+def _read_csv(data: bytes) -> Any:
+    """``t,v`` lines as a pyarrow table of two float64 columns; any other token is an error."""
+    import io
+
+    import pyarrow as pa
+    from pyarrow import csv
+
+    return csv.read_csv(
+        io.BytesIO(data),
+        read_options=csv.ReadOptions(column_names=["t", "v"]),
+        convert_options=csv.ConvertOptions(
+            column_types={"t": pa.float64(), "v": pa.float64()}, null_values=[], strings_can_be_null=False
+        ),
+    )
+
+
+def _series_of(result: list[dict[str, Any]]) -> list[Series]:
+    """A fully parsed matrix as `Series` (the slow path, for bodies `parse_matrix` does not take)."""
+    out: list[Series] = []
+    for item in result:
+        values = item.get("values") or []
+        times = np.fromiter((x[0] for x in values), np.float64, len(values))
+        out.append((item.get("metric") or {}, times, np.array([x[1] for x in values], dtype=np.float64)))
+    return out
+
+
+def query_range(session: Any, source: Source, expr: str, first: float, last: float, target: str) -> list[Series]:  # fmt: skip
     """The result matrix of one range query, retried on transient failures; one-line ZooErrors."""
     import orjson
     import requests
@@ -213,6 +303,10 @@ def query_range(session: Any, source: Source, expr: str, first: float, last: flo
             time.sleep(delay)
             delay *= 2
             continue
+        if r.status_code == 200:
+            fast = parse_matrix(r.content.decode("utf-8", errors="replace"))
+            if fast is not None:
+                return fast
         try:
             body = orjson.loads(r.content)
         except orjson.JSONDecodeError:
@@ -231,20 +325,17 @@ def query_range(session: Any, source: Source, expr: str, first: float, last: flo
             raise ZooError(
                 f"{where}: expected a range vector result (matrix), got {data.get('resultType')!r}"
             )
-        return data.get("result") or []
+        return _series_of(data.get("result") or [])
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def result_frame(result: list[dict[str, Any]], source: Source, target: str, expr: str) -> pd.DataFrame:
-    """One query's matrix -> long rows (``series``, ``time`` in seconds, value, ``label_*``)."""
+def result_frame(result: list[Series], source: Source, target: str, expr: str) -> pd.DataFrame:
+    """One query's series -> long rows (``series``, ``time`` in seconds, value, ``label_*``); the series
+    and label columns are categoricals (one string per series, not per sample)."""
     where = f"data.queries.{target}={expr!r}"
-    times: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    ids: list[str] = []
-    label_values: list[list[str]] = []
-    seen: dict[str, dict[str, str]] = {}
-    for item in result:
-        metric = item.get("metric") or {}
+    seen: dict[str, dict[str, Any]] = {}
+    kept: list[Series] = []
+    for metric, times, values in result:
         missing = [lb for lb in source.series_labels if lb not in metric]
         if missing:
             raise ZooError(
@@ -258,25 +349,22 @@ def result_frame(result: list[dict[str, Any]], source: Source, target: str, expr
                 f"e.g. max by ({', '.join(source.series_labels)}) (...), or add a label to data.series_labels"
             )
         seen[sid] = metric
-        values = item.get("values") or []
-        if not values:
-            continue
-        # One flat pass per series into arrays; the frame is built once per query (a DataFrame per series
-        # cost more than the parsing).
-        times.append(np.fromiter((x[0] for x in values), np.float64, len(values)))
-        vals.append(np.array([x[1] for x in values], dtype=np.float64))  # "NaN", "+Inf" parse as floats
-        ids.append(sid)
-        label_values.append([str(metric[lb]) for lb in source.series_labels])
-    if not ids:
-        return pd.DataFrame(
-            {"series": pd.Series(dtype=object), "time": pd.Series(dtype=float), "value": pd.Series(dtype=float),
-             **{LABEL_PREFIX + lb: pd.Series(dtype=object) for lb in source.series_labels}}
-        )  # fmt: skip
-    counts = np.array([len(t) for t in times])
-    out = {"series": np.repeat(np.array(ids, dtype=object), counts), "time": np.concatenate(times),
-           "value": np.concatenate(vals)}  # fmt: skip
-    for i, lb in enumerate(source.series_labels):
-        out[LABEL_PREFIX + lb] = np.repeat(np.array([v[i] for v in label_values], dtype=object), counts)
+        if len(times):
+            kept.append((metric, times, values))
+    ids = [",".join(str(m[lb]) for lb in source.series_labels) for m, _, _ in kept]
+    codes = np.repeat(np.arange(len(kept)), [len(t) for _, t, _ in kept])
+
+    def column(names: list[str]) -> pd.Categorical:
+        uniq, inverse = np.unique(np.array(names, dtype=object), return_inverse=True) if names else ([], [])
+        return pd.Categorical.from_codes(np.asarray(inverse, dtype=np.int64)[codes], categories=list(uniq))
+
+    out: dict[str, Any] = {
+        "series": column(ids),
+        "time": np.concatenate([t for _, t, _ in kept]) if kept else np.zeros(0),
+        "value": np.concatenate([v for _, _, v in kept]) if kept else np.zeros(0),
+    }
+    for lb in source.series_labels:
+        out[LABEL_PREFIX + lb] = column([str(m[lb]) for m, _, _ in kept])
     return pd.DataFrame(out)
 
 
@@ -359,7 +447,10 @@ def pull(source: Source, folder: str | Path, progress: bool = False) -> Path:
         check_spacing(frame, source, target, expr)
         out = part_path(folder, target, k)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        frame.to_parquet(tmp, index=False)
+        # Dictionary pages for the per-series columns only: hashing every float sample cost more than it saved.
+        frame.to_parquet(
+            tmp, index=False, use_dictionary=["series", *(LABEL_PREFIX + lb for lb in source.series_labels)]
+        )
         tmp.replace(out)  # atomic: a killed pull never leaves a half part that looks done
 
     t0 = time.perf_counter()
@@ -418,7 +509,9 @@ def read_pulled(source: Source, folder: str | Path) -> pd.DataFrame:
     for grid in grids.values():
         present |= ~np.isnan(grid[order])
     rows, cols = np.nonzero(present)  # series-major, time-ordered within a series
-    frame = {"timestamp": pd.to_datetime(source.start + cols * source.step, unit="s"),
+    # Nanoseconds as integers: pandas' float-seconds conversion cost more than the rest of the read.
+    stamps = np.rint((source.start + cols * source.step) * 1e9).astype(np.int64).view("datetime64[ns]")
+    frame = {"timestamp": pd.DatetimeIndex(stamps),
              "series": names[rows]}  # fmt: skip
     for target, grid in grids.items():
         frame[target] = grid[order][rows, cols]
