@@ -524,9 +524,8 @@ class Monitor:
                     self.sample()
                     if display is not None:
                         display.update(self.table())
-                    next_t = max(
-                        next_t + self.interval, time.monotonic() - self.interval
-                    )  # a slow forecast: no burst
+                    # after a slow forecast, the next sample comes one interval later: no burst to catch up
+                    next_t = max(next_t + self.interval, time.monotonic() - self.interval)
                     stop.sleep_until(next_t)
             except KeyboardInterrupt:
                 pass
