@@ -14,7 +14,7 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 )
 
 from zoo.tft import fused as fused_modules
-from zoo.tft.model import Float32LSTM
+from zoo.tft.model import Float32LSTM, lstm_settings, rebuilt
 from zoo.tft.module import TFTModule
 
 NETS = {
@@ -213,8 +213,7 @@ def test_full_length_lstm_equals_the_packed_one(lengths):
     sequence (zero-length included) takes pytorch-forecasting's packed path."""
     torch.manual_seed(0)
     stock = Float32LSTM(input_size=5, hidden_size=7, batch_first=True)
-    fast = copy.deepcopy(stock)
-    fast.__class__ = fused_modules.FullLengthLSTM
+    fast = rebuilt(fused_modules.FullLengthLSTM, copy.deepcopy(stock), **lstm_settings(stock))
     x = torch.randn(4, 6, 5)
     hx = (torch.randn(1, 4, 7).expand(1, 4, 7), torch.randn(1, 4, 7))
     lengths = torch.tensor(lengths)
@@ -263,3 +262,32 @@ def test_short_row_softmax_and_layer_norm_equal_torch(width):
         for a, b in zip(*grads):
             if a is not None or b is not None:
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fuse_builds_fused_modules_that_hold_the_stock_tensors_and_draw_no_random_numbers(multi_dm):
+    """`fuse` constructs new modules (no class swap) from the stock ones: the network's parameters are the
+    same objects, a module the stock network shares (prescalers, shared variable networks) stays shared,
+    and the random generator is where the stock build leaves it (a seeded run trains as before)."""
+    torch.manual_seed(0)
+    plain = TFTModule(**multi_dm.model_kwargs(), net=NETS["shared_networks"], plots=False, fused=False)
+    after_plain = torch.random.get_rng_state()
+    stock_params = {id(p) for p in plain.net.parameters()}
+    fused_modules.fuse(plain.net)
+    assert {id(p) for p in plain.net.parameters()} == stock_params
+    torch.manual_seed(0)
+    fused = TFTModule(**multi_dm.model_kwargs(), net=NETS["shared_networks"], plots=False)
+    assert torch.equal(torch.random.get_rng_state(), after_plain)
+    a, b = fused.net.state_dict(), plain.net.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    net = fused.net
+    shared = next(iter(net.shared_single_variable_grns))
+    assert (
+        net.encoder_variable_selection.single_variable_grns[shared] is net.shared_single_variable_grns[shared]
+    )
+    for selection in (net.static_variable_selection, net.encoder_variable_selection,
+                      net.decoder_variable_selection):  # fmt: skip
+        for name, prescaler in selection.prescalers.items():
+            assert prescaler is net.prescalers[name]
+    assert isinstance(net.shared_single_variable_grns[shared], fused_modules.FusedGRN)
+    unfused = fused_modules.unfuse(copy.deepcopy(net))
+    assert not {type(m) for m in unfused.modules()} & set(fused_modules.FUSED.values())

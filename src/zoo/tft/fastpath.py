@@ -335,6 +335,111 @@ class RowView:
         return self.frame.iloc[self.rows[np.asarray(keep, dtype=bool)]][columns]
 
 
+class _Columns:
+    """The frame's real columns as the stock preprocessing holds them before scaling: the normalized targets,
+    each row's group center and scale (``<target>_center/_scale``), ``relative_time_idx``, the rest as is."""
+
+    def __init__(self, frame: RowView, X: pd.DataFrame, targets: list[str], normalizer: Any) -> None:
+        from pytorch_forecasting.data import MultiNormalizer
+
+        self.frame, self.X, self.targets = frame, X, targets
+        many = normalizer.normalizers if isinstance(normalizer, MultiNormalizer) else [normalizer]
+        self.norms = dict(zip(targets, many))
+        self.scale_cols = {f"{t}_{k}": (t, j) for t in targets for j, k in enumerate(("center", "scale"))}
+        self._scales: dict[str, np.ndarray] = {}
+
+    def row_scales(self, t: str) -> np.ndarray:
+        """(rows, 2) center and scale of each row's group: what the stock transform uses and returns."""
+        if t not in self._scales:
+            self._scales.clear()  # one target's at a time
+            self._scales[t] = group_norm(self.norms[t], self.X)
+        return self._scales[t]
+
+    def release(self) -> None:
+        self._scales.clear()
+
+    def __call__(self, name: str) -> Any:
+        """One real column before scaling (float64 where the stock preprocessing makes it)."""
+        frame = self.frame
+        if name in self.targets:  # the normalized target: the stock transform, one target at a time
+            y = frame[name] if len(self.targets) == 1 else frame[name].to_numpy()
+            return np.asarray(
+                self.norms[name].transform(y, self.X, target_scale=self.row_scales(name)), dtype=np.float64
+            )
+        if (
+            name in self.scale_cols
+        ):  # <target>_center/_scale: each row's group scale, as the transform returns it
+            t, j = self.scale_cols[name]
+            return pd.DataFrame({name: self.row_scales(t)[:, j]}, index=frame.index)
+        if name == "relative_time_idx":
+            return pd.DataFrame({name: np.zeros(len(frame))}, index=frame.index)
+        return frame[[name]]
+
+
+def _fit_encoders(frame: RowView, encoders: dict[str, Any]) -> dict[str, Any]:
+    for name, enc in encoders.items():  # as the stock fit: np.unique of the column's values
+        source = "series" if name == "__group_id__series" else name
+        enc.fit(pd.Series(pd.unique(frame[source]), name=source))
+    return encoders
+
+
+def _training_template(cols: _Columns, kwargs: dict[str, Any], columns: list[str]) -> Any:
+    """Fit the target normalizer and the covariate scalers as the stock ``_preprocess_data`` does, and build
+    the stock dataset over the first window of every series with them (it fits nothing more)."""
+    from pytorch_forecasting import TimeSeriesDataSet
+    from sklearn.preprocessing import StandardScaler
+
+    frame, targets = cols.frame, cols.targets
+    normalizer = kwargs["target_normalizer"]
+    # the stock fit: MultiNormalizer on the (rows, targets) frame, else on the Series
+    normalizer.fit(frame[targets] if len(targets) > 1 else frame[targets[0]], cols.X)
+    real_names = [*kwargs.get("static_reals", []), *cols.scale_cols, *kwargs.get("time_varying_known_reals", []),
+                  "relative_time_idx", *kwargs.get("time_varying_unknown_reals", [])]  # fmt: skip
+    scalers = {
+        name: StandardScaler().fit(cols(name)) for name in dict.fromkeys(real_names) if name not in targets
+    }
+    # The first window of every series: all series (so the group-id encoder learns nothing new), the
+    # same first time_idx (min_prediction_idx), one window each.
+    length = int(kwargs["max_encoder_length"]) + int(kwargs["max_prediction_length"])
+    first = frame.take(cols.X.groupby("series", sort=False).cumcount().to_numpy() < length, columns)
+    return TimeSeriesDataSet(first, **{**kwargs, "scalers": scalers})
+
+
+def _scaled_reals(ds: Any, cols: _Columns) -> np.ndarray:
+    """(rows, reals) float32: each real column scaled by the dataset's scaler, checked finite as the stock
+    path checks it (one column at a time)."""
+    from pytorch_forecasting.data.timeseries._timeseries import check_for_nonfinite
+
+    reals = np.empty((len(cols.frame), len(ds.reals)), dtype=np.float32)
+    for j, name in enumerate(ds.reals):
+        values = cols(name)
+        scaler = None if name in cols.targets else ds._scalers.get(name)
+        if scaler is not None:
+            values = scaler.transform(values)
+        reals[:, j] = np.asarray(values, dtype=np.float64).reshape(-1)
+        del values
+        if not np.isfinite(reals[:, j]).all():  # the stock check, on this column only
+            check_for_nonfinite(torch.from_numpy(reals[:, j].copy()), name)
+    cols.release()
+    return reals
+
+
+def _targets(frame: RowView, targets: list[str]) -> list[torch.Tensor]:
+    """The raw targets (int64 for integer columns, else float32), non-finite values refused as stock."""
+    from pytorch_forecasting.data.timeseries._timeseries import check_for_nonfinite
+
+    out = []
+    for t in targets:
+        col = frame[t]
+        kind = col.dtype.kind
+        out.append(
+            torch.from_numpy(col.to_numpy(np.int64, copy=True) if kind in "bi" else col.to_numpy(np.float32))
+        )
+        if out[-1].is_floating_point() and not bool(torch.isfinite(out[-1]).all()):
+            check_for_nonfinite(out[-1], t)
+    return out
+
+
 def direct_dataset(
     frame: pd.DataFrame | RowView,
     kwargs: dict[str, Any],
@@ -354,111 +459,43 @@ def direct_dataset(
     parameters, as ``TimeSeriesDataSet.from_dataset(fitted, frame, min_prediction_idx=...)`` gives.
     tests/tft/test_fastpath.py asserts tensors, index, parameters and batches equal the stock build's.
     """
-    from pytorch_forecasting import TimeSeriesDataSet
-    from pytorch_forecasting.data import MultiNormalizer
-    from pytorch_forecasting.data.timeseries._timeseries import check_for_nonfinite
-    from sklearn.preprocessing import StandardScaler
-
     if fitted is not None:
         kwargs = {"target": fitted.target, "max_encoder_length": fitted.max_encoder_length,
                   "max_prediction_length": fitted.max_prediction_length}  # fmt: skip
     targets = list(kwargs["target"]) if isinstance(kwargs["target"], list | tuple) else [kwargs["target"]]
-    E, P = int(kwargs["max_encoder_length"]), int(kwargs["max_prediction_length"])
     frame = frame if isinstance(frame, RowView) else RowView(frame)
     columns = list(columns or frame.frame.columns)
     if fitted is not None and min_prediction_idx is not None:
-        frame = frame.where(frame["time_idx"].to_numpy() >= min_prediction_idx - E)
+        frame = frame.where(
+            frame["time_idx"].to_numpy() >= min_prediction_idx - int(kwargs["max_encoder_length"])
+        )
+    encoders = (
+        _fit_encoders(frame, kwargs["categorical_encoders"])
+        if fitted is None
+        else fitted._categorical_encoders
+    )
     series = frame["series"]
-    if fitted is None:
-        encoders = kwargs["categorical_encoders"]
-        for name, enc in encoders.items():  # as the stock fit: np.unique of the column's values
-            source = "series" if name == "__group_id__series" else name
-            enc.fit(pd.Series(pd.unique(frame[source]), name=source))
-    else:
-        encoders = fitted._categorical_encoders
     X = pd.DataFrame({"series": encode_codes(encoders["series"], series)}, index=frame.index)
     group_codes = encode_codes(encoders["__group_id__series"], series)
     del series
-    normalizer = kwargs["target_normalizer"] if fitted is None else fitted.target_normalizer
-    norms = dict(
-        zip(targets, normalizer.normalizers if isinstance(normalizer, MultiNormalizer) else [normalizer])
+    cols = _Columns(
+        frame, X, targets, kwargs["target_normalizer"] if fitted is None else fitted.target_normalizer
     )
-    if fitted is None:  # the stock fit: MultiNormalizer on the (rows, targets) frame, else on the Series
-        normalizer.fit(frame[targets] if len(targets) > 1 else frame[targets[0]], X)
-    scale_cols = {f"{t}_{k}": (t, j) for t in targets for j, k in enumerate(("center", "scale"))}
-    norm_of: dict[str, np.ndarray] = {}
-
-    def row_scales(t: str) -> np.ndarray:
-        """(rows, 2) center and scale of each row's group: what the stock transform uses and returns."""
-        if t not in norm_of:
-            norm_of.clear()  # one target's at a time
-            norm_of[t] = group_norm(norms[t], X)
-        return norm_of[t]
-
-    def column(name: str) -> Any:
-        """One real column before scaling, as the stock preprocessing holds it (float64 where it makes it)."""
-        if name in targets:  # the normalized target: the stock transform, one target at a time
-            y = frame[name] if len(targets) == 1 else frame[name].to_numpy()
-            return np.asarray(norms[name].transform(y, X, target_scale=row_scales(name)), dtype=np.float64)
-        if name in scale_cols:  # <target>_center/_scale: each row's group scale, as the transform returns it
-            t, j = scale_cols[name]
-            return pd.DataFrame({name: row_scales(t)[:, j]}, index=frame.index)
-        if name == "relative_time_idx":
-            return pd.DataFrame({name: np.zeros(len(frame))}, index=frame.index)
-        return frame[[name]]
-
     if fitted is None:
-        real_names = [*kwargs.get("static_reals", []), *scale_cols, *kwargs.get("time_varying_known_reals", []),
-                      "relative_time_idx", *kwargs.get("time_varying_unknown_reals", [])]  # fmt: skip
-        scalers = {
-            name: StandardScaler().fit(column(name))
-            for name in dict.fromkeys(real_names)
-            if name not in targets
-        }
-        # The first window of every series: all series (so the group-id encoder learns nothing new), the
-        # same first time_idx (min_prediction_idx), one window each.
-        first = frame.take(X.groupby("series", sort=False).cumcount().to_numpy() < E + P, columns)
-        template = TimeSeriesDataSet(first, **{**kwargs, "scalers": scalers})
-        del first
+        template = _training_template(cols, kwargs, columns)
     else:
         template = copy.copy(fitted)
         template.min_prediction_idx = min_prediction_idx
         template.randomize_length = None
     ds = copy.copy(template)
-    n = len(frame)
-    reals = np.empty((n, len(ds.reals)), dtype=np.float32)
-    for j, name in enumerate(ds.reals):
-        values = column(name)
-        scaler = None if name in targets else ds._scalers.get(name)
-        if scaler is not None:
-            values = scaler.transform(values)
-        reals[:, j] = np.asarray(values, dtype=np.float64).reshape(-1)
-        del values
-        if not np.isfinite(reals[:, j]).all():  # the stock check, on this column only
-            check_for_nonfinite(torch.from_numpy(reals[:, j].copy()), name)
-    norm_of.clear()
-    cats = np.empty((n, len(ds.flat_categoricals)), dtype=np.int64)
+    reals = _scaled_reals(ds, cols)
+    cats = np.empty((len(frame), len(ds.flat_categoricals)), dtype=np.int64)
     for j, name in enumerate(ds.flat_categoricals):
         cats[:, j] = encode_codes(encoders[name], frame[name])
     time = frame["time_idx"].to_numpy(np.int64)
-
-    def target_tensor(t: str) -> torch.Tensor:
-        col = frame[t]
-        if col.dtype.kind in "bi":
-            return torch.from_numpy(col.to_numpy(np.int64, copy=True))
-        return torch.from_numpy(col.to_numpy(np.float32))
-
-    ds.data = {
-        "reals": torch.from_numpy(reals),
-        "categoricals": torch.from_numpy(cats),
-        "groups": torch.from_numpy(group_codes[:, None].copy()),
-        "target": [target_tensor(t) for t in targets],
-        "weight": None,
-        "time": torch.from_numpy(time),
-    }
-    for t, target in zip(targets, ds.data["target"]):
-        if target.is_floating_point() and not bool(torch.isfinite(target).all()):
-            check_for_nonfinite(target, t)
+    ds.data = {"reals": torch.from_numpy(reals), "categoricals": torch.from_numpy(cats),
+               "groups": torch.from_numpy(group_codes[:, None].copy()), "target": _targets(frame, targets),
+               "weight": None, "time": torch.from_numpy(time)}  # fmt: skip
     ds.index = window_index(ds, group_codes, time)
     return ds
 

@@ -1,10 +1,11 @@
 """pytorch-forecasting's TFT modules, computed with fewer and cheaper kernels (``model.fused``).
 
 On a 2-core CPU the TFT's step is compute-bound in many small ops; the variable selection was half of
-the forward pass (docs/tft.md). `fuse` switches five module classes in place. The parameters, the
-state dict, the checkpoints and the export stay as they are; outputs and gradients equal the stock
-modules' up to float rounding (tests/tft/test_fused.py compares them, and the stock forward is one
-``unfuse`` away).
+the forward pass (docs/tft.md). `fuse` replaces the network's modules of five classes by fused ones,
+each built by its own constructor and holding the replaced module's parameters and buffers: the state
+dict, the checkpoints and the export stay as they are; outputs and gradients equal the stock modules'
+up to float rounding (tests/tft/test_fused.py compares them, and the stock modules are one ``unfuse``
+away).
 
 - `FusedVariableSelection`. A real variable is a scalar per time step; pytorch-forecasting takes it
   through ``Linear(1, d)`` (its prescaler) and then, linearly, through its network's first layer and
@@ -42,7 +43,7 @@ from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
 from torch import nn
 from torch.nn.utils import rnn
 
-from zoo.tft.model import Float32LSTM
+from zoo.tft.model import Float32LSTM, lstm_settings, rebuilt, replace_modules
 
 MIN_ROWS = 1024  # rows (series x time steps) from which FusedVariableSelection takes the composed maps
 
@@ -169,7 +170,7 @@ def _shape(grn: GatedResidualNetwork) -> tuple[Any, ...]:
 
 class FusedVariableSelection(VariableSelectionNetwork):
     """A `VariableSelectionNetwork` that applies the real variables' prescalers composed with the
-    linear maps after them (module docstring); set on an instance with `fuse`."""
+    linear maps after them (module docstring); built from a stock one by `fuse`."""
 
     def _reals(self) -> list[str]:
         """The variables taken through the composed maps: prescaled reals with stock networks, all of
@@ -319,24 +320,49 @@ class FastDropout(nn.Dropout):
         return x * keep.to(x.dtype).mul_(32768.0 / (32768 - drop))
 
 
-FUSED = {VariableSelectionNetwork: FusedVariableSelection, GatedResidualNetwork: FusedGRN,
-         InterpretableMultiHeadAttention: FusedAttention, nn.Dropout: FastDropout,
-         Float32LSTM: FullLengthLSTM}  # fmt: skip
+def _grn_settings(m: GatedResidualNetwork) -> dict[str, Any]:
+    keys = ("input_size", "hidden_size", "output_size", "dropout", "context_size", "residual")
+    return {k: getattr(m, k) for k in keys}
+
+
+def _selection_settings(m: VariableSelectionNetwork) -> dict[str, Any]:
+    """Its settings, and its own variable networks and prescalers: the new one holds the same modules
+    (shared ones stay shared), only its flattened network is rebuilt."""
+    keys = ("input_sizes", "hidden_size", "input_embedding_flags", "dropout", "context_size")
+    return {k: getattr(m, k) for k in keys} | {"single_variable_grns": m.single_variable_grns,
+                                               "prescalers": m.prescalers}  # fmt: skip
+
+
+def _attention_settings(m: InterpretableMultiHeadAttention) -> dict[str, Any]:
+    return {"n_head": m.n_head, "d_model": m.d_model, "dropout": m.dropout.p, "mask_bias": m.mask_bias}
+
+
+def _dropout_settings(m: nn.Dropout) -> dict[str, Any]:
+    return {"p": m.p, "inplace": m.inplace}
+
+
+# stock class, its fused counterpart, and the constructor settings of a module of either
+KINDS = [(VariableSelectionNetwork, FusedVariableSelection, _selection_settings),
+         (GatedResidualNetwork, FusedGRN, _grn_settings),
+         (InterpretableMultiHeadAttention, FusedAttention, _attention_settings),
+         (nn.Dropout, FastDropout, _dropout_settings), (Float32LSTM, FullLengthLSTM, lstm_settings)]  # fmt: skip
+FUSED = {stock: fused for stock, fused, _ in KINDS}
+
+
+def _replace_kinds(net: nn.Module, kinds: dict[type, tuple[type, Any]]) -> nn.Module:
+    def replacement(m: nn.Module) -> nn.Module | None:
+        kind = kinds.get(type(m))
+        return None if kind is None else rebuilt(kind[0], m, **kind[1](m))
+
+    return replace_modules(net, replacement)
 
 
 def fuse(net: nn.Module) -> nn.Module:
-    """Switch `net`'s modules to their `FUSED` counterparts in place (same parameters, buffers and
-    state dict; only ``forward`` differs)."""
-    for module in net.modules():
-        if type(module) in FUSED:
-            module.__class__ = FUSED[type(module)]
-    return net
+    """Replace `net`'s modules of a `FUSED` class by their fused counterparts, each built from the stock
+    module it replaces (same parameters, buffers and state dict; only ``forward`` differs)."""
+    return _replace_kinds(net, {stock: (fused, settings) for stock, fused, settings in KINDS})
 
 
 def unfuse(net: nn.Module) -> nn.Module:
-    """The inverse of `fuse`: pytorch-forecasting's own forward passes."""
-    stock = {fused: original for original, fused in FUSED.items()}
-    for module in net.modules():
-        if type(module) in stock:
-            module.__class__ = stock[type(module)]
-    return net
+    """The inverse of `fuse`: pytorch-forecasting's own modules (and forward passes) again."""
+    return _replace_kinds(net, {fused: (stock, settings) for stock, fused, settings in KINDS})

@@ -4,6 +4,7 @@ parameters (no training data needed), with an attention mask bias that float16 c
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,9 +111,53 @@ class Float32LSTM(LSTM):
             return super().forward(x.float(), hx=hx, lengths=lengths, enforce_sorted=enforce_sorted)
 
 
-def float32_lstms(net: nn.Module) -> nn.Module:
-    """Switch `net`'s LSTMs to `Float32LSTM` in place (same parameters and state dict)."""
-    for module in net.modules():
-        if type(module) is LSTM:
-            module.__class__ = Float32LSTM
+def lstm_settings(lstm: nn.LSTM) -> dict[str, Any]:
+    """What `nn.LSTM`'s constructor took to build `lstm`."""
+    keys = "input_size hidden_size num_layers bias batch_first dropout bidirectional proj_size".split()
+    return {k: getattr(lstm, k) for k in keys}
+
+
+def rebuilt(cls: type[nn.Module], stock: nn.Module, **settings: Any) -> nn.Module:
+    """A new ``cls(**settings)`` holding `stock`'s own parameters and buffers: the same tensors (shared with
+    every module holding them), so the same state dict. Its constructor runs on the meta device: no memory
+    for weights it would drop, and no draw from the random generator (a seeded run trains as before)."""
+    with torch.device("meta"):
+        new = cls(**settings)
+    new.load_state_dict(stock.state_dict(keep_vars=True), assign=True)
+    modes = {name: m.training for name, m in stock.named_modules()}
+    for name, m in new.named_modules():
+        m.training = modes.get(name, stock.training)
+    left = [n for n, t in [*new.named_parameters(), *new.named_buffers()] if t.is_meta]
+    if left:  # a tensor outside the state dict (a non-persistent buffer): `settings` cannot rebuild it
+        raise RuntimeError(f"{cls.__name__} from {type(stock).__name__}: {left} not in its state dict")
+    return new
+
+
+def replace_modules(net: nn.Module, replacement: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """Replace, top-down, every submodule of `net` for which `replacement` gives a new module, on its parent
+    (``setattr``); a module several parents share (the TFT's prescalers, its shared variable networks) by
+    one new module."""
+    seen: dict[int, tuple[nn.Module, nn.Module]] = {}  # id -> (module, its replacement); the module kept
+    # alive, so that its id is not reused
+
+    def visit(parent: nn.Module) -> None:
+        # _modules, not named_children(): that yields a child held under two names once
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if id(child) not in seen:
+                seen[id(child)] = (child, replacement(child) or child)
+                visit(seen[id(child)][1])
+            new = seen[id(child)][1]
+            if new is not child:
+                setattr(parent, name, new)
+
+    visit(net)
     return net
+
+
+def float32_lstms(net: nn.Module) -> nn.Module:
+    """Replace `net`'s LSTMs by `Float32LSTM`s built from them (same parameters and state dict)."""
+    return replace_modules(
+        net, lambda m: rebuilt(Float32LSTM, m, **lstm_settings(m)) if type(m) is LSTM else None
+    )

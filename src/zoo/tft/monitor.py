@@ -107,8 +107,229 @@ def _iso(ts: Any) -> str:
     return _naive(ts).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _band(levels: list[float]) -> tuple[str, str]:
+    """The forecast columns a flag's band spans: P2-P98, else the model's outermost quantiles (warned)."""
+    lo = next((v for v in levels if abs(v - 0.02) < 1e-9), levels[0])
+    hi = next((v for v in levels if abs(v - 0.98) < 1e-9), levels[-1])
+    band = (f"q{lo:g}", f"q{hi:g}")
+    if abs(lo - 0.02) > 1e-9 or abs(hi - 0.98) > 1e-9:
+        log.warning("[zoo] monitor: the model has no P2/P98 quantiles; flags use its %s-%s band", *band)
+    return band
+
+
+class Recalibration:
+    """The walk-forward calibration (``recalibrate``, module docstring): the forecasts still maturing, the
+    latest scaled residuals per target, and the table the forecasts apply (``module.calibration``), refitted
+    from those residuals and kept in ``out/calibration.json``."""
+
+    def __init__(self, module: Any, out: Path, window: int, minimum: int, spacing: float) -> None:
+        import copy
+
+        self.module, self.out = module, out
+        self.window, self.minimum = window, max(2, minimum)
+        # Each matured forecast moves the levels; `zoo.eval` moves them once a quarter horizon, so scale the
+        # rate by how many of those one forecast spacing (in model steps) covers (the same reaction per hour
+        # of data).
+        self.adapt_scale = min(1.0, spacing / max(1, module.prediction_length // 4))
+        self.bands = self._kept(copy.deepcopy(module.calibration))
+        module.calibration = self.bands
+        self.residuals: dict[str, deque] = {}
+        self.open: dict[tuple[str, str], dict[str, Any]] = {}  # (issued_at, target) -> raw quantiles, actuals
+        self.refits = 0
+
+    @classmethod
+    def of(cls, module: Any, out: Path, window: int, minimum: int, spacing: float) -> Recalibration | None:
+        """None when off: ``recalibrate=0``, or a model exported without a table."""
+        if window <= 0 or module.calibration is None:
+            return None
+        return cls(module, out, window, minimum, spacing)
+
+    def _kept(self, bands: Any) -> Any:
+        """A restart goes on from the last refitted table (out/calibration.json), else `bands`."""
+        try:
+            table = type(bands).load_json(self.out)
+            if table is not None:
+                m = self.module
+                table.check(m.quantiles, m.target_names, m.prediction_length, str(self.out))
+                return table
+        except ZooError as err:
+            log.warning("[zoo] monitor: the refitted calibration in %s is not used (%s)", self.out, err)
+        return bands
+
+    def open_forecast(self, fc: Any, issued: str) -> None:
+        """Keep a forecast's raw quantiles (and its bands as issued) until its whole horizon is observed."""
+        import numpy as np
+
+        levels = [f"raw_q{v:g}" for v in self.module.quantiles]
+        issued_bands = [f"q{v:g}" for v in self.module.quantiles]
+        if not set(levels) <= set(fc.columns):
+            return
+        has_issued = set(issued_bands) <= set(fc.columns)
+        for target, part in fc.groupby("target", sort=False):
+            part = part.sort_values("step")
+            raw = part[levels].to_numpy(np.float64)
+            self.open[(issued, str(target))] = {
+                "raw": raw,
+                # The calibrated bands as forecast: what the levels adapt to (`Calibration.adapt`).
+                "issued": part[issued_bands].to_numpy(np.float64) if has_issued else None,
+                "actual": np.full(len(raw), np.nan),
+                "left": len(raw),
+            }
+
+    def settle(self, f: dict[str, Any], target: str, actual: float | None) -> None:
+        """One forecast step's actual (None: none came); a forecast whose every step has one matures."""
+        import numpy as np
+
+        key = (_iso(f["issued_at"]), target)
+        entry = self.open.get(key)
+        if entry is None:
+            return
+        entry["actual"][int(f["step"]) - 1] = np.nan if actual is None else actual
+        entry["left"] -= 1
+        if entry["left"] > 0:
+            return
+        del self.open[key]
+        if self.bands.row(target) is not None and np.isfinite(entry["actual"]).all():
+            self._mature(target, entry)
+
+    def _mature(self, target: str, entry: dict[str, Any]) -> None:
+        """A fully observed forecast: its residuals join the target's window, its misses nudge the levels,
+        and from `minimum` residuals on the target's table is refitted."""
+        import torch
+
+        _, sd = (self.module.preprocess.get("scaler") or {}).get(target, (0.0, 1.0))
+        q, y = torch.from_numpy(entry["raw"])[None], torch.from_numpy(entry["actual"])[None]
+        r = self.bands.residuals(target, q, y, float(sd))[0]  # in the data's units, not the model's
+        window = self.residuals.setdefault(target, deque(maxlen=self.window))
+        window.append(r.float())
+        if entry["issued"] is not None:
+            below = torch.from_numpy(entry["actual"][:, None] <= entry["issued"])[None]
+            self.bands.adapt(target, below, self.adapt_scale)
+        if len(window) >= self.minimum:
+            self._refit(target, window)
+
+    def _refit(self, target: str, window: deque) -> None:
+        import torch
+
+        if self.refits == 0:
+            log.info(
+                "[zoo] monitor: bands now refitted from this machine's %d matured forecasts", len(window)
+            )
+        self.bands.refit(target, torch.stack(list(window)))
+        self.refits += 1
+        try:
+            self.bands.save_json(self.out)
+        except OSError as err:  # the journals matter more than this table
+            log.warning("[zoo] monitor: could not keep the refitted calibration: %s", err)
+
+
+class Flagger:
+    """The forecasts waiting for their actuals, by (bin start, target). Once a bin is complete, the mean of
+    its samples (as training resampled them) is the actual of every forecast made for it: each is settled
+    with the recalibration, and journaled as a flag when the actual is outside its band."""
+
+    def __init__(self, journal: Journal, host: str, step: Any, band: tuple[str, str],
+                 recalibration: Recalibration | None) -> None:  # fmt: skip
+        self.journal, self.host, self.step, self.band = journal, host, step, band
+        self.recalibration = recalibration
+        self.pending: dict[tuple[Any, str], list[dict[str, Any]]] = {}
+        self.latest: deque[dict[str, Any]] = deque(maxlen=5)
+        self.count = 0
+
+    def expect(self, row: dict[str, Any]) -> None:
+        key = (_naive(row["timestamp"]), str(row["target"]))
+        self.pending.setdefault(key, []).append(row)
+
+    def check(self, recent: deque[dict[str, Any]]) -> None:
+        """Bins before the newest sample's are complete: score every forecast made for them."""
+        if not self.pending:
+            return
+        now_bin = recent[-1]["timestamp"].floor(self.step)
+        ready = [k for k in self.pending if k[0] < now_bin]
+        if not ready:
+            return
+        import pandas as pd
+
+        frame = pd.DataFrame(list(recent))
+        bins = frame["timestamp"].dt.floor(self.step)
+        for key in sorted(ready):
+            start, target = key
+            rows = self.pending.pop(key)
+            values = frame.loc[bins == start, target].dropna() if target in frame.columns else frame[[]]
+            actual = float(values.mean()) if len(values) else None  # None: no sample in that bin (a pause)
+            if self.recalibration is not None:
+                for f in rows:
+                    self.recalibration.settle(f, target, actual)
+            if actual is not None:
+                for f in rows:
+                    self._score(f, start, target, actual)
+
+    def _score(self, f: dict[str, Any], start: Any, target: str, actual: float) -> None:
+        lo_col, hi_col = self.band
+        lo, hi = float(f[lo_col]), float(f[hi_col])
+        if lo <= actual <= hi:
+            return
+        flag = {"timestamp": _iso(start), "host": self.host, "target": target, "step": int(f["step"]),
+                "issued_at": _iso(f["issued_at"]), "actual": actual, "point": float(f["point"]), "lo": lo,
+                "hi": hi, "side": "above" if actual > hi else "below", "band": f"{lo_col}-{hi_col}"}  # fmt: skip
+        self.journal.append(flag)
+        self.latest.append(flag)
+        self.count += 1
+
+
+class _Stop:
+    """Whether the run is over: `duration` passed, or SIGTERM came (its handler set inside the with block)."""
+
+    def __init__(self, duration: float | None) -> None:
+        self.end = time.monotonic() + duration if duration else None
+        self.signalled = False
+
+    def __enter__(self) -> _Stop:
+        self.old = signal.signal(signal.SIGTERM, self._signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGTERM, self.old)
+
+    def _signal(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        return self.signalled or (self.end is not None and time.monotonic() >= self.end)
+
+    def sleep_until(self, t: float) -> None:
+        while not self() and time.monotonic() < t:
+            time.sleep(min(0.2, max(0.0, t - time.monotonic())))
+
+
+def live_table(mon: Monitor) -> Any:
+    """The live display (rich): per target the latest sample, the next step's forecast and band, the last
+    flag; the counts in the caption."""
+    from rich.table import Table
+
+    latest = mon.recent[-1] if mon.recent else {}
+    c = mon.counts
+    caption = (f"{c['samples']} samples, {c['forecasts']} forecasts ({c['failed']} failed), {c['flags']} flags "
+               f"-> {mon.out}")  # fmt: skip
+    if mon.errors:
+        caption += f"\nlast forecast error: {sorted(mon.errors)[-1][:120]}"
+    t = Table(title=f"zoo.monitor {mon.collector.host}", caption=caption)
+    lo, hi = mon.band
+    for col in ("target", "latest", "next step", "forecast", f"band {lo}-{hi}", "last flag"):
+        t.add_column(col)
+    flags = {f["target"]: f for f in mon.flagger.latest}
+    for target in mon.targets:
+        f, g, value = mon.latest_forecast.get(target), flags.get(target), latest.get(target)
+        t.add_row(target, f"{value:.2f}" if isinstance(value, float) else "-",
+                  f["timestamp"][11:23] if f else "-", f"{f['point']:.2f}" if f else "-",
+                  f"{f[lo]:.2f} .. {f[hi]:.2f}" if f else "-",
+                  f"{g['actual']:.2f} {g['side']} (h={g['step']}) at {g['timestamp'][11:19]}" if g else "-")  # fmt: skip
+    return t
+
+
 class Monitor:
-    """Sampling, forecasting and flagging for one machine, into the three journaled folders under `out`."""
+    """Sampling and forecasting for one machine, into the three journaled folders under `out`; the flags
+    come from its `Flagger`, the bands' refits from its `Recalibration`."""
 
     def __init__(self, module: Any, out: str | Path, interval: float = DEFAULTS.interval,
                  forecast_every: int = DEFAULTS.forecast_every, history: int | None = DEFAULTS.history,
@@ -117,24 +338,17 @@ class Monitor:
                  recalibrate_min: int = DEFAULTS.recalibrate_min) -> None:  # fmt: skip
         import pandas as pd
 
-        self.module = module
-        self.out = Path(out)
-        self.interval = float(interval)
-        self.forecast_every = int(forecast_every)
-        self.flush_every = int(flush_every)
+        self.module, self.out = module, Path(out)
+        self.interval, self.forecast_every, self.flush_every = (
+            float(interval),
+            int(forecast_every),
+            int(flush_every),
+        )
         spec = module.preprocess
-        self.step = pd.Timedelta(spec["step"])
-        self.step_name = str(spec["step"])
+        self.step, self.step_name = pd.Timedelta(spec["step"]), str(spec["step"])
         self.max_gap = max(pd.Timedelta(spec.get("max_gap") or spec["step"]), self.step)
         self.targets = list(spec["targets"])
-        levels = list(module.quantiles)
-        lo = next((v for v in levels if abs(v - 0.02) < 1e-9), levels[0])
-        hi = next((v for v in levels if abs(v - 0.98) < 1e-9), levels[-1])
-        self.band = (f"q{lo:g}", f"q{hi:g}")
-        if abs(lo - 0.02) > 1e-9 or abs(hi - 0.98) > 1e-9:
-            log.warning(
-                "[zoo] monitor: the model has no P2/P98 quantiles; flags use its %s-%s band", *self.band
-            )
+        self.band = _band(list(module.quantiles))
         warmup = max([*(spec.get("lags") or []), *(spec.get("rolling") or []), 0])
         # Enough samples for encoder_length complete bins (+ the lag/rolling warm-up and the bin in progress).
         self.needed_steps = module.encoder_length + warmup
@@ -146,14 +360,39 @@ class Monitor:
         self.forecasts = Journal(self.out / FORECASTS, ("issued_at", "timestamp"))
         self.flags = Journal(self.out / FLAGS, ("timestamp", "issued_at"))
         self.recent: deque[dict[str, Any]] = deque(maxlen=self.history)
-        # (bin start, target) -> forecasts of that bin still waiting for its actual.
-        self.pending: dict[tuple[Any, str], list[dict[str, Any]]] = {}
         self.errors: set[str] = set()
-        self.counts = {"samples": 0, "forecasts": 0, "flags": 0, "failed": 0}
+        self.tally = {"samples": 0, "forecasts": 0, "failed": 0}
         self.latest_forecast: dict[str, dict[str, Any]] = {}
-        self.latest_flags: deque[dict[str, Any]] = deque(maxlen=5)
-        self._init_recalibration(int(recalibrate), int(recalibrate_min))
+        spacing = self.forecast_every * self.interval / self.step.total_seconds()  # in model steps
+        self.recalibration = Recalibration.of(
+            module, self.out, int(recalibrate), int(recalibrate_min), spacing
+        )
+        self.flagger = Flagger(self.flags, self.collector.host, self.step, self.band, self.recalibration)
         self._resume()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """samples, forecasts, flags, failed (forecasts), and refits when the bands are refitted."""
+        t = self.tally
+        counts = {"samples": t["samples"], "forecasts": t["forecasts"], "flags": self.flagger.count,
+                  "failed": t["failed"]}  # fmt: skip
+        if self.recalibration is not None:
+            counts["refits"] = self.recalibration.refits
+        return counts
+
+    # The recalibration's state, as a monitor's (None when the bands are not refitted).
+    bands = property(lambda self: self.recalibration.bands if self.recalibration else None)
+    residuals = property(lambda self: self.recalibration.residuals)
+    adapt_scale = property(lambda self: self.recalibration.adapt_scale)
+
+    def _open_forecasts(self, fc: Any, issued: str) -> None:
+        self.recalibration.open_forecast(fc, issued)
+
+    def _settle(self, f: dict[str, Any], target: str, actual: float | None) -> None:
+        self.recalibration.settle(f, target, actual)
+
+    def _expect(self, row: dict[str, Any]) -> None:
+        self.flagger.expect(row)
 
     # -- restart -----------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -174,7 +413,7 @@ class Monitor:
         if frames:
             old = pd.concat(frames, ignore_index=True)
             for row in old[old["timestamp"] >= done].to_dict("records"):
-                self._expect(row)
+                self.flagger.expect(row)
 
     # -- one sample ----------------------------------------------------------------------------------------
     def _bin(self, ts: Any) -> Any:
@@ -187,14 +426,15 @@ class Monitor:
         self.collector.append(row)  # durable before anything else can fail
         row = dict(row, timestamp=_naive(row["timestamp"]))
         self.recent.append(row)
-        self.counts["samples"] += 1
-        self._check_flags()
-        if self.counts["samples"] % self.forecast_every == 0:
+        self.tally["samples"] += 1
+        self.flagger.check(self.recent)
+        if self.tally["samples"] % self.forecast_every == 0:
             self.forecast()
-        if self.counts["samples"] % self.flush_every == 0:
+        if self.tally["samples"] % self.flush_every == 0:
             self.flush()
         return row
 
+    # -- forecasts -----------------------------------------------------------------------------------------
     def _frame(self) -> Any:
         import pandas as pd
 
@@ -209,31 +449,44 @@ class Monitor:
         frame = frame.assign(series=frame["host"])
         return frame.reset_index(drop=True)
 
+    def _history(self) -> Any:
+        """The recent complete steps a forecast reads; too few is a `ZooError`."""
+        frame = self._frame()
+        steps = frame["timestamp"].dt.floor(self.step).nunique() if len(frame) else 0
+        if steps < self.needed_steps:  # one message however short, so it is logged once
+            raise ZooError(f"history too short: {steps} complete steps of {self.step_name}, the model needs "
+                           f"{self.needed_steps} (encoder_length + lag warm-up; history={self.history} samples)")  # fmt: skip
+        return frame
+
     def forecast(self) -> Any:
         """Forecast the next steps from the recent history; a failure is logged once per kind."""
         try:
-            frame = self._frame()
-            steps = frame["timestamp"].dt.floor(self.step).nunique() if len(frame) else 0
-            if steps < self.needed_steps:  # one message however short, so it is logged once
-                raise ZooError(f"history too short: {steps} complete steps of {self.step_name}, the model needs "
-                               f"{self.needed_steps} (encoder_length + lag warm-up; history={self.history} samples)")  # fmt: skip
-            fc = self.module.forecast(frame, raw_quantiles=self.bands is not None)
+            frame = self._history()
+            fc = self.module.forecast(frame, raw_quantiles=self.recalibration is not None)
             last = self._bin(frame["timestamp"].iloc[-1])
         except Exception as err:  # a failing forecast must never stop the collection
-            self.counts["failed"] += 1
-            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            kind = re.sub(r"\d+(\.\d+)?", "#", f"{type(err).__name__}: {msg}")
-            if kind not in self.errors:
-                self.errors.add(kind)
-                log.warning(
-                    "[zoo] monitor: forecast failed (%s: %s); collection goes on",
-                    type(err).__name__,
-                    msg[:300],
-                )
+            self._failed(err)
             return None
         if self.errors:
             log.info("[zoo] monitor: forecasts work again")
             self.errors.clear()
+        self._issue(fc, last)
+        self.tally["forecasts"] += 1
+        return fc
+
+    def _failed(self, err: Exception) -> None:
+        """Count a failed forecast; log it when it is the first of its kind (numbers aside) in a row."""
+        self.tally["failed"] += 1
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        kind = re.sub(r"\d+(\.\d+)?", "#", f"{type(err).__name__}: {msg}")
+        if kind not in self.errors:
+            self.errors.add(kind)
+            log.warning(
+                "[zoo] monitor: forecast failed (%s: %s); collection goes on", type(err).__name__, msg[:300]
+            )
+
+    def _issue(self, fc: Any, last: Any) -> None:
+        """Journal forecast `fc` (made from the steps up to bin `last`) and wait for its actuals."""
         issued = self.recent[-1]["timestamp"]
         qcols = [c for c in fc.columns if c.startswith("q")]
         for rec in fc.to_dict("records"):
@@ -242,204 +495,46 @@ class Monitor:
                    "point": float(rec.get("point", rec.get("q0.5", float("nan"))))}  # fmt: skip
             row.update({c: float(rec[c]) for c in qcols})
             self.forecasts.append(row)
-            self._expect(row)
+            self.flagger.expect(row)
             if row["step"] == 1:
                 self.latest_forecast[row["target"]] = row
-        if self.bands is not None:
-            self._open_forecasts(fc, _iso(issued))
-        self.counts["forecasts"] += 1
-        return fc
-
-    def _expect(self, row: dict[str, Any]) -> None:
-        key = (_naive(row["timestamp"]), str(row["target"]))
-        self.pending.setdefault(key, []).append(row)
-
-    def _check_flags(self) -> None:
-        """Bins before the newest sample's are complete: score every forecast made for them."""
-        if not self.pending:
-            return
-        now_bin = self._bin(self.recent[-1]["timestamp"])
-        ready = [k for k in self.pending if k[0] < now_bin]
-        if not ready:
-            return
-        import pandas as pd
-
-        frame = pd.DataFrame(list(self.recent))
-        bins = frame["timestamp"].dt.floor(self.step)
-        lo_col, hi_col = self.band
-        for key in sorted(ready):
-            start, target = key
-            rows = self.pending.pop(key)
-            values = frame.loc[bins == start, target].dropna() if target in frame.columns else frame[[]]
-            actual = float(values.mean()) if len(values) else None  # None: no sample in that bin (a pause)
-            for f in rows:
-                self._settle(f, target, actual)
-            if actual is None:
-                continue
-            for f in rows:
-                lo, hi = float(f[lo_col]), float(f[hi_col])
-                if lo <= actual <= hi:
-                    continue
-                flag = {"timestamp": _iso(start), "host": self.collector.host, "target": target, "step": int(f["step"]),
-                        "issued_at": _iso(f["issued_at"]), "actual": actual, "point": float(f["point"]), "lo": lo,
-                        "hi": hi, "side": "above" if actual > hi else "below", "band": f"{lo_col}-{hi_col}"}  # fmt: skip
-                self.flags.append(flag)
-                self.latest_flags.append(flag)
-                self.counts["flags"] += 1
-
-    # -- walk-forward calibration ---------------------------------------------------------------------------
-    def _init_recalibration(self, window: int, minimum: int) -> None:
-        import copy
-
-        self.bands = None
-        if window <= 0 or self.module.calibration is None:
-            return
-        self.bands = copy.deepcopy(self.module.calibration)
-        self.window, self.minimum = window, max(2, minimum)
-        # Each matured forecast moves the levels; `zoo.eval` moves them once a quarter horizon, so scale the
-        # rate by how many of those one forecast spacing covers (the same reaction per hour of data).
-        spacing = self.forecast_every * self.interval / self.step.total_seconds()  # in model steps
-        self.adapt_scale = min(1.0, spacing / max(1, self.module.prediction_length // 4))
-        try:  # a restart goes on from the last refitted table (out/calibration.json)
-            table = type(self.bands).load_json(self.out)
-            if table is not None:
-                m = self.module
-                table.check(m.quantiles, m.target_names, m.prediction_length, str(self.out))
-                self.bands = table
-        except ZooError as err:
-            log.warning("[zoo] monitor: the refitted calibration in %s is not used (%s)", self.out, err)
-        self.module.calibration = self.bands
-        self.residuals: dict[str, deque] = {}
-        self.open: dict[tuple[str, str], dict[str, Any]] = {}  # (issued_at, target) -> raw quantiles, actuals
-        self.counts["refits"] = 0
-
-    def _open_forecasts(self, fc: Any, issued: str) -> None:
-        import numpy as np
-
-        levels = [f"raw_q{v:g}" for v in self.module.quantiles]
-        issued_bands = [f"q{v:g}" for v in self.module.quantiles]
-        if not set(levels) <= set(fc.columns):
-            return
-        has_issued = set(issued_bands) <= set(fc.columns)
-        for target, part in fc.groupby("target", sort=False):
-            part = part.sort_values("step")
-            raw = part[levels].to_numpy(np.float64)
-            self.open[(issued, str(target))] = {
-                "raw": raw,
-                # The calibrated bands as forecast: what the levels adapt to (`Calibration.adapt`).
-                "issued": part[issued_bands].to_numpy(np.float64) if has_issued else None,
-                "actual": np.full(len(raw), np.nan),
-                "left": len(raw),
-            }
-
-    def _settle(self, f: dict[str, Any], target: str, actual: float | None) -> None:
-        """One forecast step's actual (None: none came); a forecast whose every step has one matures."""
-        import numpy as np
-        import torch
-
-        key = (_iso(f["issued_at"]), target)
-        entry = self.open.get(key) if self.bands is not None else None
-        if entry is None:
-            return
-        entry["actual"][int(f["step"]) - 1] = np.nan if actual is None else actual
-        entry["left"] -= 1
-        if entry["left"] > 0:
-            return
-        del self.open[key]
-        if self.bands.row(target) is None or not np.isfinite(entry["actual"]).all():
-            return
-        _, sd = (self.module.preprocess.get("scaler") or {}).get(target, (0.0, 1.0))
-        q, y = torch.from_numpy(entry["raw"])[None], torch.from_numpy(entry["actual"])[None]
-        r = self.bands.residuals(target, q, y, float(sd))[0]  # in the data's units, not the model's
-        buf = self.residuals.setdefault(target, deque(maxlen=self.window))
-        buf.append(r.float())
-        if entry["issued"] is not None:
-            below = torch.from_numpy(entry["actual"][:, None] <= entry["issued"])[None]
-            self.bands.adapt(target, below, self.adapt_scale)
-        if len(buf) >= self.minimum:
-            if self.counts["refits"] == 0:
-                log.info(
-                    "[zoo] monitor: bands now refitted from this machine's %d matured forecasts", len(buf)
-                )
-            self.bands.refit(target, torch.stack(list(buf)))
-            self.counts["refits"] += 1
-            try:
-                self.bands.save_json(self.out)
-            except OSError as err:  # the journals matter more than this table
-                log.warning("[zoo] monitor: could not keep the refitted calibration: %s", err)
+        if self.recalibration is not None:
+            self.recalibration.open_forecast(fc, _iso(issued))
 
     def flush(self) -> None:
         for journal in (self.collector, self.forecasts, self.flags):
             journal.flush()
 
-    # -- display -------------------------------------------------------------------------------------------
+    # -- display and loop ----------------------------------------------------------------------------------
     def table(self) -> Any:
-        from rich.table import Table
+        return live_table(self)
 
-        latest = self.recent[-1] if self.recent else {}
-        c = self.counts
-        caption = (f"{c['samples']} samples, {c['forecasts']} forecasts ({c['failed']} failed), {c['flags']} flags "
-                   f"-> {self.out}")  # fmt: skip
-        if self.errors:
-            caption += f"\nlast forecast error: {sorted(self.errors)[-1][:120]}"
-        t = Table(title=f"zoo.monitor {self.collector.host}", caption=caption)
-        for col in (
-            "target",
-            "latest",
-            "next step",
-            "forecast",
-            f"band {self.band[0]}-{self.band[1]}",
-            "last flag",
-        ):
-            t.add_column(col)
-        flags = {f["target"]: f for f in self.latest_flags}
-        for target in self.targets:
-            f = self.latest_forecast.get(target)
-            g = flags.get(target)
-            value = latest.get(target)
-            t.add_row(target, f"{value:.2f}" if isinstance(value, float) else "-",
-                      f["timestamp"][11:23] if f else "-", f"{f['point']:.2f}" if f else "-",
-                      f"{f[self.band[0]]:.2f} .. {f[self.band[1]]:.2f}" if f else "-",
-                      f"{g['actual']:.2f} {g['side']} (h={g['step']}) at {g['timestamp'][11:19]}" if g else "-")  # fmt: skip
-        return t
-
-    # -- loop ----------------------------------------------------------------------------------------------
     def run(self, duration: float | None = None, live: bool = False) -> dict[str, int]:
-        stop = {"now": False}
+        """Sample every `interval` s until `duration` s, SIGTERM or Ctrl-C; flush on the way out."""
+        with _Stop(duration) as stop:
+            display = None
+            if live:
+                from rich.live import Live
 
-        def _stop(signum: int, frame: Any) -> None:
-            stop["now"] = True
-
-        old = signal.signal(signal.SIGTERM, _stop)
-        end = time.monotonic() + duration if duration else None
-        display = None
-        if live:
-            from rich.live import Live
-
-            display = Live(self.table(), refresh_per_second=4)
-            display.start()
-        next_t = time.monotonic()
-        try:
-            while not stop["now"] and (end is None or time.monotonic() < end):
-                self.sample()
+                display = Live(self.table(), refresh_per_second=4)
+                display.start()
+            next_t = time.monotonic()
+            try:
+                while not stop():
+                    self.sample()
+                    if display is not None:
+                        display.update(self.table())
+                    # after a slow forecast, the next sample comes one interval later: no burst to catch up
+                    next_t = max(next_t + self.interval, time.monotonic() - self.interval)
+                    stop.sleep_until(next_t)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                self.flush()
                 if display is not None:
-                    display.update(self.table())
-                next_t = max(
-                    next_t + self.interval, time.monotonic() - self.interval
-                )  # a slow forecast: no burst
-                while (
-                    not stop["now"] and time.monotonic() < next_t and (end is None or time.monotonic() < end)
-                ):
-                    time.sleep(min(0.2, max(0.0, next_t - time.monotonic())))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.flush()
-            if display is not None:
-                display.stop()
-                print(flush=True)  # the summary line below starts after the table's caption
-            signal.signal(signal.SIGTERM, old)
-        return dict(self.counts)
+                    display.stop()
+                    print(flush=True)  # the summary line below starts after the table's caption
+        return self.counts
 
 
 def _check(cfg: Any) -> tuple[str, str]:

@@ -380,29 +380,22 @@ def plot_forecast(
     return path
 
 
-def predict_command(module: Any, cfg: Any, output_dir: Path, run: Any) -> pd.DataFrame:
-    """``python -m zoo.predict ckpt_path=... input=recent.csv [output=...] [backend=onnx] [plot=false]``."""
-    from omegaconf import OmegaConf
-
-    from zoo.core.run import write_json
+def _onnx_forecaster(module: Any, run: Any) -> Any:
+    """``backend=onnx``: the export folder's ONNX network (a checkpoint has none: say how to make one)."""
     from zoo.tft.export import ONNX_FILE, OnnxForecaster
 
-    if not cfg.get("input"):
+    if run.export_dir is None:
         raise ZooError(
-            "input= is required: a .csv or .parquet of recent rows (timestamp, series, targets, covariates)"
+            f"backend=onnx needs an export folder with {ONNX_FILE}, not the checkpoint {run.path}: run "
+            f"python -m zoo.export ckpt_path={run.path} format=onnx, then predict with ckpt_path=<that folder>"
         )
-    path = Path(str(cfg.input)).expanduser()
-    where = f"input={path}"
-    backend = str(cfg.get("backend", "torch"))
-    onnx = None
-    if backend == "onnx":
-        folder = run.export_dir
-        if folder is None:
-            raise ZooError(
-                f"backend=onnx needs an export folder with {ONNX_FILE}, not the checkpoint {run.path}: run "
-                f"python -m zoo.export ckpt_path={run.path} format=onnx, then predict with ckpt_path=<that folder>"
-            )
-        onnx = OnnxForecaster(Path(folder) / ONNX_FILE, module)
+    return OnnxForecaster(Path(run.export_dir) / ONNX_FILE, module)
+
+
+def _read_request(cfg: Any, run: Any, path: Path, where: str) -> pd.DataFrame:
+    """The input file, its columns mapped (``columns=``, else the training data's) and timestamps parsed."""
+    from omegaconf import OmegaConf
+
     data_cfg = run.config.get("data") if run.config is not None else None
     columns = cfg.get("columns") or (data_cfg.get("columns") if data_cfg is not None else None) or {}
     columns = OmegaConf.to_container(columns) if OmegaConf.is_config(columns) else dict(columns)
@@ -414,36 +407,35 @@ def predict_command(module: Any, cfg: Any, output_dir: Path, run: Any) -> pd.Dat
         df["timestamp"] = S.to_timestamps(
             df["timestamp"], unit, where, columns.get("timestamp") or "timestamp"
         )
-    device = str(cfg.get("device", "cpu"))
-    if backend == "torch" and device != "cpu":
-        import torch
+    return df
 
-        device = (
-            "cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else ("cpu" if device == "auto" else device)
-        )
-        module.to(device)
-    module._cpu_threads()
-    try:
-        fc = forecast(module, df, onnx=onnx, where=where)
-    finally:
-        module._restore_threads()
-    output = Path(str(cfg.output)).expanduser() if cfg.get("output") else Path(output_dir) / "forecast.csv"
+
+def _place(module: Any, device: str) -> None:
+    """``device=`` for the torch backend: cpu (as loaded), auto (cuda when there is one) or a device name."""
+    if device == "cpu":
+        return
+    import torch
+
+    module.to(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
+
+
+def _write_table(fc: pd.DataFrame, output: Path) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     table = fc.drop(columns=["time_idx"])
     if output.suffix.lower() in (".parquet", ".pq"):
         table.to_parquet(output, index=False)
     else:
         table.to_csv(output, index=False)
-    figure = None
-    if cfg.get("plot", True):
-        history = (
-            recent_stretch(module, df, where)
-            .groupby("series")
-            .tail(max(module.encoder_length, 2 * module.prediction_length))
-        )
-        figure = plot_forecast(history, fc, output.with_suffix(".png"), module.quantiles)
+
+
+def _report(
+    module: Any, fc: pd.DataFrame, backend: str, output: Path, figure: Path | None, output_dir: Path
+) -> None:
+    """predict_summary.json, and the one-line summary (plus a note on series the model never saw)."""
+    from zoo.core.run import write_json
+
     new = sorted(fc.loc[~fc["known_series"], "series"].unique())
     summary = {"series": int(fc["series"].nunique()), "targets": list(dict.fromkeys(fc["target"])),
                "horizon": module.prediction_length, "step": module.preprocess["step"], "rows": len(fc),
@@ -460,4 +452,35 @@ def predict_command(module: Any, cfg: Any, output_dir: Path, run: Any) -> pd.Dat
             f"[zoo] note: {len(new)} series not in the training data ({', '.join(new[:5])}{', ...' if len(new) > 5 else ''}): "
             "forecast with the unknown-series encoding and the median training scale (known_series=false in the CSV)"
         )
+
+
+def predict_command(module: Any, cfg: Any, output_dir: Path, run: Any) -> pd.DataFrame:
+    """``python -m zoo.predict ckpt_path=... input=recent.csv [output=...] [backend=onnx] [plot=false]``."""
+    if not cfg.get("input"):
+        raise ZooError(
+            "input= is required: a .csv or .parquet of recent rows (timestamp, series, targets, covariates)"
+        )
+    path = Path(str(cfg.input)).expanduser()
+    where = f"input={path}"
+    backend = str(cfg.get("backend", "torch"))
+    onnx = _onnx_forecaster(module, run) if backend == "onnx" else None
+    df = _read_request(cfg, run, path, where)
+    if backend == "torch":
+        _place(module, str(cfg.get("device", "cpu")))
+    module._cpu_threads()
+    try:
+        fc = forecast(module, df, onnx=onnx, where=where)
+    finally:
+        module._restore_threads()
+    output = Path(str(cfg.output)).expanduser() if cfg.get("output") else Path(output_dir) / "forecast.csv"
+    _write_table(fc, output)
+    figure = None
+    if cfg.get("plot", True):
+        history = (
+            recent_stretch(module, df, where)
+            .groupby("series")
+            .tail(max(module.encoder_length, 2 * module.prediction_length))
+        )
+        figure = plot_forecast(history, fc, output.with_suffix(".png"), module.quantiles)
+    _report(module, fc, backend, output, figure, output_dir)
     return fc
