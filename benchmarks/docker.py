@@ -396,11 +396,23 @@ def render(rows: dict[str, dict]) -> list[str]:
         "",
         f"Goal: CPU image ≤ 2.5 GB (`docker image inspect` size, uncompressed). The base is Debian {SUITE} + its",
         "Python 3.11 by debootstrap (CI has no image registry; the default python:3.11-slim-bookworm base was not",
-        "measured here). \"make docker\" is the wheelhouse (zoo wheel + the torch wheel the host's pip resolves: the CPU one)",
+        'measured here). "make docker" is the wheelhouse (zoo wheel + the torch wheel the host\'s pip resolves: the CPU one)',
         "plus `docker build`, with the base already imported; its dependencies come from PyPI during the build.",
         "",
-        *table(["storage driver", "date", "image", "of which base", "make docker", "debootstrap (once, cached)",
-                "train 5 steps", "whole check", "load (15 min)"], cells),  # fmt: skip
+        *table(
+            [
+                "storage driver",
+                "date",
+                "image",
+                "of which base",
+                "make docker",
+                "debootstrap (once, cached)",
+                "train 5 steps",
+                "whole check",
+                "load (15 min)",
+            ],
+            cells,
+        ),  # fmt: skip
         "",
         "vfs (the fallback where overlay2 is refused) copies the whole file system for every build step and",
         "container: its data root held about 11 GB at the end of the run, and deleting it is part of the whole",
@@ -430,7 +442,9 @@ def main() -> None:
         from benchmarks.common import read_results, save
 
         rows = read_results(RESULTS)
-        rows[numbers["storage"]] = row(numbers, total, "python -m benchmarks.docker " + shlex.join(sys.argv[1:]))
+        rows[numbers["storage"]] = row(
+            numbers, total, "python -m benchmarks.docker " + shlex.join(sys.argv[1:])
+        )
         save(RESULTS, rows, render)
         print(f"wrote {PAGE}")
 

@@ -274,12 +274,25 @@ def render_gpu(r: dict) -> list[str]:
     )
     # Rows measured before the FLOP count included the output head also show the MFU as it was computed then.
     as_run = any("mfu_without_head" in x for x in r["rows"])
-    mfu = ["MFU as run (6N without the head)", "MFU, head counted"] if as_run else ["MFU (6N + 12·L·d·T, head counted)"]
+    mfu = (
+        ["MFU as run (6N without the head)", "MFU, head counted"]
+        if as_run
+        else ["MFU (6N + 12·L·d·T, head counted)"]
+    )
     pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
     rows = [[x["model"], f"{x['params_m']:.1f}M", x["context"], x["batch"], x["compile"], f"{x['ms_per_step']:.1f}",
              f"{x['tokens_per_s']:,.0f}", *([pct(x.get("mfu_without_head"))] if as_run else []), pct(x["mfu"])]
             for x in r["rows"]]  # fmt: skip
-    header = ["model", "non-embedding params", "context", "batch", "torch.compile", "ms / step", "tokens/s", *mfu]
+    header = [
+        "model",
+        "non-embedding params",
+        "context",
+        "batch",
+        "torch.compile",
+        "ms / step",
+        "tokens/s",
+        *mfu,
+    ]
     return section(f"GPT on GPU: bf16 MFU ({r['gpu']})", r, intro, table(header, rows))
 
 

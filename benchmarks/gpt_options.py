@@ -65,7 +65,9 @@ def main() -> None:
     parser.add_argument("--ref-steps", type=int, default=300, help="nanoGPT timing run before each variant")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--set", action="append", default=[], help="extra override for every variant")
-    parser.add_argument("--out", type=Path, default=OUT / "gpt-options.md", help="page; its JSON goes beside it")
+    parser.add_argument(
+        "--out", type=Path, default=OUT / "gpt-options.md", help="page; its JSON goes beside it"
+    )
     parser.add_argument(
         "--no-full", action="store_true", help="skip nanoGPT's full-budget run (its val loss)"
     )
@@ -81,7 +83,9 @@ def main() -> None:
                "steps": args.steps, "ref_steps": args.ref_steps, "seed": SEED, "nanogpt_full": None, "rows": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gpt-options-") as tmp:
         work = Path(tmp)
-        folder = nanogpt_folder(work, text, args.nanogpt, {"full_config": args.steps, "bench_config": args.ref_steps})
+        folder = nanogpt_folder(
+            work, text, args.nanogpt, {"full_config": args.steps, "bench_config": args.ref_steps}
+        )
         if not args.no_full:
             full = run_nanogpt(args.nanogpt, folder, args.steps, args.threads, "full", config="full_config")
             results["nanogpt_full"] = {
@@ -109,7 +113,11 @@ def main() -> None:
 def render(r: dict) -> list[str]:
     """docs/benchmarks/gpt-options.md (or the --out page) from its JSON."""
     full = r["nanogpt_full"]
-    nano = "not run (--no-full)" if full is None else f"val loss **{full['val_loss']:.4f}**, {full['ms_per_step']:.2f} ms/step"
+    nano = (
+        "not run (--no-full)"
+        if full is None
+        else f"val loss **{full['val_loss']:.4f}**, {full['ms_per_step']:.2f} ms/step"
+    )
     how = (
         f"Each row: `python -m zoo.train experiment=shakespeare_char_plus data.path=tinyshakespeare.txt <overrides>` "
         f"for {r['steps']} steps (4L x 4H x d128, block 64, batch 12, seed {r['seed']}), then every validation character "
@@ -122,7 +130,9 @@ def render(r: dict) -> list[str]:
              "n/a (timing run)" if x["val_loss"] is None else f"{x['val_loss']:.4f}",
              f"{x['zoo_ms']:.2f}", f"{x['nanogpt_ms']:.2f}", f"{x['ratio']:.3f}x"] for x in r["rows"]]  # fmt: skip
     header = ["variant", "adds", "overrides", "val loss", "zoo ms/step", "nanoGPT ms/step", "ratio"]
-    return section("GPT recipe options on the shakespeare_char budget, against nanoGPT", r, how, table(header, rows))
+    return section(
+        "GPT recipe options on the shakespeare_char budget, against nanoGPT", r, how, table(header, rows)
+    )
 
 
 PAGES = {"gpt-options": render, "gpt-options-timing": render}

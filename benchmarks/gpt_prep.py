@@ -385,7 +385,9 @@ def render(r: dict) -> list[str]:
     flat = runs.get("zoo x2, corpus 1/4 the size")
     if flat is not None:
         ratio = x2["pss_mb"] / flat["pss_mb"]
-        checks.append(("peak memory, full corpus / 1/4 of it (2 workers)", f"{ratio:.2f}x", "<= 1.20x", ratio <= 1.2))
+        checks.append(
+            ("peak memory, full corpus / 1/4 of it (2 workers)", f"{ratio:.2f}x", "<= 1.20x", ratio <= 1.2)
+        )
     ceiling = runs["plain, 2 processes"]["tokens_per_s"] / base
     per_core = x1["prep_s"] / x1["tokens"] * 1e9  # one worker = one core
     per_core_x2 = x2["prep_s"] * 2 / x2["tokens"] * 1e9

@@ -266,14 +266,19 @@ def render(r: dict) -> list[str]:
         "table's figure), nanoGPT's `train.py` seeds itself with 1337 every time."
     )  # fmt: skip
     z, n = r["zoo"], r["nanogpt"]
-    rows = [[who, f"{x['ms_median']:.2f}", f"{x['ms_mean']:.2f}", f"{x['val_loss']:.4f}"] for who, x in (("zoo", z), ("nanoGPT", n))]
+    rows = [
+        [who, f"{x['ms_median']:.2f}", f"{x['ms_mean']:.2f}", f"{x['val_loss']:.4f}"]
+        for who, x in (("zoo", z), ("nanoGPT", n))
+    ]
     summary = (
         f"zoo / nanoGPT time per step, median of the {len(r['round_ratios'])} rounds' ratios: **{r['ratio']:.3f}x** (goal <= 0.95x; "
         f"per round {', '.join(f'{x:.3f}' for x in r['round_ratios'])}; pooled medians {r['pooled_ratio']:.3f}x). Zoo val loss per seed: "
         f"{', '.join(f'{v:.4f}' for v in z['val_losses'])} (nanoGPT {n['val_loss']:.4f}; goal: no worse)."
     )  # fmt: skip
     if z.get("logged_ms") is not None:
-        summary += f" The zoo's own logged throughput gives {z['logged_ms']:.2f} ms/step (median over its windows)."
+        summary += (
+            f" The zoo's own logged throughput gives {z['logged_ms']:.2f} ms/step (median over its windows)."
+        )
     if z.get("logged_val_loss") is not None:
         summary += f" Its logged `val/loss`: {z['logged_val_loss']:.4f}."
     return section("GPT on CPU: zoo vs nanoGPT, shakespeare_char, same machine, same run", r, how,
@@ -356,7 +361,14 @@ def main() -> None:
     }  # fmt: skip
     save(OUT / "gpt-speed.json", results, render)
     print("\n".join(render(results)))
-    print(json.dumps({"written": ["docs/benchmarks/gpt-speed.md", "docs/benchmarks/gpt-speed.json"], "zoo_command": zoo_cmd}))
+    print(
+        json.dumps(
+            {
+                "written": ["docs/benchmarks/gpt-speed.md", "docs/benchmarks/gpt-speed.json"],
+                "zoo_command": zoo_cmd,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -232,7 +232,13 @@ def render_serve(r: dict) -> list[str]:
     return [*lines, f"skipped: {r['skipped']}"] if "skipped" in r else [*lines, *render(r["serve"])]
 
 
-RENDER = {"mfu": render_mfu, "stream": render_run, "events": render_run, "tft": render_run, "serve": render_serve}
+RENDER = {
+    "mfu": render_mfu,
+    "stream": render_run,
+    "events": render_run,
+    "tft": render_run,
+    "serve": render_serve,
+}
 
 
 def render(results: dict) -> list[str]:
@@ -262,7 +268,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    out = (args.out or (Path(tempfile.mkdtemp()) / "gpu.md" if args.dry_run else DEFAULT_OUT)).with_suffix(".json")
+    out = (args.out or (Path(tempfile.mkdtemp()) / "gpu.md" if args.dry_run else DEFAULT_OUT)).with_suffix(
+        ".json"
+    )
     title = "DRY RUN on CPU (toy sizes; not GPU numbers)" if args.dry_run else "one GPU"
     if not args.dry_run and not torch.cuda.is_available():
         title = "not measured (no GPU)"
@@ -283,7 +291,9 @@ def main() -> None:
             except Exception as err:  # one part failing must not lose the others' numbers
                 failed.append(part)
                 traceback.print_exc()
-                parts[part] = {"failed": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+                parts[part] = {
+                    "failed": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                }
             parts[part]["seconds"] = time.perf_counter() - t0
             print(json.dumps({part: parts[part]}, default=str), flush=True)
     total = time.perf_counter() - start

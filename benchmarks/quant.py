@@ -341,8 +341,17 @@ def render(saved: dict[str, Any]) -> list[str]:
             f"{r['params']:,} parameters; best checkpoint `{Path(r['checkpoint']).name}`. "
             f"Validation: {r['batches']} batches of {r['batch']}.",
             "",
-            *table(["backend", "file size", "of which weights", "ms / batch", r["metric"],
-                    *(["P10-P90 coverage"] if family == "tft" else [])], rows),  # fmt: skip
+            *table(
+                [
+                    "backend",
+                    "file size",
+                    "of which weights",
+                    "ms / batch",
+                    r["metric"],
+                    *(["P10-P90 coverage"] if family == "tft" else []),
+                ],
+                rows,
+            ),  # fmt: skip
             "",
             *points,
             "",

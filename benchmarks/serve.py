@@ -355,7 +355,11 @@ def render(saved: dict[str, Any]) -> list[str]:
     lines += ["", "## Goals", ""]
     if "gpt" in results:
         ratio = results["gpt"].get("batching_ratio_8_vs_1")
-        lines.append(f"- GPT tokens/s at 8 clients / at 1 client: **{ratio:.2f}x** (goal >= 3x)" if ratio else "- GPT: n/a")
+        lines.append(
+            f"- GPT tokens/s at 8 clients / at 1 client: **{ratio:.2f}x** (goal >= 3x)"
+            if ratio
+            else "- GPT: n/a"
+        )
     if "tft" in results:
         t = results["tft"]
         lines.append(f"- TFT forecast, {t['pairs']} requests alternating with in-process calls of the same worker code "
@@ -408,7 +412,12 @@ def main() -> None:
             ckpt = train(family, work, cache)
             results[family] = bench_family(family, ckpt, work, cache, args)
             results[family]["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    run = {**stamp(command, 1), "requests": args.requests, "duration": args.duration, "gpt_tokens": args.gpt_tokens}
+    run = {
+        **stamp(command, 1),
+        "requests": args.requests,
+        "duration": args.duration,
+        "gpt_tokens": args.gpt_tokens,
+    }
     saved = merge(results, Path(args.out), run)
     save(Path(args.out) / "serve.json", saved, render)
     print("\n".join(render(saved)))

@@ -24,14 +24,22 @@ def test_gpu_script_dry_run_runs_every_part(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["failed"] == [] and summary["written"] == str(out)
     results = json.loads(out.with_suffix(".json").read_text())  # the page is rendered from it
-    assert results["title"].startswith("DRY RUN on CPU") and results["command"].startswith("bash benchmarks/gpu.sh")
+    assert results["title"].startswith("DRY RUN on CPU") and results["command"].startswith(
+        "bash benchmarks/gpu.sh"
+    )
     parts = results["parts"]
     assert set(parts) == {"mfu", "stream", "events", "tft", "serve"}
     assert not any("failed" in r for r in parts.values()) and all(r["seconds"] > 0 for r in parts.values())
     rows = parts["mfu"]["rows"]
-    assert [(r["model"], r["variant"]) for r in rows] == [("toy GPT (dry run)", "plain"), ("toy GPT (dry run)", "new options")]
+    assert [(r["model"], r["variant"]) for r in rows] == [
+        ("toy GPT (dry run)", "plain"),
+        ("toy GPT (dry run)", "new options"),
+    ]
     assert all(r["tokens_per_s"] > 0 and r["mfu"] is None for r in rows)  # no GPU peak on the CPU
-    assert "experiment=gpt_300m" in parts["stream"]["command"] and "experiment=event_gpu" in parts["events"]["command"]
+    assert (
+        "experiment=gpt_300m" in parts["stream"]["command"]
+        and "experiment=event_gpu" in parts["events"]["command"]
+    )
     assert "model=tft" in parts["tft"]["command"]
     assert "train/loss" in parts["stream"]["metrics"] or "val/loss" in parts["stream"]["metrics"]
     assert parts["serve"]["serve"]["results"]["gpt"]["levels"]["8"]["requests"] == 8
