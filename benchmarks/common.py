@@ -5,7 +5,8 @@ Every `benchmarks/<module>.py` that writes a page `docs/benchmarks/<part>.md` ke
 `docs/benchmarks/<part>.json` (the source of truth: results plus `stamp`'s command, machine and date) and
 renders the page from that JSON only, through this module: `header` (title and stamp), `table`,
 `section` (a header, paragraphs and tables, then the results' hand-written "notes") and `write_page`.
-Each such module names its pages in ``PAGES = {part: render}``; `python -m benchmarks.report --rerender`
+Each such module names its pages in ``PAGES = {part: render}`` (or ``{part: (render, keep_from)}`` for a
+page whose kept section starts at the heading `keep_from`); `python -m benchmarks.report --rerender`
 re-renders every page from its JSON (tests/test_bench_pages.py checks the committed pages are exactly
 that)."""
 
@@ -102,11 +103,12 @@ def write_page(
     md.write_text("\n".join(body).rstrip() + "\n" + ("\n" + kept if kept else ""))
 
 
-def save(page: Path, results: dict[str, Any], render: Any) -> None:
-    """Write `results` to `page`'s .json and the page rendered from it by `render(results)` to its .md."""
-    write_page(page.with_suffix(".md"), page.with_suffix(".json"), results, render(results))
+def save(page: Path, results: dict[str, Any], render: Any, keep_from: str | None = None) -> None:
+    """Write `results` to `page`'s .json and the page rendered from it by `render(results)` to its .md (its
+    text from the `keep_from` heading on carried over, as `write_page` does)."""
+    write_page(page.with_suffix(".md"), page.with_suffix(".json"), results, render(results), keep_from)
 
 
-def rerender(page: Path, render: Any) -> None:
+def rerender(page: Path, render: Any, keep_from: str | None = None) -> None:
     """Re-render `page`'s .md from its .json (nothing measured)."""
-    save(page, read_results(page.with_suffix(".json")), render)
+    save(page, read_results(page.with_suffix(".json")), render, keep_from)

@@ -17,7 +17,8 @@ PAGES_DIR = ROOT / "docs" / "benchmarks"
 
 
 def renderers() -> dict[str, Any]:
-    """page name -> render(results), from every benchmarks module that declares ``PAGES``."""
+    """page name -> render(results) (or (render, keep_from)), from every benchmarks module that declares
+    ``PAGES``."""
     found: dict[str, Any] = {}
     for path in sorted((ROOT / "benchmarks").glob("*.py")):
         if path.stem in ("__init__", "report", "common"):
@@ -32,7 +33,7 @@ def rerender(folder: Path = PAGES_DIR) -> list[str]:
     done = []
     for name, render in renderers().items():
         if (folder / f"{name}.json").is_file():
-            one(folder / f"{name}.json", render)
+            one(folder / f"{name}.json", *(render if isinstance(render, tuple) else (render,)))
             done.append(name)
     return done
 
