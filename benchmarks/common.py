@@ -1,5 +1,14 @@
 """What every benchmark page shares: the machine it ran on, the stamp of a measurement, Markdown tables, and
-results kept as JSON beside the page rendered from them."""
+results kept as JSON beside the page rendered from them.
+
+Every `benchmarks/<module>.py` that writes a page `docs/benchmarks/<part>.md` keeps its numbers in
+`docs/benchmarks/<part>.json` (the source of truth: results plus `stamp`'s command, machine and date) and
+renders the page from that JSON only, through this module: `header` (title and stamp), `table`,
+`section` (a header, paragraphs and tables, then the results' hand-written "notes") and `write_page`.
+Each such module names its pages in ``PAGES = {part: render}`` (or ``{part: (render, keep_from)}`` for a
+page whose kept section starts at the heading `keep_from`); `python -m benchmarks.report --rerender`
+re-renders every page from its JSON (tests/test_bench_pages.py checks the committed pages are exactly
+that)."""
 
 from __future__ import annotations
 
@@ -49,6 +58,32 @@ def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     ]
 
 
+def header(title: str, stamp: dict[str, Any], level: int = 2) -> list[str]:
+    """A section's title and its stamp as a list: the command (or "commands", several), the machine and
+    the date it was measured."""
+    commands = stamp.get("commands") or [stamp["command"]]
+    lines = [f"{'#' * level} {title}", ""]
+    if len(commands) == 1:
+        lines.append(f"- command: `{commands[0]}`")
+    else:
+        lines += ["- commands:", *(f"  - `{c}`" for c in commands)]
+    return [*lines, f"- machine: {stamp['machine']}", f"- date: {stamp['date']}", ""]
+
+
+Block = str | list[str]
+
+
+def section(title: str, results: dict[str, Any], *blocks: Block, level: int = 2) -> list[str]:
+    """`header` of `results`' stamp, then each block (a paragraph, or lines such as a `table`) followed by
+    a blank line, then `results["notes"]`: paragraphs written by hand next to the numbers (what a run's
+    numbers alone cannot say: the load on the machine, why a goal is missed), kept in the JSON with them."""
+    lines = header(title, results, level)
+    for block in (*blocks, *results.get("notes", [])):
+        lines += [block] if isinstance(block, str) else list(block)
+        lines.append("")
+    return lines
+
+
 def read_results(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -66,3 +101,14 @@ def write_page(
         at = old.find(keep_from)
         kept = old[at:] if at >= 0 else ""
     md.write_text("\n".join(body).rstrip() + "\n" + ("\n" + kept if kept else ""))
+
+
+def save(page: Path, results: dict[str, Any], render: Any, keep_from: str | None = None) -> None:
+    """Write `results` to `page`'s .json and the page rendered from it by `render(results)` to its .md (its
+    text from the `keep_from` heading on carried over, as `write_page` does)."""
+    write_page(page.with_suffix(".md"), page.with_suffix(".json"), results, render(results), keep_from)
+
+
+def rerender(page: Path, render: Any, keep_from: str | None = None) -> None:
+    """Re-render `page`'s .md from its .json (nothing measured)."""
+    save(page, read_results(page.with_suffix(".json")), render, keep_from)

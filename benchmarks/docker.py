@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -355,13 +355,12 @@ PAGE = ROOT / "docs" / "benchmarks" / "docker.md"
 RESULTS = ROOT / "docs" / "benchmarks" / "docker.json"  # one row per storage driver, the page's source
 
 
-def row(numbers: dict, total_s: float) -> dict:
-    """What the page shows of one run."""
-    from benchmarks.common import machine
+def row(numbers: dict, total_s: float, command: str) -> dict:
+    """What the page shows of one run, with its stamp."""
+    from benchmarks.common import stamp
 
     return {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
+        **stamp(command),
         "torch": numbers["image"]["torch"],
         "size_gb": round(numbers["size"] / 1e9, 3),
         "base_gb": round(numbers["base_size"] / 1e9, 3),
@@ -373,39 +372,56 @@ def row(numbers: dict, total_s: float) -> dict:
     }
 
 
-def page(rows: dict[str, dict]) -> str:
-    """docs/benchmarks/docker.md from the rows of docker.json."""
-    lines = []
+def render(rows: dict[str, dict]) -> list[str]:
+    """docs/benchmarks/docker.md from docker.json: one row per storage driver, each with its stamp."""
+    from benchmarks.common import table
+
+    cells = []
     for driver, r in sorted(rows.items()):
         deb = f"{r['debootstrap_min']} min" if r["debootstrap_min"] else "cached"
         goal = "met" if r["size_gb"] <= 2.5 else "missed"
-        lines.append(
-            f"| {driver} | {r['date']} | **{r['size_gb']:.2f} GB** ({goal}) | {r['base_gb']:.2f} GB | "
-            f"{r['build_min']} min | {deb} | {r['train_s']} s | {r['total_min']} min | {r['load15'] or 'not recorded'} |"
-        )
+        cells.append([driver, r["date"], f"**{r['size_gb']:.2f} GB** ({goal})", f"{r['base_gb']:.2f} GB",
+                      f"{r['build_min']} min", deb, f"{r['train_s']} s", f"{r['total_min']} min", r["load15"] or "not recorded"])  # fmt: skip
     machines = sorted({f"{r['machine']}; torch in the image {r['torch']}" for r in rows.values()})
-    return f"""## Docker image (CPU)
+    own = [f"{d}: `{r['command']}`" for d, r in sorted(rows.items()) if r["command"] != "make bench-docker"]
+    return [
+        "## Docker image (CPU)",
+        "",
+        "- command: `make bench-docker` (`python -m benchmarks.docker [--storage vfs]`): in a private dockerd 20.10",
+        f"  (legacy builder), `make docker DOCKER_BASE={BASE_TAG}`, then `zoo-train {' '.join(TRAIN_ARGS)}`",
+        "  and the compose file's TensorBoard in the image; `make test-docker` runs the same steps",
+        *([f"- commands of the rows: {'; '.join(own)}"] if own else []),
+        f"- machine: {'; '.join(machines)}",
+        "- dates: in the table",
+        "",
+        f"Goal: CPU image ≤ 2.5 GB (`docker image inspect` size, uncompressed). The base is Debian {SUITE} + its",
+        "Python 3.11 by debootstrap (CI has no image registry; the default python:3.11-slim-bookworm base was not",
+        'measured here). "make docker" is the wheelhouse (zoo wheel + the torch wheel the host\'s pip resolves: the CPU one)',
+        "plus `docker build`, with the base already imported; its dependencies come from PyPI during the build.",
+        "",
+        *table(
+            [
+                "storage driver",
+                "date",
+                "image",
+                "of which base",
+                "make docker",
+                "debootstrap (once, cached)",
+                "train 5 steps",
+                "whole check",
+                "load (15 min)",
+            ],
+            cells,
+        ),  # fmt: skip
+        "",
+        "vfs (the fallback where overlay2 is refused) copies the whole file system for every build step and",
+        "container: its data root held about 11 GB at the end of the run, and deleting it is part of the whole",
+        "check. The machine was shared with other jobs during these runs: the load column is the load average",
+        "of its 2 cores over the 15 minutes before the run ended.",
+    ]
 
-- command: `make bench-docker` (`python -m benchmarks.docker [--storage vfs]`): in a private dockerd 20.10
-  (legacy builder), `make docker DOCKER_BASE={BASE_TAG}`, then `zoo-train {" ".join(TRAIN_ARGS)}`
-  and the compose file's TensorBoard in the image; `make test-docker` runs the same steps
-- machine: {"; ".join(machines)}
-- dates: in the table
 
-Goal: CPU image ≤ 2.5 GB (`docker image inspect` size, uncompressed). The base is Debian {SUITE} + its
-Python 3.11 by debootstrap (CI has no image registry; the default python:3.11-slim-bookworm base was not
-measured here). "make docker" is the wheelhouse (zoo wheel + the torch wheel the host's pip resolves: the CPU one)
-plus `docker build`, with the base already imported; its dependencies come from PyPI during the build.
-
-| storage driver | date | image | of which base | make docker | debootstrap (once, cached) | train 5 steps | whole check | load (15 min) |
-|---|---|---|---|---|---|---|---|---|
-{chr(10).join(lines)}
-
-vfs (the fallback where overlay2 is refused) copies the whole file system for every build step and
-container: its data root held about 11 GB at the end of the run, and deleting it is part of the whole
-check. The machine was shared with other jobs during these runs: the load column is the load average
-of its 2 cores over the 15 minutes before the run ended.
-"""
+PAGES = {"docker": render}
 
 
 def main() -> None:
@@ -423,10 +439,13 @@ def main() -> None:
         total = time.perf_counter() - start
         print(json.dumps({k: v for k, v in numbers.items() if k != "tensorboard"}, default=str, indent=1))
     if not args.no_page:
-        rows = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        rows[numbers["storage"]] = row(numbers, total)
-        RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
-        PAGE.write_text(page(rows))
+        from benchmarks.common import read_results, save
+
+        rows = read_results(RESULTS)
+        rows[numbers["storage"]] = row(
+            numbers, total, "python -m benchmarks.docker " + shlex.join(sys.argv[1:])
+        )
+        save(RESULTS, rows, render)
         print(f"wrote {PAGE}")
 
 

@@ -7,14 +7,13 @@ recipes  shakespeare_char and shakespeare_char_plus trained to the end: final va
          (needs tinyshakespeare: ../shared/data/text or --shakespeare PATH).
 gpu      bf16 MFU of a 124M GPT and of gpt_300m on the visible GPU (skipped without CUDA).
 
-Each part writes docs/benchmarks/gpt-<part>.md; `python -m benchmarks.report` joins the parts into
-docs/benchmarks.md.
+Each part writes docs/benchmarks/gpt-<part>.json and the page rendered from it, gpt-<part>.md; `python -m
+benchmarks.report` joins the pages into docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shlex
@@ -27,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.common import machine
+from benchmarks.common import save, section, stamp, table
 from zoo.core.callbacks import GPU_PEAK_FLOPS, measured_cpu_peak
 from zoo.gpt.module import GPTModule, lr_factor
 
@@ -35,9 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks"
 
 
-def header(title: str) -> str:
-    cmd = "python -m benchmarks.gpt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return f"## {title}\n\n- command: `{cmd.strip()}`\n- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n\n"
+def command() -> str:
+    return ("python -m benchmarks.gpt " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
 
 
 class RandomTokens(Dataset):
@@ -142,11 +140,10 @@ def plain_step_time(net: dict, vocab: int, block: int, batch: int, steps: int, s
 SMALL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0}
 
 
-def bench_cpu(steps: int) -> str:
+def bench_cpu(steps: int) -> dict:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     vocab, block, batch, skip = 257, 128, 32, 5
     flops_per_token = GPTModule(net=SMALL, optim={}, vocab_size=vocab, block_size=block).flops_per_token
-    rows = []
     peak32, peak16 = measured_cpu_peak("fp32", seconds=1.0), measured_cpu_peak("bf16", seconds=1.0)
     # Interleave the two loops and keep each one's best, so background load hits both alike.
     light, plain = [], []
@@ -155,39 +152,52 @@ def bench_cpu(steps: int) -> str:
         light.append(lightning_step_time(SMALL, vocab, block, batch, steps, skip, "32-true", "cpu"))
     bf16 = lightning_step_time(SMALL, vocab, block, batch, steps, skip, "bf16-mixed", "cpu")
     tokens = batch * block
+    loops = []
     for name, sec, peak in (
         ("zoo (Lightning), 32-true", min(light), peak32),
         ("plain PyTorch loop, fp32", min(plain), peak32),
         ("zoo (Lightning), bf16-mixed", bf16, peak16),
     ):
         achieved = flops_per_token * tokens / sec
-        rows.append(
-            f"| {name} | {sec * 1000:.1f} | {tokens / sec:,.0f} | {achieved / 1e9:.1f} | {achieved / peak:.1%} |"
-        )
-    text = header("GPT on CPU: throughput and Lightning overhead")
-    text += (
-        f"Default small GPT (4 layers, d128, 4 heads, 0.80M non-embedding parameters), batch {batch} x {block} tokens, "
-        f"AdamW + warmup/cosine + clipping, {steps} timed steps after {skip} warm-up steps; best of 3 interleaved runs. "
-        f"Measured CPU matmul peak: fp32 {peak32 / 1e9:.0f} GFLOP/s, bf16 {peak16 / 1e9:.0f} GFLOP/s (1024x1024 matmul). "
-        f"FLOPs per token = 6N + 12·L·d·T (N includes the tied output head) = {flops_per_token / 1e6:.2f} MFLOP.\n\n"
-        "| loop | ms / step | tokens/s | achieved GFLOP/s | of measured peak |\n|---|---|---|---|---|\n"
-        + "\n".join(rows)
-        + f"\n\nLightning / plain time per step: **{min(light) / min(plain):.3f}x** (goal <= 1.05x).\n"
-    )
-    if peak16 < peak32:
-        text += (
-            f"\nbf16 matmuls run slower than fp32 on this CPU ({peak16 / 1e9:.0f} vs {peak32 / 1e9:.0f} GFLOP/s), so "
-            "`bf16-mixed` is slower here and its MFU column compares against that slow bf16 peak: prefer `32-true` on this CPU.\n"
-        )
-    return text
+        loops.append({"loop": name, "ms_per_step": sec * 1000, "tokens_per_s": tokens / sec,
+                      "gflops": achieved / 1e9, "of_peak": achieved / peak})  # fmt: skip
+    return {**stamp(command()), "batch": batch, "block": block, "steps": steps, "skip": skip,
+            "peak_gflops": {"fp32": peak32 / 1e9, "bf16": peak16 / 1e9}, "mflop_per_token": flops_per_token / 1e6,
+            "head_counted": True, "loops": loops, "ratio": min(light) / min(plain)}  # fmt: skip
 
 
-def bench_recipes(shakespeare: Path) -> str:
+def render_cpu(r: dict) -> list[str]:
+    peak = r["peak_gflops"]
+    intro = (
+        f"Default small GPT (4 layers, d128, 4 heads, 0.80M non-embedding parameters), batch {r['batch']} x {r['block']} tokens, "
+        f"AdamW + warmup/cosine + clipping, {r['steps']} timed steps after {r['skip']} warm-up steps; best of 3 interleaved runs. "
+        f"Measured CPU matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s (1024x1024 matmul). "
+        f"FLOPs per token = 6N + 12·L·d·T{' (N includes the tied output head)' if r['head_counted'] else ''} = {r['mflop_per_token']:.2f} MFLOP."
+    )  # fmt: skip
+    rows = [[x["loop"], f"{x['ms_per_step']:.1f}", f"{x['tokens_per_s']:,.0f}", f"{x['gflops']:.1f}", f"{x['of_peak']:.1%}"]
+            for x in r["loops"]]  # fmt: skip
+    blocks = [intro, table(["loop", "ms / step", "tokens/s", "achieved GFLOP/s", "of measured peak"], rows),
+              f"Lightning / plain time per step: **{r['ratio']:.3f}x** (goal <= 1.05x)."]  # fmt: skip
+    if peak["bf16"] < peak["fp32"]:
+        blocks.append(
+            f"bf16 matmuls run slower than fp32 on this CPU ({peak['bf16']:.0f} vs {peak['fp32']:.0f} GFLOP/s), so "
+            "`bf16-mixed` is slower here and its MFU column compares against that slow bf16 peak: prefer `32-true` on this CPU."
+        )
+    return section("GPT on CPU: throughput and Lightning overhead", r, *blocks)
+
+
+RECIPES = {  # experiment -> what it changes
+    "shakespeare_char": "the reference recipe as given",
+    "shakespeare_char_plus": "RoPE instead of the 64×128 position table, peak LR 3e-3 (was 1e-3), 50 warmup steps",
+}
+
+
+def bench_recipes(shakespeare: Path) -> dict:
     from zoo.core.config import compose_config
     from zoo.train import train
 
     rows = []
-    for exp in ("shakespeare_char", "shakespeare_char_plus"):
+    for exp in RECIPES:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = compose_config(
                 [
@@ -202,29 +212,28 @@ def bench_recipes(shakespeare: Path) -> str:
             start = time.time()
             _, metrics = train(cfg)
             wall = time.time() - start
-            params = sum(
-                p.numel()
-                for p in torch.load(Path(tmp) / "checkpoints" / "last.ckpt", weights_only=True)[
-                    "state_dict"
-                ].values()
-            )
-        rows.append(
-            f"| `python -m zoo.train experiment={exp} data.path=tinyshakespeare.txt` | {metrics['val/loss']:.4f} | {params:,} | {wall:.0f} s |"
-        )
-    text = header("GPT recipes: tiny Shakespeare, character level")
-    text += (
-        "2000 steps x 12 sequences x 64 tokens (1.536M training tokens) for both; validation = every token of the last 10% "
-        "scored once (non-overlapping 64-token windows). Reference implementation with the first recipe: 1.88 (1.886 on this machine).\n\n"
-        "| command | final val loss | parameters (state dict) | wall time |\n|---|---|---|---|\n"
-        + "\n".join(rows)
-        + "\n"
+            state = torch.load(Path(tmp) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+            params = sum({t.data_ptr(): t.numel() for t in state.values()}.values())  # tied weights once
+        rows.append({"experiment": exp, "command": f"python -m zoo.train experiment={exp} data.path={shakespeare}",
+                     "val_loss": metrics["val/loss"], "params": params, "wall_s": wall})  # fmt: skip
+    return {**stamp(command()), "rows": rows}
+
+
+def render_recipes(r: dict) -> list[str]:
+    intro = (
+        "Both runs: 2000 steps × 12 sequences × 64 tokens = 1.536M training tokens; validation = every character of the last\n"
+        "10% scored exactly once (non-overlapping 64-token windows). Reference implementation with the first recipe: 1.88\n"
+        "(1.886 on this machine). `python -m benchmarks.gpt --only recipes` re-runs both and rewrites this section."
     )
-    return text
+    rows = [[f"`{x['experiment']}`", RECIPES.get(x["experiment"], ""), f"**{x['val_loss']:.4f}**", f"{x['params']:,}",
+             f"{x['wall_s']:.0f} s" + (f" ({x['wall_note']})" if x.get("wall_note") else "")] for x in r["rows"]]  # fmt: skip
+    return section("GPT recipes: tiny Shakespeare, character level", r, intro,
+                   table(["experiment", "what changes", "final val loss", "parameters (unique)", "wall time"], rows))  # fmt: skip
 
 
-def bench_gpu(steps: int) -> str:
+def bench_gpu(steps: int) -> dict | None:
     if not torch.cuda.is_available():
-        return ""
+        return None
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name()
     peak = next((p["bf16"] for k, p in GPU_PEAK_FLOPS.items() if k in name), 0.0)
@@ -249,22 +258,45 @@ def bench_gpu(steps: int) -> str:
             )
             module = make_module(net, 50257, block)
             tokens = batch * block
-            mfu = module.flops_per_token * tokens / sec / peak if peak else float("nan")
-            rows.append(
-                f"| {label} | {module.net.num_params() / 1e6:.1f}M | {block} | {batch} | {compile} | {sec * 1000:.1f} | {tokens / sec:,.0f} | {mfu:.1%} |"
-            )
+            rows.append({"model": label, "params_m": module.net.num_params() / 1e6, "context": block, "batch": batch,
+                         "compile": compile, "ms_per_step": sec * 1000, "tokens_per_s": tokens / sec,
+                         "mfu": module.flops_per_token * tokens / sec / peak if peak else None})  # fmt: skip
             print(rows[-1], flush=True)
             del module
             torch.cuda.empty_cache()
-    text = header(f"GPT on GPU: bf16 MFU ({name})")
-    text += (
-        f"zoo GPTModule + Lightning Trainer, bf16-mixed, fused AdamW, clipping 1.0, random tokens, {steps} timed steps. "
-        f"MFU = (6N + 12·L·d·T) x tokens/s, N including the tied output head, / {peak / 1e12:.0f} TFLOP/s (dense bf16 datasheet peak).\n\n"
-        "| model | non-embedding params | context | batch | torch.compile | ms / step | tokens/s | MFU |\n|---|---|---|---|---|---|---|---|\n"
-        + "\n".join(rows)
-        + "\n"
+    return {**stamp(command()), "gpu": name, "peak_tflops": peak / 1e12, "steps": steps, "rows": rows}
+
+
+def render_gpu(r: dict) -> list[str]:
+    intro = (
+        f"zoo GPTModule + Lightning Trainer, bf16-mixed, fused AdamW, clipping 1.0, random tokens, {r['steps']} timed steps\n"
+        f"(after 5 eager / 8 compiled warm-up steps). MFU against {r['peak_tflops']:.0f} TFLOP/s, the dense bf16 datasheet peak."
     )
-    return text
+    # Rows measured before the FLOP count included the output head also show the MFU as it was computed then.
+    as_run = any("mfu_without_head" in x for x in r["rows"])
+    mfu = (
+        ["MFU as run (6N without the head)", "MFU, head counted"]
+        if as_run
+        else ["MFU (6N + 12·L·d·T, head counted)"]
+    )
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    rows = [[x["model"], f"{x['params_m']:.1f}M", x["context"], x["batch"], x["compile"], f"{x['ms_per_step']:.1f}",
+             f"{x['tokens_per_s']:,.0f}", *([pct(x.get("mfu_without_head"))] if as_run else []), pct(x["mfu"])]
+            for x in r["rows"]]  # fmt: skip
+    header = [
+        "model",
+        "non-embedding params",
+        "context",
+        "batch",
+        "torch.compile",
+        "ms / step",
+        "tokens/s",
+        *mfu,
+    ]
+    return section(f"GPT on GPU: bf16 MFU ({r['gpu']})", r, intro, table(header, rows))
+
+
+PAGES = {"gpt-cpu": render_cpu, "gpt-recipes": render_recipes, "gpt-gpu": render_gpu}
 
 
 def main() -> None:
@@ -276,7 +308,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = args.only or ["cpu", "recipes", "gpu"]
-    OUT.mkdir(parents=True, exist_ok=True)
     results = {}
     if "cpu" in parts:
         results["cpu"] = bench_cpu(args.steps)
@@ -286,15 +317,15 @@ def main() -> None:
         else:
             print(f"skipping recipes: {args.shakespeare} not found (--shakespeare PATH)")
     if "gpu" in parts:
-        text = bench_gpu(args.steps)
-        if text:
-            results["gpu"] = text
+        r = bench_gpu(args.steps)
+        if r:
+            results["gpu"] = r
         else:
             print("skipping gpu: no CUDA device (docs/benchmarks/gpt-gpu.md keeps the last GPU measurement)")
-    for part, text in results.items():
-        (OUT / f"gpt-{part}.md").write_text(text)
-        print(text)
-    print(json.dumps({"written": [f"docs/benchmarks/gpt-{p}.md" for p in results]}))
+    for part, r in results.items():
+        save(OUT / f"gpt-{part}.json", r, PAGES[f"gpt-{part}"])
+        print("\n".join(PAGES[f"gpt-{part}"](r)))
+    print(json.dumps({"written": [f"docs/benchmarks/gpt-{p}.{e}" for p in results for e in ("json", "md")]}))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ Every variant is `python -m zoo.train experiment=shakespeare_char_plus <its over
 `train.py` (the shakespeare_char recipe, `--ref-steps` steps) runs on the same machine so the time-per-step
 ratio compares neighbours in time (the host's load drifts). nanoGPT also runs the full budget once for its
 val loss. Time per step and val loss are measured exactly as in `benchmarks.gpt_speed` (every validation
-character scored once, non-overlapping 64-token windows). Writes docs/benchmarks/gpt-options.md.
+character scored once, non-overlapping 64-token windows). Writes docs/benchmarks/gpt-options.json and the
+page rendered from it, gpt-options.md (`--out`: another page, its JSON beside it).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import shlex
 import statistics
@@ -20,13 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import machine
+from benchmarks.common import save, section, stamp, table
 from benchmarks.gpt_speed import (
     OUT,
     SEED,
-    SHARED,
-    nanogpt_config,
-    prepare_nanogpt_data,
+    add_arguments,
+    missing,
+    nanogpt_folder,
     run_nanogpt,
     run_zoo,
     score_nanogpt,
@@ -65,37 +65,34 @@ def main() -> None:
     parser.add_argument("--ref-steps", type=int, default=300, help="nanoGPT timing run before each variant")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--set", action="append", default=[], help="extra override for every variant")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--shakespeare", type=Path, default=SHARED / "data" / "text" / "tinyshakespeare.txt")
-    parser.add_argument("--nanogpt", type=Path, default=SHARED / "peers" / "nanogpt")
-    parser.add_argument("--out", type=Path, default=OUT / "gpt-options.md")
+    parser.add_argument(
+        "--out", type=Path, default=OUT / "gpt-options.md", help="page; its JSON goes beside it"
+    )
     parser.add_argument(
         "--no-full", action="store_true", help="skip nanoGPT's full-budget run (its val loss)"
     )
     parser.add_argument(
         "--no-score", action="store_true", help="time per step only (short runs: no val loss)"
     )
+    add_arguments(parser, threads=2)
     args = parser.parse_args()
-    if not args.shakespeare.is_file() or not (args.nanogpt / "train.py").is_file():
-        print(f"skipping: needs {args.shakespeare} and {args.nanogpt}/train.py")
+    if missing(args):
         return
     text = args.shakespeare.read_text()
-    rows: list[str] = []
+    results = {**stamp("python -m benchmarks.gpt_options " + shlex.join(sys.argv[1:]), args.threads),
+               "steps": args.steps, "ref_steps": args.ref_steps, "seed": SEED, "nanogpt_full": None, "rows": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="gpt-options-") as tmp:
         work = Path(tmp)
-        folder = work / "nanogpt"
-        prepare_nanogpt_data(text, folder / "data" / "shakespeare_char")
-        (folder / "configurator.py").symlink_to(args.nanogpt / "configurator.py")
-        (folder / "full_config.py").write_text(nanogpt_config(args.steps))
-        (folder / "bench_config.py").write_text(nanogpt_config(args.ref_steps))
-        nano = "not run (--no-full)"
+        folder = nanogpt_folder(
+            work, text, args.nanogpt, {"full_config": args.steps, "bench_config": args.ref_steps}
+        )
         if not args.no_full:
-            full = run_nanogpt_with(args, folder, "full_config.py", "full")
-            nano_val = score_nanogpt(full["ckpt"], folder / "data" / "shakespeare_char", args.nanogpt)
-            nano_full_ms = statistics.median(step_ms_nanogpt(full["stdout"], args.warmup, args.steps))
-            nano = f"val loss **{nano_val:.4f}**, {nano_full_ms:.2f} ms/step"
-            print(f"nanoGPT {args.steps} steps: {nano}", flush=True)
+            full = run_nanogpt(args.nanogpt, folder, args.steps, args.threads, "full", config="full_config")
+            results["nanogpt_full"] = {
+                "val_loss": score_nanogpt(full["ckpt"], folder / "data" / "shakespeare_char", args.nanogpt),
+                "ms_per_step": statistics.median(step_ms_nanogpt(full["stdout"], args.warmup, args.steps)),
+            }
+            print(f"nanoGPT {args.steps} steps: {results['nanogpt_full']}", flush=True)
         for name in args.variants.split(","):
             what, overrides = VARIANTS[name]
             ref = run_nanogpt(args.nanogpt, folder, args.ref_steps, args.threads, f"ref-{name}")
@@ -105,42 +102,40 @@ def main() -> None:
                 args.shakespeare, args.steps, args.threads, work, name, SEED, "shakespeare_char_plus", extra
             )
             ms = statistics.median(step_ms_zoo(z["record"], args.warmup))
-            val = "n/a (timing run)" if args.no_score else f"{score_zoo(z['run_dir'] / 'export', text):.4f}"
-            line = f"| `{name}` | {what} | `{' '.join(extra)}` | {val} | {ms:.2f} | {ref_ms:.2f} | {ms / ref_ms:.3f}x |"
-            print(line, flush=True)
-            rows.append(line)
-            write(args, rows, nano)  # after every row: a run cut short keeps what it measured
+            val = None if args.no_score else score_zoo(z["run_dir"] / "export", text)
+            row = {"variant": name, "adds": what, "overrides": " ".join(extra), "val_loss": val, "zoo_ms": ms,
+                   "nanogpt_ms": ref_ms, "ratio": ms / ref_ms}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            results["rows"].append(row)
+            save(args.out.with_suffix(".json"), results, render)  # after every row: a run cut short keeps it
 
 
-def write(args: argparse.Namespace, rows: list[str], nano: str) -> None:
-    cmd = "python -m benchmarks.gpt_options " + shlex.join(sys.argv[1:])
-    md = (
-        "## GPT recipe options on the shakespeare_char budget, against nanoGPT\n\n"
-        f"- command: `{cmd.strip()}`\n- machine: {machine(args.threads)}\n- date: {dt.date.today().isoformat()}\n\n"
-        f"Each row: `python -m zoo.train experiment=shakespeare_char_plus data.path=tinyshakespeare.txt <overrides>` "
-        f"for {args.steps} steps (4L x 4H x d128, block 64, batch 12, seed {SEED}), then every validation character "
-        "scored once (non-overlapping 64-token windows). Right before each, nanoGPT's unmodified `train.py` ran "
-        f"the reference recipe for {args.ref_steps} steps on the same machine: its median ms/step is the row's "
-        f"reference. nanoGPT's own full {args.steps}-step run: {nano}. "
-        "Goal: val loss <= 1.65 at <= 1.05x nanoGPT's time per step.\n\n"
-        "| variant | adds | overrides | val loss | zoo ms/step | nanoGPT ms/step | ratio |\n|---|---|---|---|---|---|---|\n"
-        + "\n".join(rows)
-        + "\n"
+def render(r: dict) -> list[str]:
+    """docs/benchmarks/gpt-options.md (or the --out page) from its JSON."""
+    full = r["nanogpt_full"]
+    nano = (
+        "not run (--no-full)"
+        if full is None
+        else f"val loss **{full['val_loss']:.4f}**, {full['ms_per_step']:.2f} ms/step"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(md)
-    print(json.dumps({"written": [str(args.out)]}), flush=True)
+    how = (
+        f"Each row: `python -m zoo.train experiment=shakespeare_char_plus data.path=tinyshakespeare.txt <overrides>` "
+        f"for {r['steps']} steps (4L x 4H x d128, block 64, batch 12, seed {r['seed']}), then every validation character "
+        "scored once (non-overlapping 64-token windows). Right before each, nanoGPT's unmodified `train.py` ran "
+        f"the reference recipe for {r['ref_steps']} steps on the same machine: its median ms/step is the row's "
+        f"reference. nanoGPT's own full {r['steps']}-step run: {nano}. "
+        "Goal: val loss <= 1.65 at <= 1.05x nanoGPT's time per step."
+    )  # fmt: skip
+    rows = [[f"`{x['variant']}`", x["adds"], f"`{x['overrides']}`",
+             "n/a (timing run)" if x["val_loss"] is None else f"{x['val_loss']:.4f}",
+             f"{x['zoo_ms']:.2f}", f"{x['nanogpt_ms']:.2f}", f"{x['ratio']:.3f}x"] for x in r["rows"]]  # fmt: skip
+    header = ["variant", "adds", "overrides", "val loss", "zoo ms/step", "nanoGPT ms/step", "ratio"]
+    return section(
+        "GPT recipe options on the shakespeare_char budget, against nanoGPT", r, how, table(header, rows)
+    )
 
 
-def run_nanogpt_with(args, folder: Path, config: str, tag: str) -> dict:
-    """nanoGPT's train.py with another config file than bench_config.py."""
-    (folder / "bench_config.py").rename(folder / "ref_config.py")
-    (folder / config).rename(folder / "bench_config.py")
-    try:
-        return run_nanogpt(args.nanogpt, folder, args.steps, args.threads, tag)
-    finally:
-        (folder / "bench_config.py").rename(folder / config)
-        (folder / "ref_config.py").rename(folder / "bench_config.py")
+PAGES = {"gpt-options": render, "gpt-options-timing": render}
 
 
 if __name__ == "__main__":

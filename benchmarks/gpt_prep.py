@@ -16,14 +16,13 @@ from /proc/<pid>/smaps_rollup every second (forked workers share pages with the 
 RSS would count those pages once per process) and, for reference, summed RSS from /proc/<pid>/statm
 every 50 ms. (Reading smaps_rollup makes the kernel walk the page tables: every 50 ms it cost the
 measured prep 15%.)
-Writes docs/benchmarks/gpt-prep.md (with --smoke: <workdir>/gpt-prep.md, never docs/); `python -m
-benchmarks.report` joins it into docs/benchmarks.md.
+Writes docs/benchmarks/gpt-prep.json and the page rendered from it, gpt-prep.md (with --smoke: both in
+<workdir>, never docs/); `python -m benchmarks.report` joins the page into docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import os
@@ -349,66 +348,73 @@ def main() -> None:
 
 
 def write_report(args, size, info, results, same, killed_at, flat) -> None:
-    from benchmarks.common import machine  # imports torch: not in the plain loop's process
+    from benchmarks.common import save, stamp  # imports torch: not in the plain loop's process
 
-    plain = results["plain"]
-    base_tps = plain["tokens"] / plain["prep_s"]
-    rows = []
-    for name, r in results.items():
-        tps = r["tokens"] / r["prep_s"]
-        rows.append(f"| {name} | {r['wall_s']:.1f} | {r['prep_s']:.1f} | {r['tokens']:,} | {tps:,.0f} | {tps / base_tps:.2f}x | "
-                    f"{r['pss'] / 2**20:,.0f} | {r['rss'] / 2**20:,.0f} |")  # fmt: skip
-    x1, x2 = results["zoo x1"], results["zoo x2"]
-    resumed = results["zoo x2, killed at ~50% + resumed"]
-    per_core = x1["prep_s"] / x1["tokens"] * 1e9  # one worker = one core
-    per_core_x2 = x2["prep_s"] * 2 / x2["tokens"] * 1e9
-    peak = max(r["pss"] for k, r in results.items() if k.startswith("zoo"))  # the 1/4 corpus included
+    runs = {name: {"wall_s": r["wall_s"], "prep_s": r["prep_s"], "tokens": r["tokens"],
+                   "tokens_per_s": r["tokens"] / r["prep_s"], "pss_mb": r["pss"] / 2**20, "rss_mb": r["rss"] / 2**20}
+            for name, r in results.items()}  # fmt: skip
+    report = {**stamp("python -m benchmarks.gpt_prep " + " ".join(shlex.quote(a) for a in sys.argv[1:])),
+              "corpus": {**info, "rows_per_group": ROWS_PER_GROUP}, "vocab": args.vocab, "order": list(runs),
+              "runs": runs, "same_bytes": same, "killed_at": killed_at}  # fmt: skip
+    target = (args.workdir if args.smoke else OUT) / "gpt-prep.json"
+    save(target, report, render)
+    print("\n".join(render(report)))
+    print(f"written to {target.with_suffix('.md')}")
+
+
+def render(r: dict) -> list[str]:
+    """docs/benchmarks/gpt-prep.md from gpt-prep.json: the runs, and the goals checked from their numbers."""
+    from benchmarks.common import section, table
+
+    runs = {name: r["runs"][name] for name in r["order"]}  # the JSON's keys are sorted
+    base = runs["plain"]["tokens_per_s"]
+    rows = [[name, f"{x['wall_s']:.1f}", f"{x['prep_s']:.1f}", f"{x['tokens']:,}", f"{x['tokens_per_s']:,.0f}",
+             f"{x['tokens_per_s'] / base:.2f}x", f"{x['pss_mb']:,.0f}", f"{x['rss_mb']:,.0f}"] for name, x in runs.items()]  # fmt: skip
+    x1, x2 = runs["zoo x1"], runs["zoo x2"]
+    resumed, same = runs["zoo x2, killed at ~50% + resumed"], r["same_bytes"]
+    peak = max(x["pss_mb"] for k, x in runs.items() if k.startswith("zoo"))  # the 1/4 corpus included
     checks = [
-        ("peak memory of the whole prep (PSS, process tree)", f"{peak / 2**20:,.0f} MB", "<= 1024 MB", peak <= 2**30),
-        ("tokens/s, 1 worker / plain loop", f"{(x1['tokens'] / x1['prep_s']) / base_tps:.2f}x", ">= 0.9x",
-         (x1["tokens"] / x1["prep_s"]) / base_tps >= 0.9),
-        ("tokens/s, 2 workers / plain loop", f"{(x2['tokens'] / x2['prep_s']) / base_tps:.2f}x", ">= 1.7x",
-         (x2["tokens"] / x2["prep_s"]) / base_tps >= 1.7),
-        (f"killed at {killed_at:.0%} + resumed / uninterrupted (2 workers)",
+        ("peak memory of the whole prep (PSS, process tree)", f"{peak:,.0f} MB", "<= 1024 MB", peak <= 1024),
+        ("tokens/s, 1 worker / plain loop", f"{x1['tokens_per_s'] / base:.2f}x", ">= 0.9x", x1["tokens_per_s"] / base >= 0.9),
+        ("tokens/s, 2 workers / plain loop", f"{x2['tokens_per_s'] / base:.2f}x", ">= 1.7x", x2["tokens_per_s"] / base >= 1.7),
+        (f"killed at {r['killed_at']:.0%} + resumed / uninterrupted (2 workers)",
          f"{resumed['wall_s'] / x2['wall_s']:.3f}x", "<= 1.15x", resumed["wall_s"] / x2["wall_s"] <= 1.15),
         ("resumed cache bytes = uninterrupted", str(same["resumed vs x2"]), "identical", same["resumed vs x2"]),
         ("1 worker bytes = 2 workers", str(same["x1 vs x2"]), "identical", same["x1 vs x2"]),
     ]  # fmt: skip
-    two = results["plain, 2 processes"]
-    ceiling = (two["tokens"] / two["prep_s"]) / base_tps
+    flat = runs.get("zoo x2, corpus 1/4 the size")
     if flat is not None:
-        ratio = x2["pss"] / flat["pss"]
+        ratio = x2["pss_mb"] / flat["pss_mb"]
         checks.append(
             ("peak memory, full corpus / 1/4 of it (2 workers)", f"{ratio:.2f}x", "<= 1.20x", ratio <= 1.2)
         )
-    cmd = "python -m benchmarks.gpt_prep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    text = (
-        "## GPT data prep: the streaming corpus pipeline\n\n"
-        f"- command: `{cmd.strip()}`\n- machine: {machine()}\n- date: {dt.date.today().isoformat()}\n\n"
-        f"Generated Parquet corpus: {info['chars'] / 1e6:,.0f} MB of text, {info['documents']:,} documents "
-        f"({info['bytes'] / 1e6:,.0f} MB on disk, row groups of {ROWS_PER_GROUP:,}); local byte-level BPE "
-        f"tokenizer.json, {args.vocab} tokens. zoo = `TextDataModule.prepare_data()` with data=gpt/web_text's "
+    ceiling = runs["plain, 2 processes"]["tokens_per_s"] / base
+    per_core = x1["prep_s"] / x1["tokens"] * 1e9  # one worker = one core
+    per_core_x2 = x2["prep_s"] * 2 / x2["tokens"] * 1e9
+    c = r["corpus"]
+    intro = (
+        f"Generated Parquet corpus: {c['chars'] / 1e6:,.0f} MB of text, {c['documents']:,} documents "
+        f"({c['bytes'] / 1e6:,.0f} MB on disk, row groups of {c['rows_per_group']:,}); local byte-level BPE "
+        f"tokenizer.json, {r['vocab']} tokens. zoo = `TextDataModule.prepare_data()` with data=gpt/web_text's "
         "settings on that file (hash split by id, val 0.5%, uint16 shards of 2^27 tokens, sha256 per shard); "
         "plain = a loop over the row groups, `encode_batch` on one core, uint16 written as it goes. "
         "wall s: the whole process; prep s (tokens/s): from the start of the prep, after the imports "
         "(the zoo process imports torch, the plain loop does not); the resume row adds both processes' wall "
         "times and is compared with the uninterrupted wall time. Memory: peak over the process tree, PSS "
         "summed (what the tree holds: forked workers share the main process's pages, which summed RSS "
-        "counts once per process) and RSS summed.\n\n"
-        "| run | wall s | prep s | tokens | tokens/s | vs plain | peak PSS MB | peak RSS sum MB |\n"
-        "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-        "| target | measured | goal | met |\n|---|---|---|---|\n"
-        + "\n".join(f"| {a} | {b} | {c} | {'yes' if d else '**no**'} |" for a, b, c, d in checks)
-        + "\n\n"
-        f"Two plain loops side by side reach {ceiling:.2f}x one: the most two workers could give here.\n\n"
-        f"Prep time per billion tokens per core: **{per_core / 60:,.1f} min** with 1 worker "
-        f"({per_core_x2 / 60:,.1f} core-min with 2 workers), with this tokenizer and text.\n"
+        "counts once per process) and RSS summed."
     )
-    target = (args.workdir if args.smoke else OUT) / "gpt-prep.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text)
-    print(text)
-    print(f"written to {target}")
+    return section(
+        "GPT data prep: the streaming corpus pipeline", r, intro,
+        table(["run", "wall s", "prep s", "tokens", "tokens/s", "vs plain", "peak PSS MB", "peak RSS sum MB"], rows),
+        table(["target", "measured", "goal", "met"], [[a, b, g, "yes" if d else "**no**"] for a, b, g, d in checks]),
+        f"Two plain loops side by side reach {ceiling:.2f}x one: the most two workers could give here.",
+        f"Prep time per billion tokens per core: **{per_core / 60:,.1f} min** with 1 worker "
+        f"({per_core_x2 / 60:,.1f} core-min with 2 workers), with this tokenizer and text.",
+    )  # fmt: skip
+
+
+PAGES = {"gpt-prep": render}
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ median of the rounds' ratios is the figure, the ratio of the pooled medians is p
 Both final models are then scored identically: mean cross-entropy over every validation character, in
 non-overlapping 64-token windows (the zoo's own `val/loss`); the zoo's round r runs with seed 1337 + r.
 
-Writes docs/benchmarks/gpt-speed.md. `--smoke` is a quick check of the machinery (few steps, one round).
+Writes docs/benchmarks/gpt-speed.json and the page rendered from it, gpt-speed.md. `--smoke` is a quick check of the machinery (few steps, one round).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import importlib.util
 import io
 import json
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import machine
+from benchmarks.common import save, section, stamp, table
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks"
@@ -195,9 +194,23 @@ def run_zoo(
     }
 
 
-def run_nanogpt(nanogpt: Path, folder: Path, steps: int, threads: int, tag: str) -> dict:
+def nanogpt_folder(work: Path, text: str, nanogpt: Path, configs: dict[str, int]) -> Path:
+    """The folder nanoGPT's train.py runs in: data/ as its prepare.py writes it, its configurator.py, and a
+    config file `<name>.py` of the shakespeare_char recipe for each `configs` name -> steps."""
+    folder = work / "nanogpt"
+    prepare_nanogpt_data(text, folder / "data" / "shakespeare_char")
+    # train.py reads configurator.py and data/ from its working directory.
+    (folder / "configurator.py").symlink_to(nanogpt / "configurator.py")
+    for name, steps in configs.items():
+        (folder / f"{name}.py").write_text(nanogpt_config(steps))
+    return folder
+
+
+def run_nanogpt(
+    nanogpt: Path, folder: Path, steps: int, threads: int, tag: str, config: str = "bench_config"
+) -> dict:
     out = f"out-{tag}"
-    cmd = [sys.executable, str(nanogpt / "train.py"), "bench_config.py", f"--out_dir={out}"]
+    cmd = [sys.executable, str(nanogpt / "train.py"), f"{config}.py", f"--out_dir={out}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=folder, env=env_for(threads), capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -223,20 +236,69 @@ def logged_throughput_ms(run_dir: Path) -> float | None:
     return statistics.median(BATCH * BLOCK / r * 1000 for r in rates) if rates else None
 
 
+def add_arguments(parser: argparse.ArgumentParser, threads: int, warmup: int = 10) -> None:
+    """The arguments every zoo-vs-nanoGPT benchmark takes (this one and `benchmarks.gpt_options`)."""
+    parser.add_argument("--threads", type=int, default=threads)
+    parser.add_argument("--warmup", type=int, default=warmup, help="first steps of each run left out")
+    parser.add_argument("--shakespeare", type=Path, default=SHARED / "data" / "text" / "tinyshakespeare.txt")
+    parser.add_argument("--nanogpt", type=Path, default=SHARED / "peers" / "nanogpt")
+
+
+def missing(args: argparse.Namespace) -> bool:
+    """True (and says so) when the data or nanoGPT is not there: the benchmark is skipped."""
+    if args.shakespeare.is_file() and (args.nanogpt / "train.py").is_file():
+        return False
+    print(f"skipping: needs {args.shakespeare} and {args.nanogpt}/train.py")
+    return True
+
+
+def render(r: dict) -> list[str]:
+    """docs/benchmarks/gpt-speed.md from gpt-speed.json."""
+    zoo_line = f"python -m zoo.train experiment=shakespeare_char data.path=tinyshakespeare.txt trainer.max_steps={r['steps']}"
+    how = (
+        f"`{zoo_line}` against nanoGPT's unmodified `train.py` (4L x 4H x d128, block {r['block']}, batch {r['batch']}, "
+        "lr 1e-3 -> 1e-4 over 2000 steps after 100 warm-up, betas (0.9, 0.99), weight decay 0.1, clip 1.0, "
+        f"dropout 0, float32, CPU, no compile), {r['rounds']} interleaved rounds of {r['steps']} steps each. "
+        "Time per step: end of one training step to the end of the next, everything included (data, logging, "
+        f"callbacks); the first {r['warmup']} steps of each run and steps holding an evaluation left out; median over all rounds. "
+        "Val loss: each final model scored the same way, mean cross-entropy over every validation character "
+        f"in non-overlapping 64-token windows; the zoo's round r runs with `seed={r['seed']}+r` (its mean is the "
+        "table's figure), nanoGPT's `train.py` seeds itself with 1337 every time."
+    )  # fmt: skip
+    z, n = r["zoo"], r["nanogpt"]
+    rows = [
+        [who, f"{x['ms_median']:.2f}", f"{x['ms_mean']:.2f}", f"{x['val_loss']:.4f}"]
+        for who, x in (("zoo", z), ("nanoGPT", n))
+    ]
+    summary = (
+        f"zoo / nanoGPT time per step, median of the {len(r['round_ratios'])} rounds' ratios: **{r['ratio']:.3f}x** (goal <= 0.95x; "
+        f"per round {', '.join(f'{x:.3f}' for x in r['round_ratios'])}; pooled medians {r['pooled_ratio']:.3f}x). Zoo val loss per seed: "
+        f"{', '.join(f'{v:.4f}' for v in z['val_losses'])} (nanoGPT {n['val_loss']:.4f}; goal: no worse)."
+    )  # fmt: skip
+    if z.get("logged_ms") is not None:
+        summary += (
+            f" The zoo's own logged throughput gives {z['logged_ms']:.2f} ms/step (median over its windows)."
+        )
+    if z.get("logged_val_loss") is not None:
+        summary += f" Its logged `val/loss`: {z['logged_val_loss']:.4f}."
+    return section("GPT on CPU: zoo vs nanoGPT, shakespeare_char, same machine, same run", r, how,
+                   table(["", "ms / step (median)", "mean", "val loss"], rows), summary,
+                   ["Per run:", "", *(f"- {line}" for line in r["runs"])])  # fmt: skip
+
+
+PAGES = {"gpt-speed": render}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps per run (2000: full recipe)")
     parser.add_argument("--rounds", type=int, default=2, help="zoo/nanoGPT pairs, order alternating")
-    parser.add_argument("--warmup", type=int, default=10, help="first steps of each run left out")
-    parser.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))))
     parser.add_argument("--smoke", action="store_true", help="quick check: 30 steps, 1 round, no doc")
-    parser.add_argument("--shakespeare", type=Path, default=SHARED / "data" / "text" / "tinyshakespeare.txt")
-    parser.add_argument("--nanogpt", type=Path, default=SHARED / "peers" / "nanogpt")
+    add_arguments(parser, threads=min(2, len(os.sched_getaffinity(0))))
     args = parser.parse_args()
     if args.smoke:
         args.steps, args.rounds, args.warmup = 30, 1, 5
-    if not args.shakespeare.is_file() or not (args.nanogpt / "train.py").is_file():
-        print(f"skipping: needs {args.shakespeare} and {args.nanogpt}/train.py")
+    if missing(args):
         return
     if args.steps <= args.warmup:
         sys.exit(f"--steps={args.steps} must be larger than --warmup={args.warmup}")
@@ -246,11 +308,7 @@ def main() -> None:
     rounds: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gpt-speed-") as tmp:
         work = Path(tmp)
-        folder = work / "nanogpt"
-        prepare_nanogpt_data(text, folder / "data" / "shakespeare_char")
-        # train.py reads configurator.py and data/ from its working directory.
-        (folder / "configurator.py").symlink_to(args.nanogpt / "configurator.py")
-        (folder / "bench_config.py").write_text(nanogpt_config(args.steps))
+        folder = nanogpt_folder(work, text, args.nanogpt, {"bench_config": args.steps})
         nano_val = logged = zoo_logged_val = None
         zoo_vals: list[float] = []  # one per round: each round's zoo run has its own seed
         pair_zoo: list[float] = []  # per round: median ms/step of each side (they ran back to back)
@@ -293,37 +351,24 @@ def main() -> None:
     )
     if args.smoke:
         return
-    cmd = "python -m benchmarks.gpt_speed " + shlex.join(sys.argv[1:])
-    zoo_line = "python -m zoo.train experiment=shakespeare_char data.path=tinyshakespeare.txt " + (
-        f"trainer.max_steps={args.steps}"
+    results = {
+        **stamp("python -m benchmarks.gpt_speed " + shlex.join(sys.argv[1:]), args.threads),
+        "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup, "block": BLOCK, "batch": BATCH, "seed": SEED,
+        "zoo": {"ms_median": zm, "ms_mean": statistics.fmean(zoo_ms), "val_loss": zoo_val, "val_losses": zoo_vals,
+                "logged_ms": logged, "logged_val_loss": zoo_logged_val},
+        "nanogpt": {"ms_median": nm, "ms_mean": statistics.fmean(nano_ms), "val_loss": nano_val},
+        "round_ratios": ratios, "ratio": ratio, "pooled_ratio": zm / nm, "runs": rounds,
+    }  # fmt: skip
+    save(OUT / "gpt-speed.json", results, render)
+    print("\n".join(render(results)))
+    print(
+        json.dumps(
+            {
+                "written": ["docs/benchmarks/gpt-speed.md", "docs/benchmarks/gpt-speed.json"],
+                "zoo_command": zoo_cmd,
+            }
+        )
     )
-    text_md = (
-        "## GPT on CPU: zoo vs nanoGPT, shakespeare_char, same machine, same run\n\n"
-        f"- command: `{cmd.strip()}`\n- machine: {machine(args.threads)}\n- date: {dt.date.today().isoformat()}\n\n"
-        f"`{zoo_line}` against nanoGPT's unmodified `train.py` (4L x 4H x d128, block {BLOCK}, batch {BATCH}, "
-        "lr 1e-3 -> 1e-4 over 2000 steps after 100 warm-up, betas (0.9, 0.99), weight decay 0.1, clip 1.0, "
-        f"dropout 0, float32, CPU, no compile), {args.rounds} interleaved rounds of {args.steps} steps each. "
-        "Time per step: end of one training step to the end of the next, everything included (data, logging, "
-        f"callbacks); the first {args.warmup} steps of each run and steps holding an evaluation left out; median over all rounds. "
-        "Val loss: each final model scored the same way, mean cross-entropy over every validation character "
-        f"in non-overlapping 64-token windows; the zoo's round r runs with `seed={SEED}+r` (its mean is the "
-        "table's figure), nanoGPT's `train.py` seeds itself with 1337 every time.\n\n"
-        "| | ms / step (median) | mean | val loss |\n|---|---|---|---|\n"
-        f"| zoo | {zm:.2f} | {statistics.fmean(zoo_ms):.2f} | {zoo_val:.4f} |\n"
-        f"| nanoGPT | {nm:.2f} | {statistics.fmean(nano_ms):.2f} | {nano_val:.4f} |\n\n"
-        f"zoo / nanoGPT time per step, median of the {len(ratios)} rounds' ratios: **{ratio:.3f}x** (goal <= 0.95x; "
-        f"per round {', '.join(f'{r:.3f}' for r in ratios)}; pooled medians {zm / nm:.3f}x). Zoo val loss per seed: "
-        f"{', '.join(f'{v:.4f}' for v in zoo_vals)} (nanoGPT {nano_val:.4f}; goal: no worse)."
-    )
-    if logged is not None:
-        text_md += f" The zoo's own logged throughput gives {logged:.2f} ms/step (median over its windows)."
-    if zoo_logged_val is not None:
-        text_md += f" Its logged `val/loss`: {zoo_logged_val:.4f}."
-    text_md += "\n\nPer run:\n\n" + "\n".join(f"- {r}" for r in rounds) + "\n"
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "gpt-speed.md").write_text(text_md)
-    print(text_md)
-    print(json.dumps({"written": ["docs/benchmarks/gpt-speed.md"], "zoo_command": zoo_cmd}))
 
 
 if __name__ == "__main__":

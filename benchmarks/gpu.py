@@ -1,6 +1,7 @@
 """The GPU run, prepared: `bash benchmarks/gpu.sh [--dry-run] [--out FILE] [--parts mfu,stream,...]`.
 
-One command, meant to finish in under 8 minutes on one H100, writing docs/benchmarks/gpu.md:
+One command, meant to finish in under 8 minutes on one H100, writing docs/benchmarks/gpu.json and the
+page rendered from it, gpu.md:
 
 mfu      GPT-2 124M (12 x 768, context 1024, batch 16) and gpt_300m (24 x 1024, context 2048, batch 8):
          tokens/s and MFU, bf16-mixed, torch.compile, the zoo module under Lightning's Trainer, random
@@ -22,7 +23,6 @@ Without a CUDA device and without ``--dry-run`` it writes a page saying that not
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gzip
 import importlib.util
 import json
@@ -35,6 +35,8 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+
+from benchmarks.common import header, read_results, save, stamp, table
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "benchmarks" / "gpu.md"
@@ -72,7 +74,7 @@ def step_time(net: dict, optim: dict, vocab: int, block: int, batch: int, steps:
     return sec, module.flops_per_token, getattr(module.net, "_orig_mod", module.net).num_params()
 
 
-def part_mfu(dry: bool, work: Path) -> str:
+def part_mfu(dry: bool, work: Path) -> dict:
     import torch
 
     from zoo.core.callbacks import GPU_PEAK_FLOPS
@@ -95,23 +97,27 @@ def part_mfu(dry: bool, work: Path) -> str:
             full = {**net, "dropout": 0.0, "pad_vocab_to": 64, **extra_net}
             sec, fpt, n = step_time(full, optim, vocab, block, batch, steps, skip, dry)
             tokens = batch * block / sec
-            mfu = f"{fpt * tokens / peak:.1%}" if peak else "n/a"
-            rows.append(
-                f"| {label} | {variant} | {n / 1e6:.1f}M | {block} | {batch} | {sec * 1000:.1f} | {tokens:,.0f} | {mfu} |"
-            )
+            rows.append({"model": label, "variant": variant, "params": n, "context": block, "batch": batch,
+                         "ms_per_step": sec * 1000, "tokens_per_s": tokens, "mfu": fpt * tokens / peak if peak else None})  # fmt: skip
             print(rows[-1], flush=True)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    options = ", ".join(f"{k}={v}" for k, v in {**OPTIONS_NET, **OPTIONS_OPTIM}.items())
-    return (
-        f"### Training throughput and MFU ({gpu})\n\n"
-        f"zoo GPTModule + Lightning Trainer, {'32-true, eager' if dry else 'bf16-mixed, torch.compile'}, clipping 1.0, "
-        f"random tokens, vocabulary {vocab} padded to a multiple of 64, {steps} timed steps after {skip}. MFU = "
-        f"(6N + 12·L·d·T) x tokens/s / {peak / 1e12:.0f} TFLOP/s (dense bf16 datasheet peak), N counting the output "
-        f"head. New options: {options}.\n\n"
-        "| model | variant | non-embedding params | context | batch | ms / step | tokens/s | MFU |\n"
-        "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
-    )
+    return {"gpu": gpu, "dry": dry, "vocab": vocab, "steps": steps, "skip": skip, "peak_flops": peak,
+            "options": {**OPTIONS_NET, **OPTIONS_OPTIM}, "rows": rows}  # fmt: skip
+
+
+def render_mfu(r: dict) -> list[str]:
+    options = ", ".join(f"{k}={v}" for k, v in r["options"].items())
+    rows = [[x["model"], x["variant"], f"{x['params'] / 1e6:.1f}M", x["context"], x["batch"], f"{x['ms_per_step']:.1f}",
+             f"{x['tokens_per_s']:,.0f}", "n/a" if x["mfu"] is None else f"{x['mfu']:.1%}"] for x in r["rows"]]  # fmt: skip
+    return [
+        f"### Training throughput and MFU ({r['gpu']})", "",
+        f"zoo GPTModule + Lightning Trainer, {'32-true, eager' if r['dry'] else 'bf16-mixed, torch.compile'}, clipping 1.0, "
+        f"random tokens, vocabulary {r['vocab']} padded to a multiple of 64, {r['steps']} timed steps after {r['skip']}. MFU = "
+        f"(6N + 12·L·d·T) x tokens/s / {r['peak_flops'] / 1e12:.0f} TFLOP/s (dense bf16 datasheet peak), N counting the output "
+        f"head. New options: {options}.", "",
+        *table(["model", "variant", "non-embedding params", "context", "batch", "ms / step", "tokens/s", "MFU"], rows),
+    ]  # fmt: skip
 
 
 # -- training runs through the entry point ----------------------------------------------------------------
@@ -129,13 +135,17 @@ def train_run(overrides: list[str], work: Path, name: str, timeout: int) -> tupl
     return json.loads((run_dir / "metrics.json").read_text()), wall, cmd[1:]
 
 
-def run_line(title: str, metrics: dict, wall: float, cmd: list[str], keys: tuple[str, ...]) -> str:
+def run_result(title: str, metrics: dict, wall: float, cmd: list[str], keys: tuple[str, ...]) -> dict:
     m = metrics.get("metrics", {})
-    shown = ", ".join(f"`{k}` {m[k]:.4g}" for k in keys if k in m)
-    return (
-        f"### {title}\n\n- command: `python {shlex.join(cmd)}`\n- {metrics.get('global_step', '?')} steps in "
-        f"{wall:.0f} s wall (process start, data preparation and compilation included)\n- {shown}\n"
-    )
+    return {"title": title, "command": f"python {shlex.join(cmd)}", "global_step": metrics.get("global_step", "?"),
+            "wall_s": wall, "metrics": {k: m[k] for k in keys if k in m}}  # fmt: skip
+
+
+def render_run(r: dict) -> list[str]:
+    shown = ", ".join(f"`{k}` {v:.4g}" for k, v in r["metrics"].items())
+    return [f"### {r['title']}", "", f"- command: `{r['command']}`",
+            f"- {r['global_step']} steps in {r['wall_s']:.0f} s wall (process start, data preparation and compilation included)",
+            f"- {shown}"]  # fmt: skip
 
 
 def generated_corpus(folder: Path, documents: int, seed: int = 0) -> Path:
@@ -154,7 +164,7 @@ def generated_corpus(folder: Path, documents: int, seed: int = 0) -> Path:
     return folder
 
 
-def part_stream(dry: bool, work: Path) -> str:
+def part_stream(dry: bool, work: Path) -> dict:
     corpus = generated_corpus(work / "corpus", 200 if dry else 12000)
     size = {"n_layer": 2, "n_head": 2, "n_embd": 64} if dry else {}
     overrides = [
@@ -171,13 +181,13 @@ def part_stream(dry: bool, work: Path) -> str:
     else:
         overrides += ["trainer=gpu", "data.batch_size=8"]
     metrics, wall, cmd = train_run(overrides, work, "stream", 300 if dry else 330)
-    return run_line(
+    return run_result(
         "gpt_300m through the streaming pipeline (generated corpus, byte-level BPE trained on it)",
         metrics, wall, cmd, ("train/loss", "val/loss", "throughput/tokens_per_sec", "throughput/mfu"),
     )  # fmt: skip
 
 
-def part_events(dry: bool, work: Path) -> str:
+def part_events(dry: bool, work: Path) -> dict:
     overrides = ["model=event_predictor", "experiment=event_gpu", "trainer.max_epochs=null",
                  f"trainer.max_steps={3 if dry else 200}", "trainer.limit_val_batches=5"]  # fmt: skip
     if dry:
@@ -185,25 +195,25 @@ def part_events(dry: bool, work: Path) -> str:
                       "data.src_seq_len=20", "data.tgt_seq_len=10", "data.num_workers=0", "data.synthetic.n_weeks=20"]  # fmt: skip
     metrics, wall, cmd = train_run(overrides, work, "events", 300 if dry else 150)
     keys = ("train/loss", "val/loss/mean", "val/next_acc", "throughput/samples_per_sec")
-    return run_line("experiment=event_gpu", metrics, wall, cmd, keys)
+    return run_result("experiment=event_gpu", metrics, wall, cmd, keys)
 
 
-def part_tft(dry: bool, work: Path) -> str:
+def part_tft(dry: bool, work: Path) -> dict:
     overrides = ["model=tft", f"trainer.max_steps={3 if dry else 200}", "trainer.limit_val_batches=5",
                  "data.num_workers=0"]  # fmt: skip
     overrides += (
         ["trainer=cpu", "trainer.precision=32-true"] if dry else ["trainer=gpu", "trainer.precision=16-mixed"]
     )
     metrics, wall, cmd = train_run(overrides, work, "tft", 300 if dry else 150)
-    return run_line(
+    return run_result(
         f"model=tft trainer=gpu, {'32-true (dry run)' if dry else '16-mixed'}",
         metrics, wall, cmd, ("train/loss", "val/loss", "throughput/samples_per_sec"),
     )  # fmt: skip
 
 
-def part_serve(dry: bool, work: Path) -> str:
+def part_serve(dry: bool, work: Path) -> dict:
     if importlib.util.find_spec("zoo.serve") is None or not (ROOT / "benchmarks" / "serve.py").is_file():
-        return "### zoo.serve, GPT at 8 clients\n\nskipped: zoo.serve or benchmarks/serve.py is not in this checkout.\n"
+        return {"skipped": "zoo.serve or benchmarks/serve.py is not in this checkout."}
     # The server runs on the CPU (zoo.serve serves on CPU only): what batching gives on this machine's cores.
     cmd = [sys.executable, "-m", "benchmarks.serve", "--families", "gpt", "--clients", "8", "--out", str(work),
            "--work", str(work / "serve-runs"), "--requests", "8" if dry else "64", "--duration", "60"]  # fmt: skip
@@ -212,7 +222,40 @@ def part_serve(dry: bool, work: Path) -> str:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if proc.returncode:
         raise RuntimeError(f"{shlex.join(cmd[1:])} failed:\n{proc.stderr[-2000:]}")
-    return "### zoo.serve, GPT at 8 clients\n\n" + (work / "serve.md").read_text()
+    return {"serve": read_results(work / "serve.json")}
+
+
+def render_serve(r: dict) -> list[str]:
+    from benchmarks.serve import render
+
+    lines = ["### zoo.serve, GPT at 8 clients", ""]
+    return [*lines, f"skipped: {r['skipped']}"] if "skipped" in r else [*lines, *render(r["serve"])]
+
+
+RENDER = {
+    "mfu": render_mfu,
+    "stream": render_run,
+    "events": render_run,
+    "tft": render_run,
+    "serve": render_serve,
+}
+
+
+def render(results: dict) -> list[str]:
+    """docs/benchmarks/gpu.md from gpu.json: the stamp, then each part's section (or why it is missing)."""
+    lines = header(f"GPU run: {results['title']}", results)
+    if not results.get("parts"):
+        return [*lines, "Not measured: no CUDA device on the machine that ran this command. Nothing below this line is "
+                "a GPU number. Run `bash benchmarks/gpu.sh` on one H100 (under 8 minutes) to fill this page; "
+                "`bash benchmarks/gpu.sh --dry-run` checks the script on the CPU (it is in the test suite)."]  # fmt: skip
+    for part in (p for p in PARTS if p in results["parts"]):  # the JSON's keys are sorted
+        r = results["parts"][part]
+        body = [f"### {part}", "", f"FAILED: {r['failed']}"] if "failed" in r else RENDER[part](r)
+        lines += [*body, "", f"(part `{part}`: {r['seconds']:.0f} s)", ""]
+    return [*lines, f"Total: {results['total_s']:.0f} s."]
+
+
+PAGES = {"gpu": render}
 
 
 def main() -> None:
@@ -225,28 +268,18 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from benchmarks.common import machine
-
-    out = args.out or (Path(tempfile.mkdtemp()) / "gpu.md" if args.dry_run else DEFAULT_OUT)
+    out = (args.out or (Path(tempfile.mkdtemp()) / "gpu.md" if args.dry_run else DEFAULT_OUT)).with_suffix(
+        ".json"
+    )
     title = "DRY RUN on CPU (toy sizes; not GPU numbers)" if args.dry_run else "one GPU"
     if not args.dry_run and not torch.cuda.is_available():
         title = "not measured (no GPU)"
-    head = (
-        f"## GPU run: {title}\n\n"
-        f"- command: `{('bash benchmarks/gpu.sh ' + shlex.join(sys.argv[1:])).strip()}`\n- machine: {machine()}\n"
-        f"- date: {dt.date.today().isoformat()}\n\n"
-    )
+    results = {**stamp(("bash benchmarks/gpu.sh " + shlex.join(sys.argv[1:])).strip()), "title": title}
     if not args.dry_run and not torch.cuda.is_available():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(
-            head
-            + "Not measured: no CUDA device on the machine that ran this command. Nothing below this line is "
-            "a GPU number. Run `bash benchmarks/gpu.sh` on one H100 (under 8 minutes) to fill this page; "
-            "`bash benchmarks/gpu.sh --dry-run` checks the script on the CPU (it is in the test suite).\n"
-        )
-        print(f"no CUDA device: wrote {out} saying so")
+        save(out, results, render)
+        print(f"no CUDA device: wrote {out.with_suffix('.md')} saying so")
         return
-    sections, failed = [], []
+    parts, failed = {}, []
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zoo-gpu-") as tmp:
         for part in args.parts.split(","):
@@ -254,17 +287,18 @@ def main() -> None:
                 sys.exit(f"--parts: unknown part {part!r}; expected some of {', '.join(PARTS)}")
             t0 = time.perf_counter()
             try:
-                text = globals()[f"part_{part}"](args.dry_run, Path(tmp))
+                parts[part] = globals()[f"part_{part}"](args.dry_run, Path(tmp))
             except Exception as err:  # one part failing must not lose the others' numbers
                 failed.append(part)
                 traceback.print_exc()
-                text = f"### {part}\n\nFAILED: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n"
-            sections.append(text + f"\n(part `{part}`: {time.perf_counter() - t0:.0f} s)\n")
-            print(sections[-1], flush=True)
+                parts[part] = {
+                    "failed": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                }
+            parts[part]["seconds"] = time.perf_counter() - t0
+            print(json.dumps({part: parts[part]}, default=str), flush=True)
     total = time.perf_counter() - start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(head + "\n".join(sections) + f"\nTotal: {total:.0f} s.\n")
-    print(json.dumps({"written": str(out), "seconds": round(total), "failed": failed}))
+    save(out, {**results, "parts": parts, "total_s": total}, render)
+    print(json.dumps({"written": str(out.with_suffix(".md")), "seconds": round(total), "failed": failed}))
     if failed:
         sys.exit(1)
 

@@ -21,13 +21,12 @@ import shlex
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import machine
+from benchmarks.common import rerender, save, section, stamp, table
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -292,55 +291,40 @@ def _mark(ok: bool | None) -> str:
     return "no goal" if ok is None else ("met" if ok else "**missed**")
 
 
-def page(results: dict[str, Any], meta: dict[str, Any]) -> str:
-    lines = [
-        "## int8 ONNX exports: size, CPU latency, validation quality",
-        "",
-        f"- command: `{meta['command']}`",
-        f"- machine: {meta['machine']}; {meta['note']}",
-        f"- date: {meta['date']}",
-        "",
+def render(saved: dict[str, Any]) -> list[str]:
+    """docs/benchmarks/quant.md from quant.json (its stamp, threads and note; per family its results)."""
+    results = saved["results"]
+    intro = (
         "`python -m zoo.export ckpt_path=... format=onnx quantize=int8` writes `model.int8.onnx` beside the float "
         "`model.onnx`: onnxruntime's `quant_pre_process` (constant folding) then `quantize_dynamic`: int8 weights (one scale per output channel) for every "
         "MatMul/Gemm with a weight operand, activations quantized per batch at run time. Embeddings, layer norms, "
         "softmax, attention-score products and TFT's LSTMs stay float (`zoo.core.onnx.INT8_OPS`). Latency: median "
         "ms per validation batch (median over the batches, each run 3 times), the three backends interleaved on "
         "the same batches in one process, "
-        f"{meta['threads']} thread(s) each (torch and onnxruntime intra-op). Goals: size ≤ {GOALS['size']}x "
+        f"{saved['threads']} thread(s) each (torch and onnxruntime intra-op). Goals: size ≤ {GOALS['size']}x "
         f"the float file; int8 latency ≤ {GOALS['latency']}x float ONNX (GPT, events); quality within "
         f"+{GOALS['gpt_loss']} nats/token (GPT), {GOALS['events_acc']} points (events), "
-        f"+{GOALS['tft_mae']:.0%} MAE (TFT).",
-        "",
-    ]
+        f"+{GOALS['tft_mae']:.0%} MAE (TFT)."
+    )
+    stamp = {**saved, "machine": f"{saved['machine']}; {saved['note']}"}
+    lines = section("int8 ONNX exports: size, CPU latency, validation quality", stamp, intro)
     for family in ("gpt", "events", "tft"):
         r = results.get(family)
         if r is None:
             continue
         v = verdicts(r)
         t = r["training"]
-        lines += [
-            f"### {family}: {t['recipe']}",
-            "",
-            f"Trained {t['seconds']:.0f} s on this machine (`{' '.join(t['overrides'])}`), "
-            f"{r['params']:,} parameters; best checkpoint `{Path(r['checkpoint']).name}`. "
-            f"Validation: {r['batches']} batches of {r['batch']}.",
-            "",
-            "| backend | file size | of which weights | ms / batch | "
-            + r["metric"]
-            + (" | P10-P90 coverage |" if family == "tft" else " |"),
-            "|---|---|---|---|---|" + ("---|" if family == "tft" else ""),
-        ]
+        rows = []
         for k in BACKENDS:
-            size = f"{r['bytes'][k] / 1e6:.2f} MB" if k in r["bytes"] else "–"
-            wsize = f"{r['weight_bytes'][k] / 1e6:.2f} MB" if k in r["weight_bytes"] else "–"
             q = r["quality"][k]
-            qs = f"{q:.4f}" if family != "events" else f"{q:.2f}"
-            cov = f" {r['coverage'][k]:.1f}% |" if family == "tft" else ""
-            lines.append(f"| {k.replace('_', ' ')} | {size} | {wsize} | {r['ms'][k]:.2f} | {qs} |{cov}")
+            rows.append([k.replace("_", " "),
+                         f"{r['bytes'][k] / 1e6:.2f} MB" if k in r["bytes"] else "–",
+                         f"{r['weight_bytes'][k] / 1e6:.2f} MB" if k in r["weight_bytes"] else "–",
+                         f"{r['ms'][k]:.2f}", f"{q:.4f}" if family != "events" else f"{q:.2f}",
+                         *([f"{r['coverage'][k]:.1f}%"] if family == "tft" else [])])  # fmt: skip
         delta = {"gpt": f"{r['delta']:+.4f} nats/token", "events": f"{r['delta']:+.2f} points",
                  "tft": f"{r['delta']:+.2%} MAE"}[family]  # fmt: skip
-        lines += [
-            "",
+        points = [
             f"- size int8 / fp32: **{r['size_ratio']:.3f}x** ({_mark(v['size'])}); weights alone "
             f"{r['weight_bytes']['onnx_int8'] / r['weight_bytes']['onnx_fp32']:.3f}x (the rest of each file is its "
             "graph; onnxruntime's pre-processing drops the dynamo exporter's per-node debug metadata from it)",
@@ -348,11 +332,34 @@ def page(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"ONNX fp32 / PyTorch: {r['ms']['onnx_fp32'] / r['ms']['pytorch']:.3f}x; matrix products are "
             f"{r['matmul_share']:.0%} of the float graph's kernel time (onnxruntime profiler)",
             f"- quality int8 vs fp32 ONNX: **{delta}** ({_mark(v['quality'])})",
+            *([f"- why: {r['why']}"] if r.get("why") else []),
         ]
-        if r.get("why"):
-            lines.append(f"- why: {r['why']}")
-        lines.append("")
-    return "\n".join(lines)
+        lines += [
+            f"### {family}: {t['recipe']}",
+            "",
+            f"Trained {t['seconds']:.0f} s on this machine (`{' '.join(t['overrides'])}`), "
+            f"{r['params']:,} parameters; best checkpoint `{Path(r['checkpoint']).name}`. "
+            f"Validation: {r['batches']} batches of {r['batch']}.",
+            "",
+            *table(
+                [
+                    "backend",
+                    "file size",
+                    "of which weights",
+                    "ms / batch",
+                    r["metric"],
+                    *(["P10-P90 coverage"] if family == "tft" else []),
+                ],
+                rows,
+            ),  # fmt: skip
+            "",
+            *points,
+            "",
+        ]
+    return lines
+
+
+PAGES = {"quant": render}
 
 
 def why(r: dict[str, Any]) -> str:
@@ -392,14 +399,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
     p.add_argument("--note", default="", help="what else ran on the machine")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks", help="folder of quant.json/.md")
     p.add_argument(
         "--page-only", action="store_true", help="rewrite quant.md from quant.json, measure nothing"
     )
     args = p.parse_args(argv)
     if args.page_only:
-        saved = json.loads((args.out / "quant.json").read_text())
-        (args.out / "quant.md").write_text(page(saved["results"], saved["meta"]))
+        rerender(args.out / "quant.json", render)
         return
     if not SHARED.is_dir():
         sys.exit(f"benchmarks.quant needs the real data at {SHARED}")
@@ -421,18 +427,10 @@ def main(argv: list[str] | None = None) -> None:
         results[family] = r
         print(f"[quant] {family}: size {r['size_ratio']:.3f}x, latency {r['latency_ratio']:.3f}x, "
               f"quality delta {r['delta']:+.4g}, ms {r['ms']}", flush=True)  # fmt: skip
-    meta = {
-        "command": shlex.join(
-            ["python", "-m", "benchmarks.quant", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "machine": machine(args.threads),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "threads": args.threads,
-        "note": args.note or "nothing else noted",
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=float) + "\n")
-    (args.out / "quant.md").write_text(page(results, meta))
+    command = shlex.join(["python", "-m", "benchmarks.quant", *(argv if argv is not None else sys.argv[1:])])
+    saved = {**stamp(command, args.threads), "threads": args.threads, "note": args.note or "nothing else noted",
+             "results": results}  # fmt: skip
+    save(json_path, saved, render)
     print(f"[quant] wrote {args.out / 'quant.md'}")
 
 

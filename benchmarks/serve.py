@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
-import datetime as dt
 import http.client
 import json
 import os
@@ -37,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import read_results, save, stamp, table
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["logger=none", "~callbacks.rich_progress_bar", "trainer.enable_progress_bar=false",
@@ -313,34 +314,39 @@ def added_latency(port: int, path: str, body: tuple[bytes, str], ckpt: Path, cac
             "pairs": pairs}  # fmt: skip
 
 
-def write_page(
-    results: dict[str, Any], args: argparse.Namespace, command: str, load_average: str = ""
-) -> None:
-    from benchmarks.common import machine
+FAMILIES = ("gpt", "events", "tft")  # the page's order (the JSON's keys are sorted)
 
-    out = Path(args.out)
-    page = out / "serve.json"
-    if page.is_file():  # a run of some families keeps the others' last results (and their command)
-        kept = json.loads(page.read_text())
-        earlier = {f: r for f, r in kept.get("results", {}).items() if f not in results}
-        for r in earlier.values():
-            r.setdefault("command", kept.get("command"))
-            r["levels"] = {int(k): v for k, v in r["levels"].items()}
-        results = {**earlier, **results}
+
+def merge(results: dict[str, Any], out: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """serve.json's results: this run's families, and the others' last results as they were (each with its
+    own command). `run` is this run's stamp and settings."""
+    kept = read_results(out / "serve.json")
+    earlier = {f: r for f, r in kept.get("results", {}).items() if f not in results}
+    for r in earlier.values():
+        r.setdefault("command", kept.get("command"))
     for r in results.values():
-        r.setdefault("command", command)
-        r.setdefault("load_average", load_average)
+        r.setdefault("command", run["command"])
+        r["levels"] = {str(k): v for k, v in r["levels"].items()}
+    if "gpt" in results:
+        lv = results["gpt"]["levels"]
+        ratio = lv["8"]["tokens_per_s"] / lv["1"]["tokens_per_s"] if "8" in lv and "1" in lv else None
+        results["gpt"]["batching_ratio_8_vs_1"] = round(ratio, 2) if ratio else None
+    return {**run, "results": {**earlier, **results}}
 
+
+def render(saved: dict[str, Any]) -> list[str]:
+    """docs/benchmarks/serve.md from serve.json."""
+    results = {f: saved["results"][f] for f in FAMILIES if f in saved["results"]}
+    # The numbers as measured (already rounded): str, not the table's 4 significant digits.
+    rows = [[family, clients, f"{s['ok']}/{s['requests']}", *(str(s[k]) for k in ("p50_ms", "p99_ms", "requests_per_s")),
+             str(s.get("tokens_per_s", ""))]
+            for family, res in results.items() for clients, s in sorted(res["levels"].items(), key=lambda kv: int(kv[0]))]  # fmt: skip
     lines = ["# Serving benchmark", "",
              "Written by `python -m benchmarks.serve` (see its docstring); every number below was measured by it.", "",
-             f"Command: `{command}` (per family below when they differ); machine: {machine(1)}; date: {dt.date.today().isoformat()}.", "",
-             f"Each level: {args.requests} requests (at most {args.duration:g} s), every client one keep-alive "
-             f"connection on 127.0.0.1; server `threads=1`; GPT requests ask for max_tokens={args.gpt_tokens}, sampled.",
-             "", "| family | clients | requests ok | p50 ms | p99 ms | requests/s | tokens/s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for family, res in results.items():
-        for clients, s in res["levels"].items():
-            lines.append(f"| {family} | {clients} | {s['ok']}/{s['requests']} | {s['p50_ms']} | {s['p99_ms']} | "
-                         f"{s['requests_per_s']} | {s.get('tokens_per_s', '')} |")  # fmt: skip
+             f"Command: `{saved['command']}` (per family below when they differ); machine: {saved['machine']}; date: {saved['date']}.", "",
+             f"Each level: {saved['requests']} requests (at most {saved['duration']:g} s), every client one keep-alive "
+             f"connection on 127.0.0.1; server `threads=1`; GPT requests ask for max_tokens={saved['gpt_tokens']}, sampled.",
+             "", *table(["family", "clients", "requests ok", "p50 ms", "p99 ms", "requests/s", "tokens/s"], rows)]  # fmt: skip
     commands = {r["command"] for r in results.values()}
     if len(commands) > 1:
         lines += [""] + [f"- {family}: `{r['command']}`" for family, r in results.items()]
@@ -348,9 +354,7 @@ def write_page(
               + "; ".join(f"{f} {r.get('load_average') or '?'}" for f, r in results.items()) + "."]  # fmt: skip
     lines += ["", "## Goals", ""]
     if "gpt" in results:
-        lv = results["gpt"]["levels"]
-        ratio = lv[8]["tokens_per_s"] / lv[1]["tokens_per_s"] if 8 in lv and 1 in lv else None
-        results["gpt"]["batching_ratio_8_vs_1"] = round(ratio, 2) if ratio else None
+        ratio = results["gpt"].get("batching_ratio_8_vs_1")
         lines.append(
             f"- GPT tokens/s at 8 clients / at 1 client: **{ratio:.2f}x** (goal >= 3x)"
             if ratio
@@ -378,14 +382,10 @@ def write_page(
         )
         lines.append(f"- {family}, bad and good requests mixed (8 clients): {m['good_ok']}/{m['good_sent']} good answered, "
                      f"{m['bad_4xx']}/{m['bad_sent']} bad refused with a 4xx{extra}")  # fmt: skip
-    lines.append("")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve.md").write_text("\n".join(lines))
-    (out / "serve.json").write_text(
-        json.dumps({"command": command, "date": dt.date.today().isoformat(), "results": results}, indent=1)
-        + "\n"
-    )
-    print("\n".join(lines))
+    return lines
+
+
+PAGES = {"serve": render}
 
 
 def main() -> None:
@@ -412,7 +412,15 @@ def main() -> None:
             ckpt = train(family, work, cache)
             results[family] = bench_family(family, ckpt, work, cache, args)
             results[family]["load_average"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    write_page(results, args, command)
+    run = {
+        **stamp(command, 1),
+        "requests": args.requests,
+        "duration": args.duration,
+        "gpt_tokens": args.gpt_tokens,
+    }
+    saved = merge(results, Path(args.out), run)
+    save(Path(args.out) / "serve.json", saved, render)
+    print("\n".join(render(saved)))
 
 
 if __name__ == "__main__":

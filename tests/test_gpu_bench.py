@@ -23,13 +23,27 @@ def test_gpu_script_dry_run_runs_every_part(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["failed"] == [] and summary["written"] == str(out)
-    page = out.read_text()
-    assert "DRY RUN on CPU" in page and "FAILED" not in page
-    for part in ("mfu", "stream", "events", "tft", "serve"):
-        assert f"(part `{part}`:" in page
-    assert page.count("| toy GPT (dry run) |") == 2  # plain and with the new options
-    assert "experiment=gpt_300m" in page and "experiment=event_gpu" in page and "model=tft" in page
-    assert "`train/loss`" in page or "`val/loss`" in page
+    results = json.loads(out.with_suffix(".json").read_text())  # the page is rendered from it
+    assert results["title"].startswith("DRY RUN on CPU") and results["command"].startswith(
+        "bash benchmarks/gpu.sh"
+    )
+    parts = results["parts"]
+    assert set(parts) == {"mfu", "stream", "events", "tft", "serve"}
+    assert not any("failed" in r for r in parts.values()) and all(r["seconds"] > 0 for r in parts.values())
+    rows = parts["mfu"]["rows"]
+    assert [(r["model"], r["variant"]) for r in rows] == [
+        ("toy GPT (dry run)", "plain"),
+        ("toy GPT (dry run)", "new options"),
+    ]
+    assert all(r["tokens_per_s"] > 0 and r["mfu"] is None for r in rows)  # no GPU peak on the CPU
+    assert (
+        "experiment=gpt_300m" in parts["stream"]["command"]
+        and "experiment=event_gpu" in parts["events"]["command"]
+    )
+    assert "model=tft" in parts["tft"]["command"]
+    assert "train/loss" in parts["stream"]["metrics"] or "val/loss" in parts["stream"]["metrics"]
+    assert parts["serve"]["serve"]["results"]["gpt"]["levels"]["8"]["requests"] == 8
+    assert "DRY RUN on CPU" in out.read_text()
 
 
 def test_gpu_script_without_a_gpu_says_nothing_was_measured(tmp_path):
@@ -45,4 +59,6 @@ def test_gpu_script_without_a_gpu_says_nothing_was_measured(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert results["title"] == "not measured (no GPU)" and "parts" not in results
     assert "Not measured: no CUDA device" in out.read_text()

@@ -1,9 +1,13 @@
-"""benchmarks.quant's verdicts and page: goals read the right way round per family, a miss is marked and
-explained from the run's own numbers (a synthetic result: the real run is `python -m benchmarks.quant`)."""
+"""benchmarks.quant's verdicts and results: goals read the right way round per family, a miss is marked and
+explained from the run's own numbers in the JSON the page is rendered from (a synthetic result: the real
+run is `python -m benchmarks.quant`)."""
 
 from __future__ import annotations
 
-from benchmarks.quant import page, verdicts, why
+import json
+
+from benchmarks.common import save, stamp
+from benchmarks.quant import render, verdicts, why
 
 
 def result(family: str, **over) -> dict:
@@ -35,14 +39,14 @@ def test_goals_per_family_and_their_direction():
     }
 
 
-def test_a_missed_goal_is_marked_and_explained():
+def test_a_missed_goal_is_marked_and_explained(tmp_path):
     ok, missed = result("gpt"), result("events", latency_ratio=0.78, size_ratio=1.2)
     assert ok["why"] == ""
     assert "latency: matrix products are 45% of the float graph's kernel time" in missed["why"]
     assert "size: 1,000 parameters, so 20% of the float file is graph" in missed["why"]
-    text = page(
-        {"gpt": ok, "events": missed},
-        {"command": "c", "machine": "m", "note": "n", "date": "d", "threads": 1},
-    )
-    assert "**0.780x** (**missed**)" in text and "**0.600x** (met)" in text
-    assert text.count("- why:") == 1
+    saved = {**stamp("c", 1), "threads": 1, "note": "n", "results": {"gpt": ok, "events": missed}}
+    save(tmp_path / "quant.json", saved, render)
+    results = json.loads((tmp_path / "quant.json").read_text())["results"]
+    assert results["events"]["latency_ratio"] == 0.78 and results["events"]["verdicts"]["latency"] is False
+    assert results["gpt"]["latency_ratio"] == 0.6 and results["gpt"]["verdicts"]["latency"] is True
+    assert [f for f, r in results.items() if r["why"]] == ["events"]  # only the miss is explained
