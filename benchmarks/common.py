@@ -106,6 +106,8 @@ def write_page(
 def save(page: Path, results: dict[str, Any], render: Any, keep_from: str | None = None) -> None:
     """Write `results` to `page`'s .json and the page rendered from it by `render(results)` to its .md (its
     text from the `keep_from` heading on carried over, as `write_page` does)."""
+    # Rendered from the results as the JSON holds them (keys sorted), so a re-render gives the same page.
+    results = json.loads(json.dumps(results, sort_keys=True, default=float))
     write_page(page.with_suffix(".md"), page.with_suffix(".json"), results, render(results), keep_from)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import table
+from benchmarks.common import save, table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "benchmarks" / "events.json"
@@ -361,7 +361,7 @@ def render_backtest(accuracy: dict[str, Any]) -> list[str]:
     return [*lines, *table(header, rows)]
 
 
-def render(results: dict[str, Any]) -> str:
+def render(results: dict[str, Any]) -> list[str]:
     lines = ["# Event predictor benchmarks", "", "Written by `python -m benchmarks.events` (benchmarks/events.py); raw numbers in",
              "`events.json` beside this file. Each section names the command and the machine that produced it.", ""]  # fmt: skip
     t = results.get("throughput")
@@ -438,7 +438,10 @@ def render(results: dict[str, Any]) -> str:
                       f"are at *{t['from']}*). Its rate by calendar quarter of the prediction (all splits):", "",
                       *table(["quarter", *t["by_quarter"]], [["rate", *(f"{v[0]:.0%}" for v in t["by_quarter"].values())],
                                                              ["prefixes", *(str(v[1]) for v in t["by_quarter"].values())]]), ""]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+PAGES = {"events": render}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -495,16 +498,13 @@ def main(argv: list[str] | None = None) -> None:
             results.setdefault("accuracy", {}).update({log: {**r, **stamp} for log, r in res.items()})
         else:
             results[part] = {**res, **stamp}
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text(json.dumps(results, indent=1, default=float))
+        save(results_path, results, render)  # after every part: a later part's failure keeps this one
         print(
             json.dumps(
                 {part: {k: v for k, v in res.items() if k not in ("manifest",)}}, indent=1, default=float
             )
         )
-    report = Path(args.results).with_suffix(".md")
-    report.write_text(render(results))
-    print(f"[zoo] wrote {report}")
+    print(f"[zoo] wrote {results_path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import promstack
+from benchmarks.common import header, save, stamp, table
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["cpu_percent", "memory_percent", "disk_percent", "load_average"]
@@ -80,10 +81,12 @@ def child(code: str, timeout: int = 1800) -> dict[str, Any]:
 PLAIN_LOOP = """
 import json, time, requests
 {peak}
-url, queries, start, end, step, max_points = {args}
+url, queries, start, end, step, max_points, encoding = {args}
 t0 = time.perf_counter()
 samples, rows = 0, []
 session = requests.Session()
+if encoding:
+    session.headers["Accept-Encoding"] = encoding
 for target, expr in queries.items():
     first = start
     while first <= end:
@@ -117,12 +120,15 @@ print(json.dumps({{"seconds": seconds, "samples": samples, "rows": len(frame), "
 
 def bench_pull(url: str, info: dict[str, Any], step: str, parallel: int, work: Path) -> dict[str, Any]:
     step_s = int(float(step.removesuffix("min")) * 60)
-    plain = child(
-        PLAIN_LOOP.format(peak=PEAK, args=repr((url, QUERIES, info["start"], info["end"], step_s, 11_000)))
-    )
+    loop = (url, QUERIES, info["start"], info["end"], step_s, 11_000)
+    plain = child(PLAIN_LOOP.format(peak=PEAK, args=repr((*loop, None))))  # requests' default: gzip
+    # The same loop asking for uncompressed answers, as the zoo's pull does: how much of the gap is gzip.
+    identity = child(PLAIN_LOOP.format(peak=PEAK, args=repr((*loop, "identity"))))
     zoo = child(ZOO_PULL.format(peak=PEAK, args=repr((url, QUERIES, info["start"], info["end"], step, parallel, str(work / "pull")))))  # fmt: skip
     assert zoo["samples"] == plain["samples"], (zoo, plain)
     return {"plain": {**plain, "samples_per_s": plain["samples"] / plain["seconds"]},
+            "plain_identity": {**identity, "samples_per_s": identity["samples"] / identity["seconds"]},
+            "speedup_vs_identity": identity["seconds"] / zoo["seconds"],
             "zoo": {**zoo, "samples_per_s": zoo["samples"] / zoo["seconds"], "parallel": parallel},
             "speedup": plain["seconds"] / zoo["seconds"]}  # fmt: skip
 
@@ -202,23 +208,34 @@ def measured(part: dict[str, Any]) -> str:
     return f" ({'; '.join(said)})" if said else ""
 
 
-def markdown(res: dict[str, Any]) -> str:
-    from benchmarks.common import machine
+GB = 2**30
 
-    gb = 2**30
-    lines = ["# Prometheus: pull, monitor, fleet run", "",
-             f"`python -m benchmarks.prom {res['args']}` — {res['date']}, {machine()}; load average "
-             f"{res['load_average']} (a shared machine: seconds are this run's, ratios within one run).", ""]  # fmt: skip
+
+def render(res: dict[str, Any]) -> list[str]:
+    """docs/benchmarks/prometheus.md from its JSON: the parts measured, each against its goal."""
+    lines = header("Prometheus: pull, monitor, fleet run", res, level=1)
+    lines += [f"Load average {res['load_average']} at the start and end (a shared machine: seconds are this "
+              "run's, ratios within one run).", ""]  # fmt: skip
     if "pull" in res:
         p, f = res["pull"], res["fleet_served"]
+        readers = [("plain `requests` loop of query_range, 1 thread, JSON -> floats", p["plain"])]
+        if "plain_identity" in p:
+            readers.append(("the same loop with `Accept-Encoding: identity` (no gzip, as the zoo asks)", p["plain_identity"]))  # fmt: skip
+        readers.append(
+            (f"zoo.tft.prometheus.load, {p['zoo']['parallel']} in parallel, parts + frame", p["zoo"])
+        )
+        rows = [[name, f"{r['seconds']:.1f}", f"{r['samples_per_s']:,.0f}", f"{r['peak_rss_bytes'] / GB:.2f} GB"]
+                for name, r in readers]  # fmt: skip
+        without_gzip = (
+            f"; {p['speedup_vs_identity']:.2f}x the loop without gzip" if "speedup_vs_identity" in p else ""
+        )
         lines += ["## Pull throughput (data=tft/prometheus)", "",
                   f"{f['hosts']} hosts x {f['steps']} steps x 4 targets = {p['zoo']['samples']:,} samples from a local "
                   f"Prometheus 2.42, {p['zoo']['chunks']} queries per target{measured(p)}.", "",
-                  "| reader | seconds | samples/s | peak RSS |", "|---|---:|---:|---:|",
-                  f"| plain `requests` loop of query_range, 1 thread, JSON -> floats | {p['plain']['seconds']:.1f} | {p['plain']['samples_per_s']:,.0f} | {p['plain']['peak_rss_bytes'] / gb:.2f} GB |",
-                  f"| zoo.tft.prometheus.load, {p['zoo']['parallel']} in parallel, parts + frame | {p['zoo']['seconds']:.1f} | {p['zoo']['samples_per_s']:,.0f} | {p['zoo']['peak_rss_bytes'] / gb:.2f} GB |",
-                  "", f"Speed-up {p['speedup']:.2f}x (goal >= 3x: {'met' if p['speedup'] >= 3 else 'NOT met'}); pull peak RSS "
-                  f"{p['zoo']['peak_rss_bytes'] / gb:.2f} GB (goal <= 2 GB: {'met' if p['zoo']['peak_rss_bytes'] <= 2 * gb else 'NOT met'}).", ""]  # fmt: skip
+                  *table(["reader", "seconds", "samples/s", "peak RSS"], rows), "",
+                  f"Speed-up {p['speedup']:.2f}x (goal >= 3x: {'met' if p['speedup'] >= 3 else 'NOT met'}){without_gzip}; "
+                  f"pull peak RSS {p['zoo']['peak_rss_bytes'] / GB:.2f} GB (goal <= 2 GB: "
+                  f"{'met' if p['zoo']['peak_rss_bytes'] <= 2 * GB else 'NOT met'}).", ""]  # fmt: skip
     if "monitor" in res:
         m = res["monitor"]
         ok = m["median_round_seconds"] <= 2
@@ -228,12 +245,15 @@ def markdown(res: dict[str, Any]) -> str:
                   f"{m['median_round_seconds']:.2f} s (goal <= 2 s: {'met' if ok else 'NOT met'}).", ""]  # fmt: skip
     if "fleet" in res:
         r = res["fleet"]
-        ok = r["peak_rss_bytes"] <= 2 * gb
+        ok = r["peak_rss_bytes"] <= 2 * GB
         lines += ["## The default fleet CLI run, whole", "",
-                  f"`{r['command']}`{measured(r)}: {r['seconds']:.0f} s, peak RSS {r['peak_rss_bytes'] / gb:.2f} GB "
+                  f"`{r['command']}`{measured(r)}: {r['seconds']:.0f} s, peak RSS {r['peak_rss_bytes'] / GB:.2f} GB "
                   f"(goal <= 2 GB: {'met' if ok else 'NOT met'}); calibration on at most "
                   "zoo.tft.calibrate.MAX_WINDOWS = 20,000 sampled validation windows.", ""]  # fmt: skip
-    return "\n".join(lines)
+    return lines + [*res.get("notes", [])]
+
+
+PAGES = {"prometheus": render}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -252,8 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     missing = promstack.missing_parts()
     if missing and ({"pull", "monitor"} & set(parts)):
         raise SystemExit(f"benchmarks.prom: {missing}")
-    res: dict[str, Any] = {"args": " ".join(argv if argv is not None else sys.argv[1:]),
-                           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    command = "python -m benchmarks.prom " + " ".join(argv if argv is not None else sys.argv[1:])
+    res: dict[str, Any] = {**stamp(command), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                            "load_average": [round(os.getloadavg()[0], 2)]}  # fmt: skip
     step = f"{args.step_minutes}min"
     with tempfile.TemporaryDirectory(prefix="zoo-prom-bench-") as tmp:
@@ -281,10 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res[part] = previous[part]
             if isinstance(res[part], dict):
                 res[part].setdefault("measured", previous.get("date"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prometheus.json").write_text(json.dumps(res, indent=2))
-    (out / "prometheus.md").write_text(markdown(res) + "\n")
+    save(Path(args.out) / "prometheus.json", res, render)
     return res
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import read_results, stamp, table, write_page
+from benchmarks.common import read_results, save, stamp, table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "benchmarks" / "tft.json"
@@ -389,6 +389,9 @@ def render(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+PAGES = {"tft": (render, HISTORY)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.tft", description=__doc__.split("\n\n")[0])
     p.add_argument("--parts", default="speed,loader", help=f"comma-separated: {', '.join(PARTS)}")
@@ -427,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         res = PARTS[part](args, Path(args.out) / part)
         results = read_results(path)  # re-read: another part may have finished meanwhile
         results.setdefault(part, {})[args.key or part] = {**res, **stamp(command, torch.get_num_threads())}
-        write_page(path.with_suffix(".md"), path, results, render(results), keep_from=HISTORY)
+        save(path, results, render, keep_from=HISTORY)
         print(json.dumps({part: res}, indent=1, default=float)[:4000])
     return 0
 
