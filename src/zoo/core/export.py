@@ -59,6 +59,29 @@ def model_card(
         "## Metrics",
         "",
     ]
+    lines += _metrics_lines(metrics, evaluation)
+    overrides = " ".join(info.get("overrides") or [])
+    lines += [
+        *_use_lines(family, folder, formats, how_to_predict),
+        "## Reproduce",
+        "",
+        "```bash",
+        f"python -m zoo.train {overrides}".rstrip(),
+        "```",
+        "",
+        "## Full config",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _metrics_lines(metrics: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
+    """The card's metrics: training's last values, `zoo.eval`'s (model and baselines), throughput."""
+    lines: list[str] = []
     quality = {k: v for k, v in sorted(metrics.items()) if not k.startswith("throughput/")}
     speed = {k: v for k, v in sorted(metrics.items()) if k.startswith("throughput/")}
     if quality:
@@ -76,8 +99,12 @@ def model_card(
         lines += (
             ["Throughput (last logged window):", ""] + [f"- `{k}`: {v:.6g}" for k, v in speed.items()] + [""]
         )
-    overrides = " ".join(info.get("overrides") or [])
-    lines += [
+    return lines
+
+
+def _use_lines(family: str, folder: Path, formats: list[str], how_to_predict: str) -> list[str]:
+    """The card's "Use": the family's predict command, ONNX and transformers where exported, load_run."""
+    return [
         "## Use",
         "",
         "```bash",
@@ -98,20 +125,7 @@ def model_card(
         f'run = load_run("{folder}")   # run.module: the {family} LightningModule, in eval mode',
         "```",
         "",
-        "## Reproduce",
-        "",
-        "```bash",
-        f"python -m zoo.train {overrides}".rstrip(),
-        "```",
-        "",
-        "## Full config",
-        "",
-        "```yaml",
-        yaml.safe_dump(config, sort_keys=False).rstrip(),
-        "```",
-        "",
     ]
-    return "\n".join(lines)
 
 
 def _quantization_line(onnx: dict[str, Any] | None) -> list[str]:
