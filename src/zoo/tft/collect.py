@@ -145,6 +145,32 @@ class Journal:
         self.flush()
 
 
+class Stop:
+    """Whether a sampling loop (collector, monitor, fleet monitor) is over: `duration` passed, or SIGTERM came
+    (its handler set inside the with block, the previous one restored after)."""
+
+    def __init__(self, duration: float | None) -> None:
+        self.end = time.monotonic() + duration if duration else None
+        self.signalled = False
+
+    def __enter__(self) -> Stop:
+        self.old = signal.signal(signal.SIGTERM, self._signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGTERM, self.old)
+
+    def _signal(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        return self.signalled or (self.end is not None and time.monotonic() >= self.end)
+
+    def sleep_until(self, t: float) -> None:
+        while not self() and time.monotonic() < t:
+            time.sleep(min(0.2, max(0.0, t - time.monotonic())))
+
+
 class Collector(Journal):
     """Samples this machine with psutil into a `Journal` folder."""
 
@@ -193,28 +219,21 @@ class Collector(Journal):
         return row
 
     def run(self, interval: float, samples: int | None = None, flush_every: int = 60) -> int:
-        stop = {"now": False}
-
-        def _stop(signum: int, frame: Any) -> None:
-            stop["now"] = True
-
-        old = signal.signal(signal.SIGTERM, _stop)
         n = 0
         next_t = time.monotonic()
-        try:
-            while not stop["now"] and (samples is None or n < samples):
-                self.append(self.sample())
-                n += 1
-                if n % flush_every == 0:
-                    self.flush()
-                next_t += interval
-                while not stop["now"] and time.monotonic() < next_t:
-                    time.sleep(min(0.2, max(0.0, next_t - time.monotonic())))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.flush()
-            signal.signal(signal.SIGTERM, old)
+        with Stop(None) as stop:
+            try:
+                while not stop() and (samples is None or n < samples):
+                    self.append(self.sample())
+                    n += 1
+                    if n % flush_every == 0:
+                        self.flush()
+                    next_t += interval
+                    stop.sleep_until(next_t)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                self.flush()
         return n
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ import pandas as pd
 
 from zoo.core.errors import ZooError
 from zoo.tft import prometheus as prom
-from zoo.tft.collect import Journal
+from zoo.tft.collect import Journal, Stop
 
 log = logging.getLogger("zoo.monitor")
 
@@ -383,37 +382,33 @@ class FleetMonitor:
 
     # -- loop ------------------------------------------------------------------------------------------------
     def run(self, duration: float | None = None) -> dict[str, int]:
-        stop = {"now": False}
-
-        def _stop(signum: int, frame: Any) -> None:
-            stop["now"] = True
-
-        old = signal.signal(signal.SIGTERM, _stop)
-        end = time.monotonic() + duration if duration else None
-        try:
-            while not stop["now"] and (end is None or time.monotonic() < end):
-                try:
-                    self.round()
-                    if self.errors:
-                        log.info("[zoo] monitor: rounds work again")
-                        self.errors.clear()
-                except Exception as err:  # a failed round (server down, short history) must not stop it
-                    self.counts["failed"] += 1
-                    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    kind = f"{type(err).__name__}: {msg}"[:200]
-                    if kind not in self.errors:
-                        self.errors.add(kind)
-                        log.warning("[zoo] monitor: round failed (%s); it goes on", kind)
-                    self._snapshot()
-                wake = time.monotonic() + self.interval
-                while not stop["now"] and time.monotonic() < wake and (end is None or time.monotonic() < end):
-                    time.sleep(min(0.2, max(0.0, wake - time.monotonic())))
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.close()
-            signal.signal(signal.SIGTERM, old)
+        with Stop(duration) as stop:
+            try:
+                while not stop():
+                    self._round_or_log()
+                    stop.sleep_until(time.monotonic() + self.interval)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                self.close()
         return dict(self.counts)
+
+    def _round_or_log(self) -> None:
+        """One round; a failed one (server down, short history) is counted and logged once per kind, and
+        the monitor goes on."""
+        try:
+            self.round()
+            if self.errors:
+                log.info("[zoo] monitor: rounds work again")
+                self.errors.clear()
+        except Exception as err:
+            self.counts["failed"] += 1
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            kind = f"{type(err).__name__}: {msg}"[:200]
+            if kind not in self.errors:
+                self.errors.add(kind)
+                log.warning("[zoo] monitor: round failed (%s); it goes on", kind)
+            self._snapshot()
 
 
 def watch_fleet(module: Any, s: Any, out: str, what: str) -> dict[str, int]:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import signal
 import sys
 import time
 from collections import deque
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo.core.errors import ZooError
-from zoo.tft.collect import Collector, Journal, SamplingSettings, check_sampling, read, settings_of
+from zoo.tft.collect import Collector, Journal, SamplingSettings, Stop, check_sampling, read, settings_of
 
 log = logging.getLogger("zoo.monitor")
 
@@ -277,31 +276,6 @@ class Flagger:
         self.count += 1
 
 
-class _Stop:
-    """Whether the run is over: `duration` passed, or SIGTERM came (its handler set inside the with block)."""
-
-    def __init__(self, duration: float | None) -> None:
-        self.end = time.monotonic() + duration if duration else None
-        self.signalled = False
-
-    def __enter__(self) -> _Stop:
-        self.old = signal.signal(signal.SIGTERM, self._signal)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGTERM, self.old)
-
-    def _signal(self, signum: int, frame: Any) -> None:
-        self.signalled = True
-
-    def __call__(self) -> bool:
-        return self.signalled or (self.end is not None and time.monotonic() >= self.end)
-
-    def sleep_until(self, t: float) -> None:
-        while not self() and time.monotonic() < t:
-            time.sleep(min(0.2, max(0.0, t - time.monotonic())))
-
-
 def live_table(mon: Monitor) -> Any:
     """The live display (rich): per target the latest sample, the next step's forecast and band, the last
     flag; the counts in the caption."""
@@ -511,7 +485,7 @@ class Monitor:
 
     def run(self, duration: float | None = None, live: bool = False) -> dict[str, int]:
         """Sample every `interval` s until `duration` s, SIGTERM or Ctrl-C; flush on the way out."""
-        with _Stop(duration) as stop:
+        with Stop(duration) as stop:
             display = None
             if live:
                 from rich.live import Live
