@@ -222,9 +222,8 @@ def parse_matrix(text: str) -> list[Series] | None:
         if not isinstance(metric, dict) or not text.startswith(_VALUES, i):
             return None
         i += len(_VALUES)
-        close = (
-            text.find("]]", i) if text.startswith("[", i) else -1
-        )  # the block holds numbers and quoted numbers only: its first "]]" ends it
+        # The block holds numbers and quoted numbers only: its first "]]" ends it.
+        close = text.find("]]", i) if text.startswith("[", i) else -1
         if close < 0:
             return None
         labels.append(metric)
