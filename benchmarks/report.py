@@ -38,6 +38,12 @@ def rerender(folder: Path = PAGES_DIR) -> list[str]:
     return done
 
 
+def joined(parts: list[Path]) -> str:
+    """docs/benchmarks.md: the pages, in name order, under one title."""
+    text = "# Benchmarks\n\nWritten by `make bench`; each section names the command, the machine and the date it was measured.\n\n"
+    return text + "\n".join(p.read_text().strip() + "\n" for p in parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rerender", action="store_true", help="re-render every page from its JSON first")
@@ -45,9 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.rerender:
         print(f"re-rendered from their JSON: {', '.join(rerender())}")
     parts = sorted(PAGES_DIR.glob("*.md"))
-    text = "# Benchmarks\n\nWritten by `make bench`; each section names the command, the machine and the date it was measured.\n\n"
-    text += "\n".join(p.read_text().strip() + "\n" for p in parts)
-    (ROOT / "docs" / "benchmarks.md").write_text(text)
+    (ROOT / "docs" / "benchmarks.md").write_text(joined(parts))
     print(f"docs/benchmarks.md: {len(parts)} sections ({', '.join(p.stem for p in parts)})")
 
 

@@ -140,3 +140,12 @@ def test_no_module_but_common_renders_markdown(path):
             assert rule in broken, (
                 f"benchmarks/{path.name} follows '{rule}' now: remove its EXEMPT line ({why})"
             )
+
+
+def test_docs_benchmarks_md_joins_the_committed_pages():
+    from benchmarks.report import joined
+
+    page = ROOT / "docs" / "benchmarks.md"
+    assert page.read_text() == joined(sorted(PAGES.glob("*.md"))), (
+        "docs/benchmarks.md is stale: run python -m benchmarks.report"
+    )
