@@ -8,7 +8,7 @@ ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast lint format sweep bench bench-gpt-scale bench-events-full bench-tft-full tensorboard notebooks clean docker-wheels docker docker-cuda test-docker bench-docker test-prometheus
+.PHONY: help install train test test-fast lint format sweep bench bench-gpt-scale bench-events-full bench-tft-full tensorboard notebooks clean docker-wheels docker docker-cuda test-docker bench-docker test-prometheus bench-prometheus
 
 # Container image (docs/docker.md). The CPU image: a slim Python base, torch from the CPU index; the CUDA
 # image: DOCKER_TORCH_INDEX empty (PyPI's torch is the CUDA build) on an NVIDIA base.
@@ -62,6 +62,11 @@ bench: ## Benchmarks -> docs/benchmarks.md (real-data parts need ../shared/data;
 	$(PYTHON) -m benchmarks.tft
 	$(PYTHON) -m benchmarks.serve
 	$(PYTHON) -m benchmarks.quant
+	$(PYTHON) -m benchmarks.report
+
+bench-prometheus: ## Prometheus: pull vs a plain requests loop, 500-series monitor round, whole fleet run (~10 min; installs the parts like test-prometheus)
+	bash .ci/prometheus-parts.sh
+	$(PYTHON) -m benchmarks.prom
 	$(PYTHON) -m benchmarks.report
 
 bench-gpt-scale: ## GPT at scale on CPU: streaming prep of a generated 1 GB corpus (~50 min), step time vs nanoGPT
