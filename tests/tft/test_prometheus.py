@@ -222,8 +222,14 @@ ODD_LABELS = {"instance": 'a]],"values":[[1,"2"]]}', "job": "nöde <&>", "__name
 
 def test_the_fast_matrix_parser_equals_a_json_parser():
     result = [
-        {"metric": ODD_LABELS, "values": [[1700000000.123, "NaN"], [1700000060, "+Inf"], [1700000120, "-Inf"]]},
-        {"metric": {"instance": "b"}, "values": [[1700000000, "1e-05"], [1700000060, "-3.5"], [1700000120, "0"]]},
+        {
+            "metric": ODD_LABELS,
+            "values": [[1700000000.123, "NaN"], [1700000060, "+Inf"], [1700000120, "-Inf"]],
+        },
+        {
+            "metric": {"instance": "b"},
+            "values": [[1700000000, "1e-05"], [1700000060, "-3.5"], [1700000120, "0"]],
+        },
         {"metric": {}, "values": [[1700000000, "12345678.9012345"]]},
     ]
     for body in (matrix(result), matrix(result, ensure_ascii=True), matrix([])):
@@ -242,7 +248,9 @@ def test_the_fast_matrix_parser_equals_a_json_parser():
         matrix([{"metric": {"instance": "a"}, "values": [[1, "2"]], "histograms": []}]),  # native histograms
         matrix([{"metric": {"instance": "a"}, "values": [[1, "2", "3"]]}]),  # three numbers in a pair
         matrix([{"metric": {"instance": "a"}, "values": [[1, "abc"]]}]),  # not a number
-        matrix([{"metric": {"instance": "a"}, "values": []}, {"metric": {"instance": "b"}, "values": [[1, "2"]]}]),
+        matrix(
+            [{"metric": {"instance": "a"}, "values": []}, {"metric": {"instance": "b"}, "values": [[1, "2"]]}]
+        ),
         matrix([{"metric": {"instance": "a"}, "values": [[1, "2"], []]}]),  # an empty pair
         matrix([{"metric": {"instance": "a"}, "values": [[1, "2"]]}])[:-1],  # truncated
         matrix([{"metric": {"instance": "a"}, "values": [[1, "2"]]}])[:-2] + ',"warnings":["w"]}',
