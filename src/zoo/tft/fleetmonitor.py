@@ -322,9 +322,8 @@ class FleetMonitor:
         fc["series"], fc["target"] = [k[0] for k in due], [k[1] for k in due]
         fc["timestamp"] = pd.DatetimeIndex([k[2] for k in due])
         actuals = frame.melt(["series", "timestamp"], self.targets, var_name="target", value_name="actual")
-        m = fc.merge(
-            actuals, on=["series", "timestamp", "target"], how="inner"
-        )  # no sample (a pause): unscored
+        # A forecast step without a sample (a pause) is left unscored.
+        m = fc.merge(actuals, on=["series", "timestamp", "target"], how="inner")
         if m.empty:
             return
         actual = m["actual"].to_numpy(np.float64)
