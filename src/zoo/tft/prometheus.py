@@ -280,7 +280,6 @@ def _series_of(result: list[dict[str, Any]]) -> list[Series]:
 
 def query_range(session: Any, source: Source, expr: str, first: float, last: float, target: str) -> list[Series]:  # fmt: skip
     """The result matrix of one range query, retried on transient failures; one-line ZooErrors."""
-    import orjson
     import requests
 
     params = {"query": expr, "start": f"{first:.3f}", "end": f"{last:.3f}", "step": f"{source.step:g}"}
@@ -307,8 +306,8 @@ def query_range(session: Any, source: Source, expr: str, first: float, last: flo
             if fast is not None:
                 return fast
         try:
-            body = orjson.loads(r.content)
-        except orjson.JSONDecodeError:
+            body = json.loads(r.content)
+        except ValueError:  # not JSON, or not UTF-8
             body = None
         if not isinstance(body, dict):
             raise ZooError(
@@ -390,12 +389,10 @@ def check_spacing(frame: pd.DataFrame, source: Source, target: str, expr: str) -
 def count_series(session: Any, source: Source, target: str) -> int:
     """How many series `target`'s expression gives at the end of the range (0 on any failure: the plan
     then falls back to ``max_points``; the range queries report real errors)."""
-    import orjson
-
     try:
         r = session.post(f"{source.url}/api/v1/query", timeout=source.pull.timeout,
                          data={"query": f"count({source.queries[target]})", "time": f"{source.end:.3f}"})  # fmt: skip
-        result = orjson.loads(r.content)["data"]["result"]
+        result = json.loads(r.content)["data"]["result"]
         return int(float(result[0]["value"][1])) if result else 0
     except Exception:
         return 0
