@@ -21,6 +21,7 @@ import shlex
 import statistics
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,7 @@ def gpt_quality(run: Any, fp32: Path, int8: Path, batches: int, threads: int) ->
     dm = _datamodule(run)
     timer, loss, n = Timer(BACKENDS), dict.fromkeys(BACKENDS, 0.0), 0
     batch_shape = None
-    for i, batch in enumerate(dm.val_dataloader()):
-        if i >= batches:
-            break
+    for batch in islice(dm.val_dataloader(), batches):
         x, y = batch[0], batch[1]
         batch_shape = tuple(x.shape)
         with torch.no_grad():
@@ -166,13 +165,11 @@ def events_quality(run: Any, fp32: Path, int8: Path, batches: int, threads: int)
                "onnx_int8": OnnxEvents(int8 / "model.int8.onnx", names, threads)}  # fmt: skip
     target = names.index(module.schema.target)
     dm = _datamodule(run)
-    timer, right, total = Timer(BACKENDS), dict.fromkeys(BACKENDS, 0), 0
+    timer, right, total, n = Timer(BACKENDS), dict.fromkeys(BACKENDS, 0), 0, 0
     batch_size = None
     from zoo.events.schema import PAD
 
-    for i, batch in enumerate(dm.val_dataloader()):
-        if i >= batches:
-            break
+    for batch in islice(dm.val_dataloader(), batches):
         src, src_len, tgt_in, tgt = batch["src"], batch["src_len"], batch["tgt_in"], batch["tgt"]
         batch_size = src.shape[0]
         with torch.no_grad():
@@ -182,9 +179,10 @@ def events_quality(run: Any, fp32: Path, int8: Path, batches: int, threads: int)
             probs = o[target] if k == "pytorch" else o[0][target]
             right[k] += int(((probs[:, 0].argmax(-1) == tgt[:, 0, target]) & real).sum())
         total += int(real.sum())
+        n += 1
     quality = {k: 100.0 * v / total for k, v in right.items()}
     share = matmul_share(readers["onnx_fp32"], (src, src_len, tgt_in), threads)
-    return {"matmul_share": share, "batch": f"{batch_size} windows", "batches": min(batches, i + 1), "ms": timer.ms(), "quality": quality,
+    return {"matmul_share": share, "batch": f"{batch_size} windows", "batches": n, "ms": timer.ms(), "quality": quality,
             "metric": "next-activity accuracy (%)", "delta": quality["onnx_int8"] - quality["onnx_fp32"]}  # fmt: skip
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,27 @@ def run_cli(
         timeout=timeout,
         env=full_env,
     )
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on `n` torch threads, then restore the count (tiny models train fastest on one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def exported_run(root: Path) -> dict[str, Path]:
+    """The run trained into root/run: its folder, its last checkpoint and its export (zoo.core.export)."""
+    from zoo.core.export import export_run
+    from zoo.core.family import load_run
+
+    ckpt = root / "run" / "checkpoints" / "last.ckpt"
+    run = load_run(ckpt)
+    export = export_run(run.module, root / "export", run.config, run_dir=root / "run")
+    return {"run": root / "run", "ckpt": ckpt, "export": export}

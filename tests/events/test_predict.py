@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import exported_run, run_cli, torch_threads
 from zoo.core.config import compose_config
 from zoo.core.errors import ZooError
-from zoo.core.export import export_run
 from zoo.core.family import load_run
 from zoo.events.module import EventModule
 
@@ -44,16 +43,12 @@ def train_small_run(root: Path, cache_dir: Path) -> None:
     history = event_log(6).groupby("Case").head(2)
     history.loc[history.index[0], "Who"] = "someone-new"  # never seen in training: <unk>, counted
     history.to_csv(root / "history.csv", index=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         cfg = compose_config([*QUIET, "model=event_predictor", "experiment=event_cpu_baseline", "data=events/file",
                               f"data.path={root / 'log.csv'}", *MAPPING, "trainer.max_epochs=2",
                               "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
                               f"paths.cache_dir={cache_dir}"], output_dir=root / "run")  # fmt: skip
         train(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +56,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[s
     """An event predictor trained briefly on a small log with source column names, and its export."""
     root = tmp_path_factory.mktemp("events_predict")
     train_small_run(root, cache_dir)
-    run = load_run(root / "run" / "checkpoints" / "last.ckpt")
-    export = export_run(run.module, root / "export", run.config, run_dir=root / "run")
-    return {"run": root / "run", "ckpt": root / "run" / "checkpoints" / "last.ckpt", "export": export,
-            "history": root / "history.csv"}  # fmt: skip
+    return {**exported_run(root), "history": root / "history.csv"}
 
 
 def predict(tmp: Path, *overrides: str) -> pd.DataFrame:

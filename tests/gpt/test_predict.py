@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli
+from tests.conftest import exported_run, run_cli, torch_threads
 from zoo.core.config import compose_config
 from zoo.core.errors import ZooError
 from zoo.core.export import export_run
@@ -27,15 +27,11 @@ def train_small_run(root: Path, cache_dir: Path, tiny: list[str] = TINY) -> None
     """A GPT of the `tiny` shape trained for 3 steps (1 thread) into root/run."""
     from zoo.train import train
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         cfg = compose_config([*QUIET, *tiny, "trainer.max_steps=3", "trainer.val_check_interval=3",
                               "trainer.limit_val_batches=1", f"paths.cache_dir={cache_dir}"],
                              output_dir=root / "run")  # fmt: skip
         train(cfg)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[s
     """A GPT trained for 3 steps (checkpoints, metrics.json) and its export folder (zoo.core.export)."""
     root = tmp_path_factory.mktemp("gpt_predict")
     train_small_run(root, cache_dir)
-    run = load_run(root / "run" / "checkpoints" / "last.ckpt")
-    export = export_run(run.module, root / "export", run.config, run_dir=root / "run")
-    return {"run": root / "run", "ckpt": root / "run" / "checkpoints" / "last.ckpt", "export": export}
+    return exported_run(root)
 
 
 def request(tmp: Path, *overrides: str):
