@@ -375,7 +375,8 @@ def render_part(part: str, key: str, r: dict[str, Any]) -> list[str]:
     else:
         lines = [f"### {key}", "", *table(["measure", "value"], [[k, v] for k, v in sorted(r.items())
                                                                if isinstance(v, int | float | str)])]  # fmt: skip
-    return [*lines, "", f"`{r['command']}` — {r['machine']}, {r['date']}", ""]
+    note = [r["note"], ""] if r.get("note") else []
+    return [*lines, "", *note, f"`{r['command']}` — {r['machine']}, {r['date']}", ""]
 
 
 def render(results: dict[str, Any]) -> list[str]:
